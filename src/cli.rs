@@ -1,0 +1,131 @@
+//! Command-line definitions (clap). Every `mount` flag also works as `-o name=value`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::options::{parse_duration, parse_mode, parse_size};
+use crate::store::s3::ChecksumPolicy;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pailfs",
+    version,
+    about = "Mount an S3-compatible bucket (or an internal path inside it) as a local folder"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount a bucket: pailfs mount s3://BUCKET[/PATH] MOUNTPOINT [flags] [-o opt,opt=val]
+    Mount(MountArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// s3://BUCKET[/PATH], s3://HOST[:PORT]/BUCKET[/PATH] or https://HOST[:PORT]/BUCKET[/PATH]
+    pub location: String,
+    /// Existing empty directory to mount on
+    pub mountpoint: PathBuf,
+
+    /// Custom endpoint, e.g. http://127.0.0.1:9000 or https://s3.fr-par.scw.cloud
+    #[arg(long, help_heading = "Connection")]
+    pub endpoint_url: Option<String>,
+    /// Region to sign requests for (default: AWS_REGION / profile, else us-east-1)
+    #[arg(long, help_heading = "Connection")]
+    pub region: Option<String>,
+    /// Path-style addressing (https://host/bucket/key); the default for custom endpoints
+    #[arg(long, help_heading = "Connection")]
+    pub force_path_style: bool,
+    /// Virtual-hosted addressing (https://bucket.host/key); the default for AWS
+    #[arg(long, conflicts_with = "force_path_style", help_heading = "Connection")]
+    pub virtual_hosted_style: bool,
+    /// Use plain HTTP for an endpoint written inside the location (s3://HOST:PORT/...)
+    #[arg(long, help_heading = "Connection")]
+    pub no_tls: bool,
+    /// PEM file of extra certificate authorities to trust (also: AWS_CA_BUNDLE)
+    #[arg(long, help_heading = "Connection")]
+    pub ca_bundle: Option<PathBuf>,
+    /// When to send request checksums; several S3-compatible servers reject them
+    #[arg(
+        long,
+        value_enum,
+        default_value = "when-required",
+        help_heading = "Connection"
+    )]
+    pub upload_checksums: ChecksumPolicy,
+
+    /// Named profile from the AWS shared config/credentials files (incl. SSO profiles)
+    #[arg(long, help_heading = "Credentials")]
+    pub profile: Option<String>,
+    /// Shared-credentials file to read keys from (must be private: chmod 600)
+    #[arg(long, help_heading = "Credentials")]
+    pub credentials_file: Option<PathBuf>,
+    /// Send unsigned requests, for public buckets
+    #[arg(long, help_heading = "Credentials")]
+    pub no_sign_request: bool,
+
+    /// Refuse every change with EROFS, without sending anything
+    #[arg(long, help_heading = "Mount")]
+    pub read_only: bool,
+    /// Stay attached to the terminal instead of daemonizing
+    #[arg(long, short = 'f', help_heading = "Mount")]
+    pub foreground: bool,
+    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf for non-root)
+    #[arg(long, help_heading = "Mount")]
+    pub allow_other: bool,
+    /// Let root access the mount
+    #[arg(long, conflicts_with = "allow_other", help_heading = "Mount")]
+    pub allow_root: bool,
+    /// Mount even if the mountpoint is not empty (its content is hidden while mounted)
+    #[arg(long, help_heading = "Mount")]
+    pub allow_non_empty: bool,
+    /// Owner shown for objects without metadata (default: the mounting user)
+    #[arg(long, help_heading = "Mount")]
+    pub uid: Option<u32>,
+    /// Group shown for objects without metadata (default: the mounting user's group)
+    #[arg(long, help_heading = "Mount")]
+    pub gid: Option<u32>,
+    /// Permissions shown for files without metadata (octal)
+    #[arg(long, value_parser = parse_mode, default_value = "644", help_heading = "Mount")]
+    pub file_mode: u16,
+    /// Permissions shown for directories without metadata (octal)
+    #[arg(long, value_parser = parse_mode, default_value = "755", help_heading = "Mount")]
+    pub dir_mode: u16,
+    /// How long metadata and misses are cached (also the kernel's entry/attr timeout)
+    #[arg(long, value_parser = parse_duration, default_value = "1s", help_heading = "Mount")]
+    pub metadata_ttl: Duration,
+    /// FUSE worker threads reading requests from the kernel
+    #[arg(long, default_value_t = 2, help_heading = "Mount")]
+    pub fuse_threads: usize,
+
+    /// Size of one ranged GET when reading ahead
+    #[arg(long, value_parser = parse_size, default_value = "8MiB", help_heading = "Reading")]
+    pub read_part_size: u64,
+    /// Largest read-ahead window of one open file
+    #[arg(long, value_parser = parse_size, default_value = "64MiB", help_heading = "Reading")]
+    pub max_read_window: u64,
+    /// Memory for read-ahead across all open files
+    #[arg(long, value_parser = parse_size, default_value = "64MiB", help_heading = "Reading")]
+    pub max_readahead_memory: u64,
+
+    /// Log file of the daemon (default: ~/.local/state/pailfs/, or /var/log/pailfs/ for root)
+    #[arg(long, help_heading = "Logging")]
+    pub log_file: Option<PathBuf>,
+    /// Verbose logs (or set PAILFS_LOG, e.g. PAILFS_LOG=pailfs=trace)
+    #[arg(long, help_heading = "Logging")]
+    pub debug: bool,
+}
+
+/// Whether `long` names a flag of `pailfs mount`, and whether it takes a value.
+pub fn mount_flag_takes_value(long: &str) -> Option<bool> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let mount = command.find_subcommand("mount")?;
+    let arg = mount.get_arguments().find(|a| a.get_long() == Some(long))?;
+    Some(arg.get_action().takes_values())
+}

@@ -1,0 +1,134 @@
+//! Turning command-line input into one `MountConfig` value that is passed down (no globals).
+
+pub mod credentials;
+pub mod location;
+pub mod options;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::MountArgs;
+use crate::fs::FsConfig;
+use crate::store::s3::{CredentialSource, S3Settings};
+use location::{parse_location, Location};
+
+/// Everything a mount needs, decided once at start-up.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub location: Location,
+    pub s3: S3Settings,
+    pub fs: FsConfig,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub allow_non_empty: bool,
+    pub fuse_threads: usize,
+    pub log_file: Option<PathBuf>,
+    pub debug: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Location(#[from] location::LocationError),
+    #[error("{0}")]
+    Credentials(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn current_uid_gid() -> (u32, u32) {
+    // SAFETY: getuid/getgid have no preconditions and cannot fail.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+impl MountConfig {
+    pub fn from_args(args: &MountArgs) -> Result<MountConfig, ConfigError> {
+        let tls = !args.no_tls;
+        let location = parse_location(&args.location, args.endpoint_url.as_deref(), tls)?;
+        let endpoint = args
+            .endpoint_url
+            .clone()
+            .or_else(|| location.endpoint.clone());
+        if let Some(url) = &endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "endpoint '{url}' needs a scheme: write https://{url} (or http://{url} for a server without TLS)"
+                )));
+            }
+            if tls && url.starts_with("http://") && args.endpoint_url.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "endpoint '{url}' is plain HTTP but TLS is on; add --no-tls to allow it"
+                )));
+            }
+        }
+        let path_style = if args.force_path_style {
+            true
+        } else if args.virtual_hosted_style {
+            false
+        } else {
+            // Custom endpoints (MinIO, Garage, Ceph, an IP and port) rarely have wildcard DNS
+            // for bucket subdomains; dotted bucket names break TLS with virtual hosting.
+            endpoint
+                .as_deref()
+                .is_some_and(|e| !e.contains("amazonaws.com"))
+                || location.bucket.contains('.')
+        };
+        let credentials = if args.no_sign_request {
+            CredentialSource::Anonymous
+        } else if let Some(path) = &args.credentials_file {
+            credentials::check_private_file(path).map_err(ConfigError::Credentials)?;
+            CredentialSource::File {
+                path: path.clone(),
+                profile: args.profile.clone(),
+            }
+        } else {
+            CredentialSource::DefaultChain {
+                profile: args.profile.clone(),
+            }
+        };
+        if args.read_part_size < 64 * 1024 {
+            return Err(ConfigError::Invalid(
+                "--read-part-size must be at least 64KiB".to_string(),
+            ));
+        }
+        let (uid, gid) = current_uid_gid();
+        let fs = FsConfig {
+            uid: args.uid.unwrap_or(uid),
+            gid: args.gid.unwrap_or(gid),
+            file_mode: args.file_mode,
+            dir_mode: args.dir_mode,
+            metadata_ttl: args.metadata_ttl,
+            read_only: args.read_only,
+            read_part_size: args.read_part_size,
+            max_read_window: args.max_read_window.max(args.read_part_size),
+            max_readahead_memory: args.max_readahead_memory,
+            small_file_size: args.read_part_size.min(1024 * 1024),
+            ..FsConfig::default()
+        };
+        Ok(MountConfig {
+            s3: S3Settings {
+                bucket: location.bucket.clone(),
+                endpoint,
+                region: args.region.clone(),
+                path_style,
+                ca_bundle: args.ca_bundle.clone(),
+                credentials,
+                checksums: args.upload_checksums,
+                connect_timeout: Duration::from_secs(10),
+                max_attempts: 4,
+            },
+            location,
+            fs,
+            mountpoint: args.mountpoint.clone(),
+            foreground: args.foreground,
+            allow_other: args.allow_other,
+            allow_root: args.allow_root,
+            allow_non_empty: args.allow_non_empty,
+            fuse_threads: args.fuse_threads.clamp(1, 64),
+            log_file: args.log_file.clone(),
+            debug: args.debug,
+        })
+    }
+}

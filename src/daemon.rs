@@ -1,0 +1,285 @@
+//! The mount lifecycle: daemonizing with a readiness pipe (the command returns 0 only once
+//! the mount answers), start-up checks, serving, and a clean unmount on SIGTERM/SIGINT.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use fuser::{MountOption, SessionACL};
+
+use crate::config::MountConfig;
+use crate::fs::Fs;
+use crate::fuse::FuseAdapter;
+use crate::startup;
+use crate::store::instrumented::Instrumented;
+use crate::store::s3::S3Store;
+use crate::store::ObjectStore;
+
+/// Environment variable through which the daemon finds its readiness pipe.
+pub const READY_FD_ENV: &str = "PAILFS_READY_FD";
+const READY: &[u8] = b"READY\n";
+
+/// Where the daemon logs when no --log-file is given.
+pub fn default_log_file(mountpoint: &Path) -> PathBuf {
+    let name: String = mountpoint
+        .to_string_lossy()
+        .trim_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    // SAFETY: geteuid has no preconditions.
+    let dir = if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/var/log/pailfs")
+    } else if let Some(state) = std::env::var_os("XDG_STATE_HOME") {
+        PathBuf::from(state).join("pailfs")
+    } else {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".local/state/pailfs")
+    };
+    dir.join(format!(
+        "{}.log",
+        if name.is_empty() {
+            "root".to_string()
+        } else {
+            name
+        }
+    ))
+}
+
+/// Parent side: start the daemon (this program again, in the foreground, detached from the
+/// terminal) and wait until it reports the mount ready or explains why it is not.
+pub fn spawn_daemon(args: &[String], cfg: &MountConfig) -> Result<String, String> {
+    let log_path = cfg
+        .log_file
+        .clone()
+        .unwrap_or_else(|| default_log_file(&cfg.mountpoint));
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the log directory {}: {e}", dir.display()))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open the log file {}: {e}", log_path.display()))?;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds is a valid two-element array; O_CLOEXEC keeps both ends out of other children.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors were just created by pipe2 and are owned only here.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let write_raw = fds[1];
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
+    let mut command = Command::new(exe);
+    command
+        .args(args)
+        .arg("--foreground")
+        .arg(format!("--log-file={}", log_path.display()))
+        .env(READY_FD_ENV, write_raw.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    // SAFETY: between fork and exec only async-signal-safe calls: setsid and fcntl.
+    unsafe {
+        command.pre_exec(move || {
+            libc::setsid();
+            libc::fcntl(write_raw, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start the daemon: {e}"))?;
+    drop(write_end);
+    let mut message = Vec::new();
+    let mut reader = std::fs::File::from(read_end);
+    let _ = reader.read_to_end(&mut message);
+    if message.starts_with(READY) {
+        return Ok(log_path.display().to_string());
+    }
+    let status = child.wait().ok();
+    let text = String::from_utf8_lossy(&message).trim().to_string();
+    if text.is_empty() {
+        Err(format!(
+            "the daemon exited ({}) before the mount was ready; see {}",
+            status.map(|s| s.to_string()).unwrap_or_default(),
+            log_path.display()
+        ))
+    } else {
+        Err(text)
+    }
+}
+
+/// Reports the outcome of start-up to whoever waits on the readiness pipe.
+pub struct Readiness {
+    pipe: Option<std::fs::File>,
+}
+
+impl Readiness {
+    /// Takes the pipe named by `PAILFS_READY_FD`, if this process was started as a daemon.
+    pub fn from_env() -> Readiness {
+        let fd = std::env::var(READY_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok())
+            // SAFETY: fcntl(F_GETFD) only queries whether the descriptor is open.
+            .filter(|fd| *fd > 2 && unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0);
+        std::env::remove_var(READY_FD_ENV);
+        Readiness {
+            // SAFETY: the parent passed us this descriptor for our exclusive use.
+            pipe: fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) }),
+        }
+    }
+
+    pub fn is_daemon(&self) -> bool {
+        self.pipe.is_some()
+    }
+
+    pub fn ready(&mut self) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = pipe.write_all(READY);
+        }
+    }
+
+    pub fn failed(&mut self, message: &str) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = pipe.write_all(message.as_bytes());
+        }
+    }
+}
+
+/// Daemon side (or `--foreground`): check, connect, mount, serve until unmounted or signalled.
+pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), String> {
+    startup::check_mountpoint(&cfg.mountpoint, cfg.allow_non_empty)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pailfs-worker")
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    tracing::info!(location = %cfg.location.describe(), "reading location");
+    let s3 = runtime
+        .block_on(S3Store::connect(&cfg.s3))
+        .map_err(|e| startup::explain(&e, &cfg, cfg.s3.region.as_deref().unwrap_or("?")))?;
+    let region = s3.region().to_string();
+    let instrumented = Arc::new(Instrumented::new(Arc::new(s3)));
+    let store: Arc<dyn ObjectStore> = instrumented.clone();
+    let non_empty = runtime
+        .block_on(startup::check_bucket(store.as_ref(), &cfg.location.prefix))
+        .map_err(|e| startup::explain(&e, &cfg, &region))?;
+    if !non_empty && !cfg.location.prefix.is_empty() {
+        tracing::warn!(
+            prefix = %cfg.location.prefix,
+            "nothing exists under the internal path yet; the mount starts empty"
+        );
+    }
+    let fs = Arc::new(Fs::new(
+        store,
+        Some(instrumented.counters()),
+        cfg.location.prefix.clone(),
+        cfg.fs.clone(),
+    ));
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
+    let mut options = vec![
+        MountOption::FSName(format!(
+            "s3://{}/{}",
+            cfg.location.bucket, cfg.location.prefix
+        )),
+        MountOption::Subtype("pailfs".to_string()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if cfg.fs.read_only {
+        options.push(MountOption::RO);
+    }
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.mount_options = options;
+    fuse_config.acl = if cfg.allow_other {
+        SessionACL::All
+    } else if cfg.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    fuse_config.n_threads = Some(cfg.fuse_threads);
+    fuse_config.clone_fd = true;
+    let mut session = fuser::Session::new(adapter, &cfg.mountpoint, &fuse_config).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => " (is /dev/fuse accessible, and for --allow-other is user_allow_other set in /etc/fuse.conf?)",
+            Some(libc::ENOENT) => " (is the fuse3 package installed? it provides fusermount3)",
+            Some(libc::EBUSY) => " (the mountpoint is busy)",
+            _ => "",
+        };
+        format!("mounting on {} failed: {e}{hint}", cfg.mountpoint.display())
+    })?;
+    let mut unmounter = session.unmount_callable();
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+    std::thread::Builder::new()
+        .name("pailfs-fuse".into())
+        .spawn(move || {
+            let _ = ended_tx.send(session.run());
+        })
+        .map_err(|e| format!("cannot start the FUSE thread: {e}"))?;
+    tracing::info!(
+        mountpoint = %cfg.mountpoint.display(),
+        location = %format!("s3://{}/{}", cfg.location.bucket, cfg.location.prefix),
+        read_only = cfg.fs.read_only,
+        "mounted"
+    );
+    readiness.ready();
+    if !readiness.is_daemon() {
+        eprintln!(
+            "pailfs: mounted s3://{}/{} on {}; press Ctrl-C (or run fusermount3 -u {}) to unmount",
+            cfg.location.bucket,
+            cfg.location.prefix,
+            cfg.mountpoint.display(),
+            cfg.mountpoint.display()
+        );
+    }
+    let mountpoint = cfg.mountpoint.clone();
+    let outcome = runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let mut ended = ended_rx;
+        let signalled = tokio::select! {
+            _ = term.recv() => Some("SIGTERM"),
+            _ = int.recv() => Some("SIGINT"),
+            result = &mut ended => {
+                if let Ok(Err(e)) = result {
+                    tracing::error!(error = %e, "the FUSE session ended with an error");
+                }
+                None
+            }
+        };
+        if let Some(sig) = signalled {
+            tracing::info!(signal = sig, "unmounting");
+            if let Err(e) = unmounter.unmount() {
+                tracing::warn!(error = %e, "unmount failed (busy?); detaching lazily");
+                let _ = Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(&mountpoint)
+                    .status();
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), ended).await;
+        }
+        Ok::<(), String>(())
+    });
+    if let Some(summary) = fs.request_summary() {
+        tracing::info!(requests = %summary, "unmounted");
+    }
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    outcome
+}

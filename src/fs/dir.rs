@@ -1,0 +1,235 @@
+//! Directory listings streamed page by page: one ListObjectsV2 page in memory at a time,
+//! objects and common prefixes merged in key order, names checked against the written rule,
+//! and a file hidden when a directory of the same name exists (even across page boundaries).
+
+use super::error::FsError;
+use super::names::{check_name, OddKeyLog};
+use super::Kind;
+use crate::store::{ListRequest, ObjectInfo, ObjectStore};
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug)]
+pub struct ListedEntry {
+    pub name: String,
+    pub kind: Kind,
+    /// For files: what the listing said (size, LastModified, ETag).
+    pub object: Option<ObjectInfo>,
+}
+
+impl ListedEntry {
+    /// The position of this entry in the store's key order.
+    fn sort_key(&self) -> String {
+        match self.kind {
+            Kind::Dir => format!("{}/", self.name),
+            Kind::File => self.name.clone(),
+        }
+    }
+}
+
+/// An open directory: a cursor over the listing, holding at most one page of entries.
+pub struct DirStream {
+    list_prefix: String,
+    page_size: u32,
+    token: Option<String>,
+    exhausted: bool,
+    /// Entries of the current page; `entries[0]` has index `base`.
+    entries: Vec<ListedEntry>,
+    base: u64,
+    /// Files at the end of a page that a later page might show as directories too.
+    held: Vec<ListedEntry>,
+    /// Directory marker object of this directory, if the listing showed one.
+    pub marker: Option<ObjectInfo>,
+}
+
+impl DirStream {
+    pub fn new(list_prefix: String, page_size: u32) -> Self {
+        DirStream {
+            list_prefix,
+            page_size,
+            token: None,
+            exhausted: false,
+            entries: Vec::new(),
+            base: 0,
+            held: Vec::new(),
+            marker: None,
+        }
+    }
+
+    fn rewind(&mut self) {
+        *self = DirStream::new(std::mem::take(&mut self.list_prefix), self.page_size);
+    }
+
+    /// The entry at `index` (0-based), fetching pages as needed; `None` past the end.
+    pub async fn entry_at(
+        &mut self,
+        index: u64,
+        store: &dyn ObjectStore,
+        odd: &OddKeyLog,
+    ) -> Result<Option<ListedEntry>, FsError> {
+        if index < self.base {
+            // seekdir/rewinddir back into an earlier page: list again from the start.
+            self.rewind();
+        }
+        loop {
+            let end = self.base + self.entries.len() as u64;
+            if index < end {
+                return Ok(Some(self.entries[(index - self.base) as usize].clone()));
+            }
+            if self.exhausted {
+                return Ok(None);
+            }
+            self.base = end;
+            self.entries.clear();
+            self.fetch_page(store, odd).await?;
+        }
+    }
+
+    async fn fetch_page(
+        &mut self,
+        store: &dyn ObjectStore,
+        odd: &OddKeyLog,
+    ) -> Result<(), FsError> {
+        let page = store
+            .list(ListRequest {
+                prefix: self.list_prefix.clone(),
+                delimited: true,
+                max_keys: self.page_size,
+                continuation: self.token.take(),
+            })
+            .await?;
+        let mut items = std::mem::take(&mut self.held);
+        let mut last_key = String::new();
+        for object in page.objects {
+            let Some(rel) = object.key.strip_prefix(&self.list_prefix) else {
+                continue;
+            };
+            last_key = last_key.max(rel.to_string());
+            if rel.is_empty() {
+                self.marker = Some(object);
+                continue;
+            }
+            if let Err(bad) = check_name(rel) {
+                odd.report(&object.key, bad.describe());
+                continue;
+            }
+            if rel.contains('/') {
+                odd.report(&object.key, "was listed below its directory by the server");
+                continue;
+            }
+            items.push(ListedEntry {
+                name: rel.to_string(),
+                kind: Kind::File,
+                object: Some(object),
+            });
+        }
+        for prefix in page.prefixes {
+            let Some(rel) = prefix.strip_prefix(&self.list_prefix) else {
+                continue;
+            };
+            last_key = last_key.max(rel.to_string());
+            let name = rel.strip_suffix('/').unwrap_or(rel);
+            if let Err(bad) = check_name(name) {
+                odd.report(&prefix, bad.describe());
+                continue;
+            }
+            items.push(ListedEntry {
+                name: name.to_string(),
+                kind: Kind::Dir,
+                object: None,
+            });
+        }
+        items.sort_by_key(ListedEntry::sort_key);
+        // A directory and a file of one name: the directory wins (see names.rs).
+        let dirs: std::collections::HashSet<String> = items
+            .iter()
+            .filter(|e| e.kind == Kind::Dir)
+            .map(|e| e.name.clone())
+            .collect();
+        items.retain(|e| {
+            let shadowed = e.kind == Kind::File && dirs.contains(&e.name);
+            if shadowed {
+                odd.report(
+                    &format!("{}{}", self.list_prefix, e.name),
+                    "is both an object and a directory prefix; the directory is shown",
+                );
+            }
+            !shadowed
+        });
+        self.token = page.next;
+        self.exhausted = self.token.is_none();
+        if !self.exhausted {
+            // `x/` sorts after `x`, so a later page can still reveal a directory named like a
+            // file of this page, but only if `x/` sorts after everything this page showed.
+            let (held, ready): (Vec<_>, Vec<_>) = items
+                .into_iter()
+                .partition(|e| e.kind == Kind::File && format!("{}/", e.name) > last_key);
+            self.held = held;
+            items = ready;
+        }
+        self.entries = items;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    async fn names(store: &MemoryStore, prefix: &str, page: u32) -> Vec<(String, Kind)> {
+        let odd = OddKeyLog::default();
+        let mut stream = DirStream::new(prefix.to_string(), page);
+        let mut out = vec![];
+        let mut i = 0;
+        while let Some(e) = stream.entry_at(i, store, &odd).await.unwrap() {
+            out.push((e.name, e.kind));
+            i += 1;
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn odd_keys_are_skipped_and_directories_win() {
+        let store = MemoryStore::new();
+        for key in [
+            "p/a",
+            "p/x",
+            "p/x/inner",
+            "p//empty",
+            "p/./dot",
+            "p/../up",
+            "p/ok/",
+            "p/",
+        ] {
+            store.put(key, "1");
+        }
+        store.put(&format!("p/{}", "n".repeat(300)), "1");
+        for page in [1, 2, 1000] {
+            let got = names(&store, "p/", page).await;
+            assert_eq!(
+                got,
+                vec![
+                    ("a".to_string(), Kind::File),
+                    ("ok".to_string(), Kind::Dir),
+                    ("x".to_string(), Kind::Dir),
+                ],
+                "page size {page}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn rewinding_lists_again() {
+        let store = MemoryStore::new();
+        for i in 0..10 {
+            store.put(&format!("d/f{i}"), "1");
+        }
+        let odd = OddKeyLog::default();
+        let mut stream = DirStream::new("d/".into(), 3);
+        let e7 = stream.entry_at(7, &store, &odd).await.unwrap().unwrap();
+        assert_eq!(e7.name, "f7");
+        let e1 = stream.entry_at(1, &store, &odd).await.unwrap().unwrap();
+        assert_eq!(e1.name, "f1");
+        assert!(stream.entry_at(10, &store, &odd).await.unwrap().is_none());
+    }
+}

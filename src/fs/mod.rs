@@ -1,0 +1,458 @@
+//! Filesystem semantics over an `ObjectStore`, with no FUSE types: plain inode numbers,
+//! handles, offsets and names in; attributes, bytes and `FsError`s out.
+
+pub mod dir;
+pub mod error;
+pub mod inode;
+pub mod meta;
+pub mod names;
+pub mod read;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use crate::store::instrumented::RequestCounters;
+use crate::store::{ListRequest, ObjectStore, StoreError};
+use dir::{DirStream, ListedEntry};
+use error::FsError;
+use inode::{child_path, Ino, InodeTable};
+use meta::{dir_attr, file_attr, MetaCache};
+use names::{check_name, OddKeyLog};
+use read::{ReadTuning, Reader, BUDGET_UNIT};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// What `stat` shows for one inode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    /// ETag of the object the attributes came from (files only).
+    pub etag: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    pub metadata_ttl: Duration,
+    pub read_only: bool,
+    pub read_part_size: u64,
+    pub max_read_window: u64,
+    pub max_readahead_memory: u64,
+    pub small_file_size: u64,
+    /// Entries in each of the attribute and miss caches.
+    pub cache_capacity: u64,
+    pub list_page_size: u32,
+    pub mount_time: SystemTime,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            metadata_ttl: Duration::from_secs(1),
+            read_only: false,
+            read_part_size: 8 << 20,
+            max_read_window: 64 << 20,
+            max_readahead_memory: 64 << 20,
+            small_file_size: 1 << 20,
+            cache_capacity: 100_000,
+            list_page_size: 1000,
+            mount_time: SystemTime::now(),
+        }
+    }
+}
+
+/// One entry handed to a readdir sink. `offset` is the cookie of the entry after it.
+pub struct DirSinkEntry<'a> {
+    pub ino: Ino,
+    pub offset: u64,
+    pub name: &'a str,
+    pub attr: &'a Attr,
+}
+
+/// Answers of `statfs`.
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+struct OpenFile {
+    reader: tokio::sync::Mutex<Reader>,
+}
+
+pub struct Fs {
+    store: Arc<dyn ObjectStore>,
+    counters: Option<Arc<RequestCounters>>,
+    prefix: String,
+    cfg: FsConfig,
+    inodes: Mutex<InodeTable>,
+    meta: MetaCache,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
+    /// ETag whose content the kernel page cache holds, per file: lets a reopen keep the cache.
+    cached_etags: moka::sync::Cache<Ino, String>,
+    next_fh: AtomicU64,
+    readahead_budget: Arc<Semaphore>,
+    odd_keys: OddKeyLog,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a few map operations that leave the map consistent even
+    // if a panic interrupts between them, so a poisoned lock is safe to keep using.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Fs {
+    /// `prefix` is the internal path: empty or ending in `/`.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        counters: Option<Arc<RequestCounters>>,
+        prefix: String,
+        cfg: FsConfig,
+    ) -> Fs {
+        let units = (cfg.max_readahead_memory / BUDGET_UNIT).max(1) as usize;
+        Fs {
+            store,
+            counters,
+            prefix,
+            meta: MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity),
+            cached_etags: moka::sync::Cache::new(cfg.cache_capacity),
+            cfg,
+            inodes: Mutex::new(InodeTable::default()),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            readahead_budget: Arc::new(Semaphore::new(units)),
+            odd_keys: OddKeyLog::default(),
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    pub fn request_summary(&self) -> Option<String> {
+        self.counters.as_ref().map(|c| c.summary())
+    }
+
+    fn node(&self, ino: Ino) -> Result<inode::Node, FsError> {
+        lock(&self.inodes)
+            .get(ino)
+            .cloned()
+            .ok_or(FsError::NotFound)
+    }
+
+    fn key_of(&self, path: &str) -> String {
+        format!("{}{}", self.prefix, path)
+    }
+
+    fn dir_prefix(&self, path: &str) -> String {
+        if path.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{}/", self.prefix, path)
+        }
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Looks `name` up in `parent`, taking a kernel reference on the result.
+    pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        let dir = self.node(parent)?;
+        if dir.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if name.len() > names::NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if check_name(name).is_err() {
+            return Err(FsError::NotFound);
+        }
+        if self.meta.is_miss(parent, name) {
+            return Err(FsError::NotFound);
+        }
+        let path = child_path(&dir.path, name);
+        let key = self.key_of(&path);
+        let dir_prefix = format!("{key}/");
+        // One HEAD for a file and one single-key LIST for a directory, side by side: never a
+        // listing of the whole parent.
+        let (head, list) = tokio::join!(
+            self.store.head(&key),
+            self.store.list(ListRequest {
+                prefix: dir_prefix.clone(),
+                delimited: true,
+                max_keys: 1,
+                continuation: None,
+            })
+        );
+        let list = list?;
+        let is_dir = !list.objects.is_empty() || !list.prefixes.is_empty();
+        let attr = if is_dir {
+            if head.is_ok() {
+                self.odd_keys.report(
+                    &key,
+                    "is both an object and a directory prefix; the directory is shown",
+                );
+            }
+            let marker = list.objects.iter().find(|o| o.key == dir_prefix);
+            let ino = lock(&self.inodes).remember(parent, Kind::Dir, &path);
+            dir_attr(ino, marker, &self.cfg)
+        } else {
+            match head {
+                Ok(info) => {
+                    let ino = lock(&self.inodes).remember(parent, Kind::File, &path);
+                    file_attr(ino, &info, &self.cfg)
+                }
+                Err(StoreError::NotFound) => {
+                    self.meta.put_miss(parent, name);
+                    return Err(FsError::NotFound);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.meta.put_attr(attr.clone());
+        Ok(attr)
+    }
+
+    pub fn forget(&self, ino: Ino, n: u64) {
+        lock(&self.inodes).forget(ino, n);
+    }
+
+    pub async fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        if let Some(attr) = self.meta.attr(ino) {
+            return Ok(attr);
+        }
+        let node = self.node(ino)?;
+        let attr = match node.kind {
+            Kind::Dir => {
+                if ino == Ino::ROOT {
+                    dir_attr(ino, None, &self.cfg)
+                } else {
+                    let marker = match self.store.head(&self.dir_prefix(&node.path)).await {
+                        Ok(info) => Some(info),
+                        Err(StoreError::NotFound) => None,
+                        Err(e) => return Err(e.into()),
+                    };
+                    dir_attr(ino, marker.as_ref(), &self.cfg)
+                }
+            }
+            Kind::File => {
+                let info = self.store.head(&self.key_of(&node.path)).await?;
+                file_attr(ino, &info, &self.cfg)
+            }
+        };
+        self.meta.put_attr(attr.clone());
+        Ok(attr)
+    }
+
+    pub fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let fh = self.new_fh();
+        let stream = DirStream::new(self.dir_prefix(&node.path), self.cfg.list_page_size);
+        lock(&self.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(stream)));
+        Ok(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    fn listed_attr(&self, ino: Ino, entry: &ListedEntry) -> Attr {
+        match (&entry.object, self.meta.attr(ino)) {
+            // Keep attributes from a HEAD (with metadata) while they describe the same object.
+            (Some(obj), Some(cached)) if cached.etag.as_deref() == Some(obj.etag.as_str()) => {
+                cached
+            }
+            (None, Some(cached)) if cached.kind == Kind::Dir => cached,
+            (Some(obj), _) => {
+                let attr = file_attr(ino, obj, &self.cfg);
+                self.meta.put_attr(attr.clone());
+                attr
+            }
+            (None, _) => {
+                let attr = dir_attr(ino, None, &self.cfg);
+                self.meta.put_attr(attr.clone());
+                attr
+            }
+        }
+    }
+
+    /// Streams entries from cookie `offset` into `sink` until it reports full (returns true) or
+    /// the directory ends. With `plus`, every entry the sink accepts takes a kernel reference.
+    pub async fn readdir(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+        sink: &mut (dyn FnMut(DirSinkEntry<'_>) -> bool + Send),
+    ) -> Result<(), FsError> {
+        let node = self.node(ino)?;
+        let stream = lock(&self.dirs)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let mut stream = stream.lock().await;
+        let mut cookie = offset;
+        // Cookies 0 and 1 are "." and ".."; entry i of the listing has cookie i + 2.
+        while cookie < 2 {
+            let (target, name) = if cookie == 0 {
+                (ino, ".")
+            } else {
+                (node.parent, "..")
+            };
+            // ".." of a directory whose parent vanished still answers, with this directory's
+            // attributes, rather than failing the whole listing.
+            let attr = match self.getattr(target).await {
+                Ok(a) => a,
+                Err(_) => self.getattr(ino).await?,
+            };
+            if sink(DirSinkEntry {
+                ino: target,
+                offset: cookie + 1,
+                name,
+                attr: &attr,
+            }) {
+                return Ok(());
+            }
+            cookie += 1;
+        }
+        while let Some(entry) = stream
+            .entry_at(cookie - 2, self.store.as_ref(), &self.odd_keys)
+            .await?
+        {
+            let path = child_path(&node.path, &entry.name);
+            let ino_child = if plus {
+                lock(&self.inodes).remember(ino, entry.kind, &path)
+            } else {
+                lock(&self.inodes).peek(entry.kind, &path)
+            };
+            let attr = self.listed_attr(ino_child, &entry);
+            let full = sink(DirSinkEntry {
+                ino: ino_child,
+                offset: cookie + 1,
+                name: &entry.name,
+                attr: &attr,
+            });
+            if full {
+                if plus {
+                    self.forget(ino_child, 1);
+                }
+                return Ok(());
+            }
+            cookie += 1;
+        }
+        if let Some(marker) = &stream.marker {
+            if ino != Ino::ROOT {
+                let attr = dir_attr(ino, Some(marker), &self.cfg);
+                self.meta.put_attr(attr);
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a file for reading; returns the handle and whether the kernel may keep the pages
+    /// it cached at an earlier open (the object has not changed since).
+    pub async fn open(&self, ino: Ino, write: bool) -> Result<(u64, bool), FsError> {
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let node = self.node(ino)?;
+        if node.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let attr = self.getattr(ino).await?;
+        let etag = attr.etag.clone().unwrap_or_default();
+        let keep_cache = self.cached_etags.get(&ino).as_deref() == Some(etag.as_str());
+        self.cached_etags.insert(ino, etag.clone());
+        let reader = Reader::new(
+            self.store.clone(),
+            self.readahead_budget.clone(),
+            ReadTuning {
+                part_size: self.cfg.read_part_size,
+                max_window: self.cfg.max_read_window,
+                small_file_size: self.cfg.small_file_size,
+            },
+            self.key_of(&node.path),
+            etag,
+            attr.size,
+        );
+        let fh = self.new_fh();
+        lock(&self.files).insert(
+            fh,
+            Arc::new(OpenFile {
+                reader: tokio::sync::Mutex::new(reader),
+            }),
+        );
+        Ok((fh, keep_cache))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
+        let file = lock(&self.files)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let mut reader = file.reader.lock().await;
+        reader.read(offset, len).await
+    }
+
+    pub fn release(&self, fh: u64) {
+        lock(&self.files).remove(&fh);
+    }
+
+    /// Refuses a change: `EROFS` on a read-only mount; writes arrive with the write path.
+    pub fn refuse_change(&self) -> FsError {
+        FsError::ReadOnly
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        // A bucket has no fixed capacity: report a large, stable free space so that programs
+        // that check before copying (file managers) go ahead.
+        const PIB_IN_4K_BLOCKS: u64 = (1 << 50) / 4096;
+        StatFs {
+            blocks: PIB_IN_4K_BLOCKS,
+            bfree: PIB_IN_4K_BLOCKS,
+            files: 1 << 32,
+            ffree: 1 << 32,
+            bsize: 4096,
+            namelen: names::NAME_MAX as u32,
+        }
+    }
+
+    pub fn open_inodes(&self) -> usize {
+        lock(&self.inodes).len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

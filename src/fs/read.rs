@@ -1,0 +1,388 @@
+//! Reading one open file: small files in one GET, sequential reads from a growing window of
+//! concurrent ranged GETs (`PrefetchWindow`), random reads fetching only what was asked.
+//! Every GET carries the ETag the file was opened at, so content never mixes two versions.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::error::FsError;
+use crate::store::{ByteRange, ObjectStore, StoreError};
+
+/// Read-ahead memory is accounted in units of this many bytes.
+pub const BUDGET_UNIT: u64 = 64 * 1024;
+/// The first read-ahead request of a sequential run.
+const INITIAL_WINDOW: u64 = 1024 * 1024;
+
+#[derive(Clone, Copy, Debug)]
+pub struct ReadTuning {
+    pub part_size: u64,
+    pub max_window: u64,
+    /// Objects up to this size are fetched whole by the first read.
+    pub small_file_size: u64,
+}
+
+enum PartState {
+    Pending(JoinHandle<Result<Bytes, StoreError>>),
+    Ready(Bytes),
+}
+
+/// One ranged GET of the window, in flight or done, holding its share of the memory budget.
+struct Part {
+    range: ByteRange,
+    state: PartState,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if let PartState::Pending(handle) = &self.state {
+            handle.abort();
+        }
+    }
+}
+
+impl Part {
+    async fn bytes(&mut self) -> Result<Bytes, FsError> {
+        if let PartState::Pending(handle) = &mut self.state {
+            let data = match handle.await {
+                Ok(result) => result?,
+                Err(join) => {
+                    return Err(FsError::Store(StoreError::Other(format!(
+                        "read-ahead task failed: {join}"
+                    ))))
+                }
+            };
+            self.state = PartState::Ready(data);
+        }
+        match &self.state {
+            PartState::Ready(data) => Ok(data.clone()),
+            PartState::Pending(_) => Err(FsError::Invalid),
+        }
+    }
+}
+
+/// The parts fetched ahead of a sequential reader, in order, contiguous.
+#[derive(Default)]
+struct PrefetchWindow {
+    parts: VecDeque<Part>,
+    /// End of the last part scheduled.
+    next_fetch: u64,
+    /// Current target of bytes ahead of the reader; doubles on each sequential read.
+    target: u64,
+}
+
+impl PrefetchWindow {
+    fn start(&self) -> Option<u64> {
+        self.parts.front().map(|p| p.range.start)
+    }
+
+    fn covers(&self, offset: u64) -> bool {
+        self.start().is_some_and(|s| s <= offset) && offset < self.next_fetch
+    }
+
+    fn reset(&mut self, offset: u64) {
+        self.parts.clear();
+        self.next_fetch = offset;
+        self.target = 0;
+    }
+}
+
+pub struct Reader {
+    store: Arc<dyn ObjectStore>,
+    budget: Arc<Semaphore>,
+    tuning: ReadTuning,
+    key: String,
+    etag: String,
+    size: u64,
+    window: PrefetchWindow,
+    last_end: Option<u64>,
+}
+
+impl Reader {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        budget: Arc<Semaphore>,
+        tuning: ReadTuning,
+        key: String,
+        etag: String,
+        size: u64,
+    ) -> Self {
+        Reader {
+            store,
+            budget,
+            tuning,
+            key,
+            etag,
+            size,
+            window: PrefetchWindow::default(),
+            last_end: None,
+        }
+    }
+
+    fn spawn_get(&self, range: ByteRange) -> JoinHandle<Result<Bytes, StoreError>> {
+        let store = self.store.clone();
+        let key = self.key.clone();
+        let etag = self.etag.clone();
+        tokio::spawn(async move { store.get_range(&key, range, Some(&etag)).await })
+    }
+
+    async fn fetch_now(&self, range: ByteRange) -> Result<Bytes, FsError> {
+        Ok(self
+            .store
+            .get_range(&self.key, range, Some(&self.etag))
+            .await?)
+    }
+
+    fn permit_for(&self, len: u64) -> Option<OwnedSemaphorePermit> {
+        let units = len.div_ceil(BUDGET_UNIT).min(u32::MAX as u64) as u32;
+        self.budget.clone().try_acquire_many_owned(units).ok()
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the object).
+    pub async fn read(&mut self, offset: u64, len: u32) -> Result<Bytes, FsError> {
+        if offset >= self.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = self.size.min(offset + len as u64);
+        let result = self.read_range(ByteRange::new(offset, end)).await;
+        if let Err(FsError::Store(StoreError::PreconditionFailed)) = result {
+            tracing::error!(key = %self.key, "object changed in the bucket while open; failing the read instead of mixing versions");
+            self.window.reset(0);
+            return Err(FsError::Changed);
+        }
+        if result.is_err() {
+            self.window.reset(0);
+        }
+        result
+    }
+
+    async fn read_range(&mut self, want: ByteRange) -> Result<Bytes, FsError> {
+        if self.size <= self.tuning.small_file_size {
+            if self.window.parts.is_empty() {
+                let whole = ByteRange::new(0, self.size);
+                let data = self.fetch_now(whole).await?;
+                self.window.parts.push_back(Part {
+                    range: whole,
+                    state: PartState::Ready(data),
+                    _permit: None,
+                });
+                self.window.next_fetch = self.size;
+            }
+            return self.serve_from_window(want).await;
+        }
+        let in_window = self.window.covers(want.start);
+        let behind_window = self.window.start().is_some_and(|s| want.start < s);
+        let sequential_start =
+            self.last_end == Some(want.start) || (self.last_end.is_none() && want.start == 0);
+        if !in_window {
+            if behind_window && !sequential_start {
+                // A read the kernel issued out of order, just behind the window: serve it on
+                // its own and leave the window running.
+                return self.fetch_now(want).await;
+            }
+            if !sequential_start {
+                // Random access: fetch only what was asked; drop the window's memory.
+                self.window.reset(want.end);
+                self.last_end = Some(want.end);
+                return self.fetch_now(want).await;
+            }
+            self.window.reset(want.start);
+        }
+        // Sequential: drop what is behind, grow the window, keep it filled.
+        while self
+            .window
+            .parts
+            .front()
+            .is_some_and(|p| p.range.end <= want.start)
+        {
+            self.window.parts.pop_front();
+        }
+        self.window.target = if self.window.target == 0 {
+            INITIAL_WINDOW.max(want.len())
+        } else {
+            (self.window.target * 2).min(self.tuning.max_window)
+        };
+        while self.window.next_fetch < self.size
+            && (self.window.next_fetch < want.end
+                || self.window.next_fetch - want.start < self.window.target)
+        {
+            let part_len = self.tuning.part_size.min(self.window.target);
+            let range = ByteRange::new(
+                self.window.next_fetch,
+                self.size.min(self.window.next_fetch + part_len),
+            );
+            let needed = range.start < want.end;
+            let permit = self.permit_for(range.len());
+            if permit.is_none() && !needed {
+                // The global read-ahead budget is spent: read ahead less.
+                break;
+            }
+            let handle = self.spawn_get(range);
+            self.window.parts.push_back(Part {
+                range,
+                state: PartState::Pending(handle),
+                _permit: permit,
+            });
+            self.window.next_fetch = range.end;
+        }
+        self.last_end = Some(want.end);
+        self.serve_from_window(want).await
+    }
+
+    async fn serve_from_window(&mut self, want: ByteRange) -> Result<Bytes, FsError> {
+        let mut pieces: Vec<Bytes> = Vec::new();
+        for part in self.window.parts.iter_mut() {
+            if part.range.end <= want.start || part.range.start >= want.end {
+                continue;
+            }
+            let data = part.bytes().await?;
+            let from = (want.start.max(part.range.start) - part.range.start) as usize;
+            let to = (want.end.min(part.range.end) - part.range.start) as usize;
+            if to > data.len() {
+                // The object is shorter than when it was opened (and the server ignored
+                // If-Match): treat it as changed.
+                return Err(FsError::Changed);
+            }
+            pieces.push(data.slice(from..to));
+        }
+        Ok(match pieces.len() {
+            0 => Bytes::new(),
+            1 => pieces.pop().unwrap_or_default(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(want.len() as usize);
+                for p in pieces {
+                    joined.extend_from_slice(&p);
+                }
+                joined.freeze()
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::instrumented::Instrumented;
+    use crate::store::memory::MemoryStore;
+    use crate::store::RequestKind;
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    async fn reader(
+        size: usize,
+        tuning: ReadTuning,
+        budget: usize,
+    ) -> (Reader, Arc<Instrumented>, Vec<u8>, Arc<MemoryStore>) {
+        let mem = Arc::new(MemoryStore::new());
+        let bytes = data(size);
+        mem.put("obj", bytes.clone());
+        let etag = mem.head("obj").await.unwrap().etag;
+        let store = Arc::new(Instrumented::new(mem.clone()));
+        let r = Reader::new(
+            store.clone(),
+            Arc::new(Semaphore::new(budget)),
+            tuning,
+            "obj".into(),
+            etag,
+            size as u64,
+        );
+        (r, store, bytes, mem)
+    }
+
+    const TUNING: ReadTuning = ReadTuning {
+        part_size: 256 * 1024,
+        max_window: 1024 * 1024,
+        small_file_size: 64 * 1024,
+    };
+
+    #[tokio::test]
+    async fn small_file_is_one_get() {
+        let (mut r, store, bytes, _) = reader(5000, TUNING, 1000).await;
+        let mut got = Vec::new();
+        for off in (0..5000).step_by(1000) {
+            got.extend_from_slice(&r.read(off, 1000).await.unwrap());
+        }
+        assert_eq!(got, bytes);
+        assert_eq!(store.counters().count(RequestKind::Get), 1);
+    }
+
+    #[tokio::test]
+    async fn sequential_read_returns_every_byte_with_large_requests() {
+        let size = 3 * 1024 * 1024 + 17;
+        let (mut r, store, bytes, _) = reader(size, TUNING, 1000).await;
+        let mut got = Vec::new();
+        let mut off = 0u64;
+        loop {
+            let chunk = r.read(off, 128 * 1024).await.unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            off += chunk.len() as u64;
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got.len(), bytes.len());
+        assert!(got == bytes);
+        let gets = store.counters().count(RequestKind::Get);
+        // 128 KiB reads, parts of up to 256 KiB: about size / part_size requests.
+        assert!(
+            gets <= (size as u64).div_ceil(256 * 1024) + 2,
+            "{gets} GETs"
+        );
+        assert_eq!(
+            store.counters().bytes_read(),
+            size as u64,
+            "nothing fetched twice"
+        );
+    }
+
+    #[tokio::test]
+    async fn random_reads_fetch_only_what_is_asked() {
+        let size = 8 * 1024 * 1024;
+        let (mut r, store, bytes, _) = reader(size, TUNING, 1000).await;
+        for off in [5_000_000u64, 1_000_000, 7_000_000, 300_000] {
+            let got = r.read(off, 4096).await.unwrap();
+            assert_eq!(&got[..], &bytes[off as usize..off as usize + 4096]);
+        }
+        assert_eq!(store.counters().count(RequestKind::Get), 4);
+        assert_eq!(store.counters().bytes_read(), 4 * 4096);
+    }
+
+    #[tokio::test]
+    async fn a_changed_object_fails_with_eio_not_mixed_content() {
+        let size = 2 * 1024 * 1024;
+        let (mut r, _, _, mem) = reader(size, TUNING, 1000).await;
+        r.read(0, 4096).await.unwrap();
+        mem.put("obj", vec![0u8; size]);
+        r.window.reset(0);
+        let err = r.read(4096, 4096).await.unwrap_err();
+        assert_eq!(err.errno(), libc::EIO);
+        assert!(matches!(err, FsError::Changed));
+    }
+
+    #[tokio::test]
+    async fn read_ahead_respects_the_memory_budget() {
+        let size = 4 * 1024 * 1024;
+        // Budget of 4 units (256 KiB): the window can hold at most one part ahead.
+        let (mut r, _, bytes, _) = reader(size, TUNING, 4).await;
+        let mut off = 0u64;
+        while off < size as u64 {
+            let chunk = r.read(off, 128 * 1024).await.unwrap();
+            assert_eq!(&chunk[..], &bytes[off as usize..off as usize + chunk.len()]);
+            let held: u64 = r
+                .window
+                .parts
+                .iter()
+                .filter(|p| p._permit.is_some())
+                .map(|p| p.range.len())
+                .sum();
+            assert!(held <= 4 * BUDGET_UNIT, "{held} bytes held under budget");
+            off += chunk.len() as u64;
+        }
+    }
+}

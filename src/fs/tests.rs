@@ -1,0 +1,252 @@
+//! Tests of the filesystem core on the in-memory store, asserting cost as well as behaviour.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::store::instrumented::Instrumented;
+use crate::store::memory::MemoryStore;
+use crate::store::RequestKind;
+
+struct Rig {
+    mem: Arc<MemoryStore>,
+    store: Arc<Instrumented>,
+    fs: Fs,
+}
+
+fn rig(prefix: &str) -> Rig {
+    let mem = Arc::new(MemoryStore::new());
+    let store = Arc::new(Instrumented::new(mem.clone()));
+    let fs = Fs::new(
+        store.clone(),
+        Some(store.counters()),
+        prefix.to_string(),
+        FsConfig {
+            list_page_size: 100,
+            ..FsConfig::default()
+        },
+    );
+    Rig { mem, store, fs }
+}
+
+impl Rig {
+    fn count(&self, kind: RequestKind) -> u64 {
+        self.store.counters().count(kind)
+    }
+
+    async fn list(&self, ino: Ino, plus: bool) -> Vec<(String, Attr)> {
+        let fh = self.fs.opendir(ino).unwrap();
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let mut batch = Vec::new();
+            self.fs
+                .readdir(ino, fh, offset, plus, &mut |e: DirSinkEntry<'_>| {
+                    batch.push((e.name.to_string(), e.attr.clone(), e.offset));
+                    batch.len() >= 64
+                })
+                .await
+                .unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            offset = batch.last().map(|b| b.2).unwrap_or(offset);
+            out.extend(batch.into_iter().map(|(n, a, _)| (n, a)));
+        }
+        self.fs.releasedir(fh);
+        out
+    }
+
+    async fn read_all(&self, ino: Ino) -> Vec<u8> {
+        let (fh, _) = self.fs.open(ino, false).await.unwrap();
+        let mut out = Vec::new();
+        loop {
+            let chunk = self
+                .fs
+                .read(fh, out.len() as u64, 128 * 1024)
+                .await
+                .unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&chunk);
+        }
+        self.fs.release(fh);
+        out
+    }
+}
+
+#[tokio::test]
+async fn ls_l_of_a_large_directory_costs_listing_pages_and_no_head() {
+    let r = rig("");
+    for i in 0..1000 {
+        r.mem.put(&format!("big/f{i:04}"), vec![1u8; i % 7]);
+    }
+    let dir = r.fs.lookup(Ino::ROOT, "big").await.unwrap();
+    assert_eq!(dir.kind, Kind::Dir);
+    let (heads, lists) = (r.count(RequestKind::Head), r.count(RequestKind::List));
+    let entries = r.list(dir.ino, true).await;
+    assert_eq!(entries.len(), 1002, ". and .. and 1000 files");
+    assert_eq!(entries[2].0, "f0000");
+    assert_eq!(entries[5].1.size, 3);
+    assert_eq!(r.count(RequestKind::Head) - heads, 0, "no HEAD per entry");
+    assert_eq!(
+        r.count(RequestKind::List) - lists,
+        10,
+        "1000 keys in pages of 100"
+    );
+    // Attributes came with the listing, so stat of any entry sends nothing.
+    let before = r.count(RequestKind::Head);
+    let attr = r.fs.getattr(entries[500].1.ino).await.unwrap();
+    assert_eq!(attr.size, entries[500].1.size);
+    assert_eq!(r.count(RequestKind::Head), before);
+}
+
+#[tokio::test]
+async fn lookup_sends_one_head_and_one_single_key_list() {
+    let r = rig("");
+    for i in 0..500 {
+        r.mem.put(&format!("f{i}"), "x");
+    }
+    let attr = r.fs.lookup(Ino::ROOT, "f42").await.unwrap();
+    assert_eq!((attr.kind, attr.size), (Kind::File, 1));
+    assert_eq!(r.count(RequestKind::Head), 1);
+    assert_eq!(r.count(RequestKind::List), 1);
+}
+
+#[tokio::test]
+async fn misses_are_cached() {
+    let r = rig("");
+    for _ in 0..5 {
+        let err = r.fs.lookup(Ino::ROOT, "desktop.ini").await.unwrap_err();
+        assert_eq!(err.errno(), libc::ENOENT);
+    }
+    assert_eq!(
+        r.count(RequestKind::Head),
+        1,
+        "later probes answered from the miss cache"
+    );
+}
+
+#[tokio::test]
+async fn implicit_and_marked_directories_and_the_internal_path() {
+    let r = rig("root/");
+    r.mem.put("root/implicit/a.txt", "a");
+    r.mem.put("root/marked/", "");
+    r.mem.put("outside.txt", "no");
+    r.mem.put("rootsibling/x", "no");
+    let names: Vec<String> = r
+        .list(Ino::ROOT, false)
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(names, vec![".", "..", "implicit", "marked"]);
+    let marked = r.fs.lookup(Ino::ROOT, "marked").await.unwrap();
+    assert_eq!(marked.kind, Kind::Dir);
+    assert_eq!(
+        r.list(marked.ino, false).await.len(),
+        2,
+        "an empty marked directory"
+    );
+    assert!(r.fs.lookup(Ino::ROOT, "outside.txt").await.is_err());
+    let implicit = r.fs.lookup(Ino::ROOT, "implicit").await.unwrap();
+    let a = r.fs.lookup(implicit.ino, "a.txt").await.unwrap();
+    assert_eq!(r.read_all(a.ino).await, b"a");
+}
+
+#[tokio::test]
+async fn file_and_directory_of_one_name_show_the_directory_in_lookup_and_listing() {
+    let r = rig("");
+    r.mem.put("x", "file");
+    r.mem.put("x/inner", "in");
+    let listed: Vec<(String, Kind)> = r
+        .list(Ino::ROOT, true)
+        .await
+        .into_iter()
+        .map(|(n, a)| (n, a.kind))
+        .collect();
+    assert_eq!(listed[2..], [("x".to_string(), Kind::Dir)]);
+    assert_eq!(r.fs.lookup(Ino::ROOT, "x").await.unwrap().kind, Kind::Dir);
+}
+
+#[tokio::test]
+async fn inode_numbers_are_stable_and_match_between_readdir_and_lookup() {
+    let r = rig("");
+    r.mem.put("d/f", "1");
+    let d = r.fs.lookup(Ino::ROOT, "d").await.unwrap();
+    let listed = r.list(d.ino, false).await;
+    let f = r.fs.lookup(d.ino, "f").await.unwrap();
+    assert_eq!(listed[2].1.ino, f.ino);
+    r.fs.forget(f.ino, 1);
+    assert_eq!(r.fs.lookup(d.ino, "f").await.unwrap().ino, f.ino);
+}
+
+#[tokio::test]
+async fn readdirplus_references_are_returned_for_entries_the_kernel_did_not_take() {
+    let r = rig("");
+    for i in 0..10 {
+        r.mem.put(&format!("f{i}"), "1");
+    }
+    let base = r.fs.open_inodes();
+    let fh = r.fs.opendir(Ino::ROOT).unwrap();
+    let mut taken = 0;
+    r.fs.readdir(Ino::ROOT, fh, 0, true, &mut |_e: DirSinkEntry<'_>| {
+        taken += 1;
+        taken > 5 // accept ".", "..", f0..f3; refuse the 6th
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        r.fs.open_inodes() - base,
+        3,
+        "f0, f1, f2 referenced; the refused one not"
+    );
+}
+
+#[tokio::test]
+async fn read_only_refusals_send_nothing() {
+    let r = rig("");
+    r.mem.put("f", "1");
+    let f = r.fs.lookup(Ino::ROOT, "f").await.unwrap();
+    let before = r.store.counters().summary();
+    assert_eq!(
+        r.fs.open(f.ino, true).await.unwrap_err().errno(),
+        libc::EROFS
+    );
+    assert_eq!(r.fs.refuse_change().errno(), libc::EROFS);
+    assert_eq!(r.store.counters().summary(), before);
+}
+
+#[tokio::test]
+async fn reopening_an_unchanged_file_keeps_the_page_cache() {
+    let r = rig("");
+    r.mem.put("f", "one");
+    let f = r.fs.lookup(Ino::ROOT, "f").await.unwrap();
+    let (h1, keep1) = r.fs.open(f.ino, false).await.unwrap();
+    let (h2, keep2) = r.fs.open(f.ino, false).await.unwrap();
+    assert!(!keep1 && keep2);
+    r.fs.release(h1);
+    r.fs.release(h2);
+}
+
+#[tokio::test]
+async fn store_errors_become_errnos() {
+    let r = rig("");
+    r.store
+        .fail_nth(RequestKind::List, 1, StoreError::AccessDenied("no".into()));
+    let err = r.fs.lookup(Ino::ROOT, "x").await.unwrap_err();
+    assert_eq!(err.errno(), libc::EACCES);
+    r.mem.put("f", vec![7u8; 10]);
+    let f = r.fs.lookup(Ino::ROOT, "f").await.unwrap();
+    let (fh, _) = r.fs.open(f.ino, false).await.unwrap();
+    r.store.fail_nth(RequestKind::Get, 1, StoreError::Timeout);
+    assert_eq!(
+        r.fs.read(fh, 0, 10).await.unwrap_err().errno(),
+        libc::ETIMEDOUT
+    );
+    assert_eq!(
+        &r.fs.read(fh, 0, 10).await.unwrap()[..],
+        &[7u8; 10],
+        "a later read retries"
+    );
+}

@@ -1,0 +1,135 @@
+//! The object-store boundary: the only door to the bucket.
+//!
+//! `ObjectStore` is the trait every layer above talks to; it speaks in plain keys, byte ranges
+//! and listing pages. `s3` implements it over aws-sdk-s3, `memory` in process for tests, and
+//! `instrumented` wraps any store to count requests by kind and to inject faults.
+
+pub mod instrumented;
+pub mod memory;
+pub mod s3;
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// What a HEAD (or a listing entry) tells us about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: SystemTime,
+    pub etag: String,
+    /// User metadata (`x-amz-meta-*`) with the prefix removed and names lower-cased.
+    /// Listings never carry it, so it is empty for listed objects.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One ListObjectsV2 request.
+#[derive(Clone, Debug, Default)]
+pub struct ListRequest {
+    pub prefix: String,
+    /// Group keys by `/` below `prefix` into common prefixes.
+    pub delimited: bool,
+    pub max_keys: u32,
+    pub continuation: Option<String>,
+}
+
+/// One page of a listing, in the store's (byte-wise key) order.
+#[derive(Clone, Debug, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectInfo>,
+    /// Common prefixes, each ending in `/`.
+    pub prefixes: Vec<String>,
+    /// Token for the next page, `None` when this was the last one.
+    pub next: Option<String>,
+}
+
+/// A half-open byte range `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    pub fn new(start: u64, end: u64) -> Self {
+        debug_assert!(start <= end);
+        ByteRange { start, end }
+    }
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// Request kinds, for counting and fault injection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestKind {
+    Head,
+    List,
+    Get,
+}
+
+impl RequestKind {
+    pub const ALL: [RequestKind; 3] = [RequestKind::Head, RequestKind::List, RequestKind::Get];
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Head => "HEAD",
+            RequestKind::List => "LIST",
+            RequestKind::Get => "GET",
+        }
+    }
+}
+
+/// Everything that can go wrong talking to the store, classified so that each layer above can
+/// decide what it means (an errno, a start-up message, a retry).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("no such key")]
+    NotFound,
+    #[error("the bucket does not exist")]
+    NoSuchBucket,
+    #[error("the object changed (its ETag no longer matches)")]
+    PreconditionFailed,
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    #[error("the access key is not known to the server")]
+    InvalidAccessKey,
+    #[error("the request signature does not match: the secret key is wrong")]
+    SignatureMismatch,
+    #[error("wrong region{}", match .expected { Some(r) => format!(": the bucket lives in region '{r}'"), None => String::new() })]
+    WrongRegion { expected: Option<String> },
+    #[error("the clock of this machine differs too much from the server's")]
+    ClockSkew,
+    #[error("endpoint unreachable: {0}")]
+    Unreachable(String),
+    #[error("TLS failure: {0}")]
+    Tls(String),
+    #[error("request timed out")]
+    Timeout,
+    #[error("the server asks to slow down (throttled)")]
+    Throttled,
+    #[error("no credentials: {0}")]
+    NoCredentials(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The only door to the bucket. Keys are full object keys (the mount's prefix included).
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError>;
+    async fn list(&self, request: ListRequest) -> Result<ListPage, StoreError>;
+    /// Reads `range` of `key`; with `if_match`, fails with `PreconditionFailed` when the
+    /// object's ETag is no longer that one (so one open file never mixes two versions).
+    async fn get_range(
+        &self,
+        key: &str,
+        range: ByteRange,
+        if_match: Option<&str>,
+    ) -> Result<Bytes, StoreError>;
+}

@@ -1,0 +1,392 @@
+//! `ObjectStore` over aws-sdk-s3: endpoint, region, addressing style, TLS trust, credentials,
+//! checksums, retries and timeouts; and the one place where SDK errors are classified.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_credential_types::provider::ProvideCredentials;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::Client;
+use aws_smithy_http_client::tls;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+use bytes::Bytes;
+
+use super::{ByteRange, ListPage, ListRequest, ObjectInfo, ObjectStore, StoreError};
+
+/// Where credentials come from.
+#[derive(Clone, Debug)]
+pub enum CredentialSource {
+    /// The AWS default chain: environment, shared profiles (optionally a named one), SSO,
+    /// web identity, container and instance metadata.
+    DefaultChain { profile: Option<String> },
+    /// A shared-credentials file given by the user (already checked for safe permissions).
+    File {
+        path: PathBuf,
+        profile: Option<String>,
+    },
+    /// Unsigned requests, for public buckets.
+    Anonymous,
+}
+
+/// When to compute and validate flexible checksums. Several S3-compatible services reject the
+/// CRC headers recent SDKs send by default, so `WhenRequired` is the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChecksumPolicy {
+    WhenRequired,
+    WhenSupported,
+}
+
+/// Connection settings, in the vocabulary of providers' settings pages.
+#[derive(Clone, Debug)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// A full URL (`http://host:port` or `https://host`), or `None` for AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    /// PEM file with extra trusted certificate authorities.
+    pub ca_bundle: Option<PathBuf>,
+    pub credentials: CredentialSource,
+    pub checksums: ChecksumPolicy,
+    pub connect_timeout: Duration,
+    pub max_attempts: u32,
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    region: String,
+}
+
+/// Region used when nothing (flag, environment, profile) names one.
+const FALLBACK_REGION: &str = "us-east-1";
+
+impl S3Store {
+    /// Builds the client and resolves credentials once, so that a missing or broken credential
+    /// source is reported before anything is mounted.
+    pub async fn connect(settings: &S3Settings) -> Result<S3Store, StoreError> {
+        let http_client = build_http_client(settings)?;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client)
+            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(settings.connect_timeout)
+                    .operation_attempt_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        if let Some(region) = &settings.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &settings.endpoint {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        loader = match &settings.credentials {
+            CredentialSource::Anonymous => loader.no_credentials(),
+            CredentialSource::DefaultChain { profile } => match profile {
+                Some(p) => loader.profile_name(p.clone()),
+                None => loader,
+            },
+            CredentialSource::File { path, profile } => {
+                let files = aws_runtime::env_config::file::EnvConfigFiles::builder()
+                    .with_file(
+                        aws_runtime::env_config::file::EnvConfigFileKind::Credentials,
+                        path,
+                    )
+                    .build();
+                let loader = loader.profile_files(files);
+                match profile {
+                    Some(p) => loader.profile_name(p.clone()),
+                    None => loader,
+                }
+            }
+        };
+        let shared = loader.load().await;
+        let region = shared
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| FALLBACK_REGION.to_string());
+
+        if let Some(provider) = shared.credentials_provider() {
+            if let Err(e) = provider.provide_credentials().await {
+                return Err(StoreError::NoCredentials(
+                    DisplayErrorContext(&e).to_string(),
+                ));
+            }
+        }
+
+        let (request_checksums, response_checksums) = match settings.checksums {
+            ChecksumPolicy::WhenRequired => (
+                RequestChecksumCalculation::WhenRequired,
+                ResponseChecksumValidation::WhenRequired,
+            ),
+            ChecksumPolicy::WhenSupported => (
+                RequestChecksumCalculation::WhenSupported,
+                ResponseChecksumValidation::WhenSupported,
+            ),
+        };
+        let config = aws_sdk_s3::config::Builder::from(&shared)
+            .region(aws_config::Region::new(region.clone()))
+            .force_path_style(settings.path_style)
+            .request_checksum_calculation(request_checksums)
+            .response_checksum_validation(response_checksums)
+            .build();
+        Ok(S3Store {
+            client: Client::from_conf(config),
+            bucket: settings.bucket.clone(),
+            region,
+        })
+    }
+
+    /// The region requests are signed for.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+}
+
+fn build_http_client(
+    settings: &S3Settings,
+) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, StoreError> {
+    let mut trust = tls::TrustStore::default();
+    let bundle = settings
+        .ca_bundle
+        .clone()
+        .or_else(|| std::env::var_os("AWS_CA_BUNDLE").map(PathBuf::from));
+    if let Some(path) = bundle {
+        let pem = std::fs::read(&path).map_err(|e| {
+            StoreError::Tls(format!(
+                "cannot read the CA bundle {}: {e}; give a readable PEM file with --ca-bundle (or AWS_CA_BUNDLE)",
+                path.display()
+            ))
+        })?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(StoreError::Tls(format!(
+                "the CA bundle {} holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' line)",
+                path.display()
+            )));
+        }
+        trust = trust.with_pem_certificate(pem);
+    }
+    let context = tls::TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|e| StoreError::Tls(DisplayErrorContext(&e).to_string()))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https())
+}
+
+fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Pulls `<Region>…</Region>` out of an S3 error body (AWS names the right region there).
+fn region_in_body(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Region>")? + "<Region>".len();
+    let end = text[start..].find("</Region>")? + start;
+    let region = text[start..end].trim();
+    (!region.is_empty()).then(|| region.to_string())
+}
+
+/// Maps any SDK error onto `StoreError`: the one place that reads status codes and S3 codes.
+fn classify<E>(err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(service) => {
+            let raw = service.raw();
+            let status = raw.status().as_u16();
+            let code = service.err().code().unwrap_or("");
+            let message = service.err().message().unwrap_or("").to_string();
+            let header_region = raw.headers().get("x-amz-bucket-region").map(str::to_string);
+            let body_region = raw.body().bytes().and_then(region_in_body);
+            match code {
+                "NoSuchBucket" => StoreError::NoSuchBucket,
+                "NoSuchKey" | "NotFound" => StoreError::NotFound,
+                "PreconditionFailed" => StoreError::PreconditionFailed,
+                "InvalidAccessKeyId" => StoreError::InvalidAccessKey,
+                "SignatureDoesNotMatch" => StoreError::SignatureMismatch,
+                "RequestTimeTooSkewed" => StoreError::ClockSkew,
+                "SlowDown" | "ServiceUnavailable" | "Throttling" => StoreError::Throttled,
+                "AuthorizationHeaderMalformed"
+                | "PermanentRedirect"
+                | "IllegalLocationConstraintException" => StoreError::WrongRegion {
+                    expected: header_region.or(body_region),
+                },
+                "AccessDenied" | "AllAccessDisabled" => StoreError::AccessDenied(message),
+                _ => match status {
+                    301 | 307 => StoreError::WrongRegion {
+                        expected: header_region.or(body_region),
+                    },
+                    404 => StoreError::NotFound,
+                    412 => StoreError::PreconditionFailed,
+                    403 => StoreError::AccessDenied(if message.is_empty() {
+                        format!("HTTP 403 {code}")
+                    } else {
+                        message
+                    }),
+                    503 => StoreError::Throttled,
+                    _ => StoreError::Other(format!(
+                        "HTTP {status} {code} {message}{}",
+                        header_region
+                            .or(body_region)
+                            .map(|r| format!(" (region {r})"))
+                            .unwrap_or_default()
+                    )),
+                },
+            }
+        }
+        SdkError::TimeoutError(_) => StoreError::Timeout,
+        SdkError::DispatchFailure(failure) => {
+            let detail = DisplayErrorContext(&err).to_string();
+            let lower = detail.to_ascii_lowercase();
+            if failure.is_timeout() {
+                StoreError::Timeout
+            } else if lower.contains("certificate")
+                || lower.contains("tls")
+                || lower.contains("handshake")
+                || lower.contains("invalidcontenttype")
+                || lower.contains("corrupt message")
+            {
+                StoreError::Tls(detail)
+            } else {
+                StoreError::Unreachable(detail)
+            }
+        }
+        SdkError::ConstructionFailure(_) => {
+            let detail = DisplayErrorContext(&err).to_string();
+            if detail.to_ascii_lowercase().contains("credential") {
+                StoreError::NoCredentials(detail)
+            } else {
+                StoreError::Other(detail)
+            }
+        }
+        _ => StoreError::Other(DisplayErrorContext(&err).to_string()),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        let metadata = out
+            .metadata()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ObjectInfo {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: to_system_time(out.last_modified()),
+            etag: out.e_tag().unwrap_or_default().to_string(),
+            metadata,
+        })
+    }
+
+    async fn list(&self, request: ListRequest) -> Result<ListPage, StoreError> {
+        let mut call = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&request.prefix)
+            .max_keys(request.max_keys.clamp(1, 1000) as i32);
+        if request.delimited {
+            call = call.delimiter("/");
+        }
+        if let Some(token) = &request.continuation {
+            call = call.continuation_token(token);
+        }
+        let out = call.send().await.map_err(classify)?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectInfo {
+                    key: o.key()?.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified: to_system_time(o.last_modified()),
+                    etag: o.e_tag().unwrap_or_default().to_string(),
+                    metadata: Default::default(),
+                })
+            })
+            .collect();
+        let prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_string))
+            .collect();
+        let next = if out.is_truncated().unwrap_or(false) {
+            out.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next,
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: ByteRange,
+        if_match: Option<&str>,
+    ) -> Result<Bytes, StoreError> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let mut call = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1));
+        if let Some(etag) = if_match {
+            call = call.if_match(etag);
+        }
+        let out = call.send().await.map_err(classify)?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unreachable(format!("reading the response body: {e}")))?;
+        Ok(body.into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::region_in_body;
+
+    #[test]
+    fn region_is_read_from_an_error_body() {
+        let body =
+            b"<Error><Code>AuthorizationHeaderMalformed</Code><Region>eu-west-3</Region></Error>";
+        assert_eq!(region_in_body(body).as_deref(), Some("eu-west-3"));
+        assert_eq!(region_in_body(b"<Error></Error>"), None);
+    }
+}
