@@ -166,7 +166,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         .thread_name("pailfs-worker")
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    tracing::info!(location = %cfg.location.describe(), "reading location");
+    tracing::info!(location = %cfg.location.describe(cfg.s3.endpoint.as_deref()), "reading location");
     let s3 = runtime
         .block_on(S3Store::connect(&cfg.s3))
         .map_err(|e| startup::explain(&e, &cfg, cfg.s3.region.as_deref().unwrap_or("?")))?;

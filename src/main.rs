@@ -42,14 +42,17 @@ fn main() -> ExitCode {
             let cfg = match MountConfig::from_args(&mount) {
                 Ok(c) => c,
                 Err(e) => {
-                    let message = format!("pailfs: {e}");
+                    let message = e.to_string();
                     readiness.failed(&message);
-                    eprintln!("{message}");
+                    eprintln!("pailfs: {message}");
                     return ExitCode::from(2);
                 }
             };
             if !cfg.foreground {
-                eprintln!("pailfs: location read as {}", cfg.location.describe());
+                eprintln!(
+                    "pailfs: location read as {}",
+                    cfg.location.describe(cfg.s3.endpoint.as_deref())
+                );
                 return match spawn_daemon(&args[1..], &cfg) {
                     Ok(log) => {
                         eprintln!(
@@ -66,16 +69,18 @@ fn main() -> ExitCode {
                 };
             }
             if !readiness.is_daemon() {
-                eprintln!("pailfs: location read as {}", cfg.location.describe());
+                eprintln!(
+                    "pailfs: location read as {}",
+                    cfg.location.describe(cfg.s3.endpoint.as_deref())
+                );
             }
             match run_mount(cfg, &mut readiness) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    let message = format!("pailfs: {e}");
                     tracing::error!("{e}");
-                    readiness.failed(&message);
+                    readiness.failed(&e);
                     if !readiness.is_daemon() {
-                        eprintln!("{message}");
+                        eprintln!("pailfs: {e}");
                     }
                     ExitCode::FAILURE
                 }

@@ -29,7 +29,8 @@ pub struct Location {
 }
 
 impl Location {
-    pub fn describe(&self) -> String {
+    /// How the location was read, with the endpoint in effect (`None`: AWS's default).
+    pub fn describe(&self, endpoint: Option<&str>) -> String {
         format!(
             "bucket '{}', internal path '{}', endpoint {} ({})",
             self.bucket,
@@ -38,9 +39,7 @@ impl Location {
             } else {
                 &self.prefix
             },
-            self.endpoint
-                .as_deref()
-                .unwrap_or("from --endpoint-url/AWS defaults"),
+            endpoint.unwrap_or("AWS S3 (default)"),
             self.rule
         )
     }

@@ -115,9 +115,8 @@ impl S3Store {
 
         if let Some(provider) = shared.credentials_provider() {
             if let Err(e) = provider.provide_credentials().await {
-                return Err(StoreError::NoCredentials(
-                    DisplayErrorContext(&e).to_string(),
-                ));
+                // The chain's own Display lists each source it tried, one per line.
+                return Err(StoreError::NoCredentials(e.to_string()));
             }
         }
 
@@ -200,6 +199,21 @@ fn region_in_body(body: &[u8]) -> Option<String> {
     (!region.is_empty()).then(|| region.to_string())
 }
 
+/// The messages of an error and its sources, innermost last, without repeats: short enough
+/// for a person ("dispatch failure: … tcp connect error: Connection refused (os error 111)").
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
 /// Maps any SDK error onto `StoreError`: the one place that reads status codes and S3 codes.
 fn classify<E>(err: SdkError<E, HttpResponse>) -> StoreError
 where
@@ -226,6 +240,14 @@ where
                 | "IllegalLocationConstraintException" => StoreError::WrongRegion {
                     expected: header_region.or(body_region),
                 },
+                // Garage answers a bad signature or an unknown key with a 403 whose message
+                // says which; AWS and MinIO use the dedicated codes above.
+                _ if status == 403 && message.contains("Invalid signature") => {
+                    StoreError::SignatureMismatch
+                }
+                _ if status == 403 && message.contains("No such key") => {
+                    StoreError::InvalidAccessKey
+                }
                 "AccessDenied" | "AllAccessDisabled" => StoreError::AccessDenied(message),
                 _ => match status {
                     301 | 307 => StoreError::WrongRegion {
@@ -251,7 +273,7 @@ where
         }
         SdkError::TimeoutError(_) => StoreError::Timeout,
         SdkError::DispatchFailure(failure) => {
-            let detail = DisplayErrorContext(&err).to_string();
+            let detail = error_chain(&err);
             let lower = detail.to_ascii_lowercase();
             if failure.is_timeout() {
                 StoreError::Timeout
