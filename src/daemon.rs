@@ -82,10 +82,11 @@ pub fn spawn_daemon(args: &[String], cfg: &MountConfig) -> Result<String, String
     let write_raw = fds[1];
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
     let mut command = Command::new(exe);
+    command.args(args).arg("--foreground");
+    if cfg.log_file.is_none() {
+        command.arg(format!("--log-file={}", log_path.display()));
+    }
     command
-        .args(args)
-        .arg("--foreground")
-        .arg(format!("--log-file={}", log_path.display()))
         .env(READY_FD_ENV, write_raw.to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)

@@ -1,0 +1,318 @@
+//! Test harness: one Garage server per test binary (started with scripts/garage.sh on
+//! 127.0.0.1 in a temporary directory, stopped when the test process ends), a fresh bucket per
+//! test, and pailfs mounts through the kernel that are unmounted even when a test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+
+pub struct Garage {
+    pub endpoint: String,
+    pub key_id: String,
+    pub secret: String,
+    pub dir: PathBuf,
+}
+
+static GARAGE: OnceLock<Garage> = OnceLock::new();
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn garage() -> &'static Garage {
+    GARAGE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("pailfs-test-garage-{}", std::process::id()));
+        let out = Command::new(repo().join("scripts/garage.sh"))
+            .arg("start")
+            .arg(&dir)
+            .arg("--watch-pid")
+            .arg(std::process::id().to_string())
+            .output()
+            .expect("run scripts/garage.sh");
+        assert!(
+            out.status.success(),
+            "starting Garage failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(dir.join("env")).expect("Garage env file");
+        let get = |name: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .unwrap_or_else(|| panic!("{name} missing from Garage env"))
+                .to_string()
+        };
+        Garage {
+            endpoint: get("PAILFS_S3_ENDPOINT"),
+            key_id: get("AWS_ACCESS_KEY_ID"),
+            secret: get("AWS_SECRET_ACCESS_KEY"),
+            dir,
+        }
+    })
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A bucket of its own for one test, with an SDK client for fixtures.
+pub struct Bucket {
+    pub name: String,
+    pub client: aws_sdk_s3::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+static BUCKETS: AtomicUsize = AtomicUsize::new(0);
+
+impl Bucket {
+    pub fn new(label: &str) -> Bucket {
+        let g = garage();
+        let rt = runtime();
+        let creds = aws_sdk_s3::config::Credentials::new(&g.key_id, &g.secret, None, None, "test");
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("garage"))
+            .endpoint_url(&g.endpoint)
+            .credentials_provider(creds)
+            .force_path_style(true)
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(config);
+        let clean: String = label
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(40)
+            .collect();
+        let name = format!(
+            "t{}-{}-{}",
+            std::process::id(),
+            BUCKETS.fetch_add(1, Ordering::Relaxed),
+            clean
+        );
+        rt.block_on(client.create_bucket().bucket(&name).send())
+            .expect("create bucket");
+        Bucket { name, client, rt }
+    }
+
+    pub fn put(&self, key: &str, data: impl Into<Vec<u8>>) {
+        let body = ByteStream::from(data.into());
+        self.rt
+            .block_on(
+                self.client
+                    .put_object()
+                    .bucket(&self.name)
+                    .key(key)
+                    .body(body)
+                    .send(),
+            )
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+
+    /// Puts many small objects with some concurrency.
+    pub fn put_many(&self, keys: Vec<String>, data: &[u8]) {
+        use futures::StreamExt;
+        let data = data.to_vec();
+        self.rt.block_on(async {
+            futures::stream::iter(keys)
+                .map(|key| {
+                    let body = ByteStream::from(data.clone());
+                    let client = self.client.clone();
+                    let bucket = self.name.clone();
+                    async move {
+                        client
+                            .put_object()
+                            .bucket(bucket)
+                            .key(&key)
+                            .body(body)
+                            .send()
+                            .await
+                            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await
+        });
+    }
+
+    pub fn delete(&self, key: &str) {
+        self.rt
+            .block_on(
+                self.client
+                    .delete_object()
+                    .bucket(&self.name)
+                    .key(key)
+                    .send(),
+            )
+            .expect("delete");
+    }
+
+    pub fn location(&self, prefix: &str) -> String {
+        format!("s3://{}/{}", self.name, prefix)
+    }
+}
+
+/// Random but reproducible bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn pailfs() -> Command {
+    let g = garage();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pailfs"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("AWS_ACCESS_KEY_ID", &g.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &g.secret)
+        .env("AWS_REGION", "garage")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    c
+}
+
+/// A pailfs mount on a temporary directory; unmounted on drop, even after a failed assertion.
+pub struct Mount {
+    pub path: PathBuf,
+    pub log: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let target = path.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+impl Mount {
+    /// Mounts `location` in daemon mode (the command returns once the mount is ready).
+    pub fn new(location: &str, extra: &[&str]) -> Mount {
+        let (mount, out) = Mount::try_new(location, extra);
+        assert!(
+            out.status.success(),
+            "mount failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&mount.log).unwrap_or_default()
+        );
+        assert!(
+            is_mounted(&mount.path),
+            "the command returned before the mount was ready"
+        );
+        mount
+    }
+
+    pub fn try_new(location: &str, extra: &[&str]) -> (Mount, Output) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).expect("mkdir");
+        let log = dir.path().join("pailfs.log");
+        let mut command = pailfs();
+        command.arg("mount").arg(location).arg(&path);
+        if !extra.iter().any(|a| a.starts_with("--endpoint-url")) {
+            command.arg("--endpoint-url").arg(&garage().endpoint);
+        }
+        let out = command
+            .arg(format!("--log-file={}", log.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pailfs");
+        (Mount { path, log, dir }, out)
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// The daemon's request counters, from the virtual xattr on the mount root.
+    pub fn requests(&self) -> Requests {
+        let text = getxattr(&self.path, "user.pailfs.requests");
+        let get = |name: &str| -> u64 {
+            text.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing in '{text}'"))
+        };
+        Requests {
+            head: get("HEAD"),
+            list: get("LIST"),
+            get: get("GET"),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn unmount(&self) {
+        if is_mounted(&self.path) {
+            let status = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.path)
+                .status();
+            if !matches!(status, Ok(s) if s.success()) {
+                let _ = Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(&self.path)
+                    .status();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_mounted(&self.path) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+        let _ = &self.dir;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Requests {
+    pub head: u64,
+    pub list: u64,
+    pub get: u64,
+}
+
+pub fn getxattr(path: &Path, name: &str) -> String {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let p = CString::new(path.as_os_str().as_bytes()).expect("path");
+    let n = CString::new(name).expect("name");
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length passed.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(
+        len >= 0,
+        "getxattr {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    String::from_utf8_lossy(&buf[..len as usize]).to_string()
+}

@@ -1,0 +1,520 @@
+//! Integration tests: pailfs mounted through the kernel's FUSE, talking to a real Garage.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{garage, is_mounted, pailfs, pattern, Bucket, Mount};
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn errno_of(result: std::io::Result<impl Sized>) -> i32 {
+    match result {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+#[test]
+fn browse_stat_and_read_a_tree() {
+    let b = Bucket::new("browse");
+    b.put("top.txt", "top level\n");
+    b.put("docs/readme.md", "# readme\n");
+    b.put("docs/deep/a/b/c.txt", "deep");
+    b.put("empty-dir/", "");
+    b.put("zero.bin", "");
+    let m = Mount::new(&b.location(""), &[]);
+    assert_eq!(
+        names(&m.path),
+        set(&["docs", "empty-dir", "top.txt", "zero.bin"])
+    );
+    assert_eq!(names(&m.join("docs")), set(&["deep", "readme.md"]));
+    assert!(names(&m.join("empty-dir")).is_empty());
+    assert_eq!(
+        std::fs::read_to_string(m.join("docs/deep/a/b/c.txt")).unwrap(),
+        "deep"
+    );
+    assert_eq!(std::fs::read(m.join("zero.bin")).unwrap(), b"");
+    let meta = std::fs::metadata(m.join("top.txt")).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.len(), 10);
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+    // SAFETY: getuid cannot fail.
+    assert_eq!(meta.uid(), unsafe { libc::getuid() });
+    let age = std::time::SystemTime::now()
+        .duration_since(meta.modified().unwrap())
+        .unwrap_or_default();
+    assert!(
+        age < Duration::from_secs(300),
+        "mtime is LastModified, not 1970"
+    );
+    let dmeta = std::fs::metadata(m.join("docs")).unwrap();
+    assert!(dmeta.is_dir());
+    assert_eq!(dmeta.permissions().mode() & 0o7777, 0o755);
+    // `find` walks everything; inode numbers stay the same during the mount.
+    let out = Command::new("find")
+        .arg(&m.path)
+        .arg("-type")
+        .arg("f")
+        .output()
+        .unwrap();
+    let found = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(found, 4);
+    let ino = std::fs::metadata(m.join("docs/readme.md")).unwrap().ino();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        std::fs::metadata(m.join("docs/readme.md")).unwrap().ino(),
+        ino
+    );
+    assert_eq!(errno_of(std::fs::metadata(m.join("nope"))), libc::ENOENT);
+    // statfs answers with room to copy into.
+    let out = Command::new("df").arg(&m.path).output().unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn sequential_and_random_reads_are_byte_exact() {
+    let b = Bucket::new("reads");
+    let big = pattern(40 * 1024 * 1024 + 12345, 1);
+    b.put("big.bin", big.clone());
+    let m = Mount::new(&b.location(""), &[]);
+    let mut got = Vec::new();
+    std::fs::File::open(m.join("big.bin"))
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert_eq!(got.len(), big.len());
+    assert!(got == big, "sequential read differs");
+    let before = m.requests();
+    // Random 4 KiB reads, with O_DIRECT-like freshness from a second handle.
+    let f = std::fs::File::open(m.join("big.bin")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for (i, off) in [31_000_000u64, 7, 12_345_678, 40 * 1024 * 1024]
+        .iter()
+        .enumerate()
+    {
+        f.read_exact_at(&mut buf, *off).unwrap();
+        assert_eq!(
+            &buf[..],
+            &big[*off as usize..*off as usize + 4096],
+            "read {i}"
+        );
+    }
+    let mut f = f;
+    f.seek(SeekFrom::Start(big.len() as u64 - 10)).unwrap();
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).unwrap();
+    assert_eq!(&tail[..], &big[big.len() - 10..]);
+    // The first full read left the pages cached, so rereads cost little.
+    let after = m.requests();
+    assert!(after.get - before.get <= 6, "{before:?} -> {after:?}");
+}
+
+#[test]
+fn ls_l_costs_no_head_and_small_files_cost_one_get() {
+    let b = Bucket::new("costs");
+    let keys: Vec<String> = (0..300).map(|i| format!("many/f{i:03}.txt")).collect();
+    b.put_many(keys, &pattern(4096, 2));
+    let m = Mount::new(&b.location(""), &[]);
+    let before = m.requests();
+    let out = Command::new("ls")
+        .arg("-l")
+        .arg(m.join("many"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 301);
+    let after_ls = m.requests();
+    assert_eq!(
+        after_ls.head,
+        before.head + 1,
+        "one HEAD for the lookup of 'many' only"
+    );
+    assert!(
+        after_ls.list - before.list <= 2,
+        "{before:?} -> {after_ls:?}"
+    );
+    for i in 0..50 {
+        let data = std::fs::read(m.join(&format!("many/f{i:03}.txt"))).unwrap();
+        assert_eq!(data.len(), 4096);
+    }
+    let after_cat = m.requests();
+    assert_eq!(after_cat.get - after_ls.get, 50, "one GET per small file");
+    assert_eq!(
+        after_cat.head, after_ls.head,
+        "no HEAD: attributes came with the listing"
+    );
+}
+
+#[test]
+fn a_large_directory_lists_completely_in_pages() {
+    let b = Bucket::new("large-dir");
+    let keys: Vec<String> = (0..2500).map(|i| format!("d/{i:05}")).collect();
+    b.put_many(keys, b"x");
+    let m = Mount::new(&b.location(""), &[]);
+    let before = m.requests();
+    let listed = names(&m.join("d"));
+    assert_eq!(listed.len(), 2500);
+    assert!(listed.contains("00000") && listed.contains("02499"));
+    let after = m.requests();
+    assert_eq!(after.list - before.list, 1 + 3, "lookup + 3 pages of 1000");
+}
+
+#[test]
+fn the_internal_path_is_the_mount_root() {
+    let b = Bucket::new("prefix");
+    b.put("team/a/report.txt", "inside");
+    b.put("team/a/sub/x", "x");
+    b.put("team/ab/not-me", "sibling prefix");
+    b.put("outside.txt", "outside");
+    let m = Mount::new(&b.location("team/a"), &[]);
+    assert_eq!(names(&m.path), set(&["report.txt", "sub"]));
+    assert_eq!(
+        std::fs::read_to_string(m.join("report.txt")).unwrap(),
+        "inside"
+    );
+    assert_eq!(
+        errno_of(std::fs::metadata(m.join("outside.txt"))),
+        libc::ENOENT
+    );
+}
+
+#[test]
+fn keys_that_cannot_be_names_follow_the_rule() {
+    let b = Bucket::new("odd-keys");
+    b.put("ok.txt", "ok");
+    b.put("a//b", "empty segment");
+    b.put(&format!("long/{}", "n".repeat(300)), "too long");
+    b.put("x", "file x");
+    b.put("x/inner.txt", "inner");
+    b.put("dir/./dot", "dot segment");
+    let m = Mount::new(&b.location(""), &[]);
+    let root = names(&m.path);
+    assert!(root.contains("ok.txt") && root.contains("x"), "{root:?}");
+    assert!(
+        std::fs::metadata(m.join("x")).unwrap().is_dir(),
+        "the directory wins over file x"
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.join("x/inner.txt")).unwrap(),
+        "inner"
+    );
+    // 'a//b': the prefix 'a/' lists a segment with an empty name, which is skipped.
+    if root.contains("a") {
+        assert!(names(&m.join("a")).is_empty());
+    }
+    assert!(
+        names(&m.join("long")).is_empty(),
+        "a 300-byte name is not shown"
+    );
+    if root.contains("dir") {
+        assert!(
+            names(&m.join("dir")).is_empty(),
+            "'.' segments are not shown"
+        );
+    }
+    let log = m.log_text();
+    assert!(
+        log.contains("object key not shown"),
+        "odd keys are logged: {log}"
+    );
+}
+
+#[test]
+fn read_only_mount_refuses_changes_without_sending_anything() {
+    let b = Bucket::new("read-only");
+    b.put("f.txt", "data");
+    let m = Mount::new(&b.location(""), &["--read-only"]);
+    assert_eq!(std::fs::read_to_string(m.join("f.txt")).unwrap(), "data");
+    // The kernel looks a name up before it asks to create it; those lookups are reads.
+    assert_eq!(errno_of(std::fs::metadata(m.join("new.txt"))), libc::ENOENT);
+    assert_eq!(errno_of(std::fs::metadata(m.join("newdir"))), libc::ENOENT);
+    let before = m.requests();
+    assert_eq!(
+        errno_of(std::fs::write(m.join("new.txt"), "x")),
+        libc::EROFS
+    );
+    assert_eq!(errno_of(std::fs::create_dir(m.join("newdir"))), libc::EROFS);
+    assert_eq!(
+        errno_of(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(m.join("f.txt"))
+        ),
+        libc::EROFS
+    );
+    assert_eq!(errno_of(std::fs::remove_file(m.join("f.txt"))), libc::EROFS);
+    let after = m.requests();
+    assert_eq!(before, after, "refusals sent no request");
+}
+
+#[test]
+fn an_object_changed_while_open_fails_with_eio() {
+    let b = Bucket::new("changed");
+    b.put("v.bin", pattern(16 * 1024 * 1024, 3));
+    let m = Mount::new(&b.location(""), &[]);
+    let f = std::fs::File::open(m.join("v.bin")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    b.put("v.bin", pattern(16 * 1024 * 1024, 4));
+    let err = f.read_exact_at(&mut buf, 12 * 1024 * 1024).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    // A new open sees the new version whole.
+    std::thread::sleep(Duration::from_millis(1100));
+    let fresh = std::fs::read(m.join("v.bin")).unwrap();
+    assert!(fresh == pattern(16 * 1024 * 1024, 4));
+}
+
+#[test]
+fn changes_made_elsewhere_appear_after_the_metadata_ttl() {
+    let b = Bucket::new("visibility");
+    b.put("old.txt", "old");
+    let m = Mount::new(&b.location(""), &["--metadata-ttl", "1s"]);
+    assert_eq!(names(&m.path), set(&["old.txt"]));
+    assert_eq!(errno_of(std::fs::metadata(m.join("new.txt"))), libc::ENOENT);
+    b.put("new.txt", "new");
+    b.delete("old.txt");
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(names(&m.path), set(&["new.txt"]));
+    assert_eq!(std::fs::read_to_string(m.join("new.txt")).unwrap(), "new");
+    assert_eq!(errno_of(std::fs::metadata(m.join("old.txt"))), libc::ENOENT);
+}
+
+fn mount_error(location: &str, extra: &[&str]) -> String {
+    let (m, out) = Mount::try_new(location, extra);
+    assert!(!out.status.success(), "mount of {location} should fail");
+    assert!(!is_mounted(&m.path));
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn start_up_failures_say_what_is_wrong() {
+    let b = Bucket::new("startup");
+    let e = mount_error("s3://no-such-bucket-here", &[]);
+    assert!(e.contains("does not exist"), "{e}");
+    let e = mount_error(&b.location(""), &["--region", "us-west-2"]);
+    assert!(
+        e.contains("wrong region") && e.contains("--region garage"),
+        "{e}"
+    );
+    let e = mount_error("s3://Bad_Bucket", &[]);
+    assert!(e.contains("invalid bucket name"), "{e}");
+    let (m, out) = {
+        let dir = tempfile::tempdir().unwrap();
+        let out = pailfs()
+            .args(["mount", "s3://files.example.org/backups/x"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (dir, out)
+    };
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("ambiguous") && e.contains("bucket 'backups'"),
+        "{e}"
+    );
+    drop(m);
+    let e = mount_error(&b.location(""), &["--endpoint-url", "http://127.0.0.1:1"]);
+    assert!(e.contains("cannot reach http://127.0.0.1:1"), "{e}");
+    let tls = garage().endpoint.replace("http://", "https://");
+    let e = mount_error(&b.location(""), &["--endpoint-url", &tls]);
+    assert!(e.contains("TLS failure"), "{e}");
+    let out = pailfs()
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+        )
+        .args([
+            "mount",
+            &b.location(""),
+            "/tmp",
+            "--allow-non-empty",
+            "--endpoint-url",
+            &garage().endpoint,
+        ])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("secret key does not belong"), "{e}");
+}
+
+#[test]
+fn mountpoint_problems_are_refused_clearly() {
+    let b = Bucket::new("mountpoint");
+    b.put("f", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let run = |mp: &Path, extra: &[&str]| {
+        let out = pailfs()
+            .args(["mount", &b.location("")])
+            .arg(mp)
+            .args(["--endpoint-url", &garage().endpoint])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, e) = run(&missing, &[]);
+    assert!(
+        !ok && e.contains("does not exist") && e.contains("mkdir -p"),
+        "{e}"
+    );
+    std::fs::write(dir.path().join("file"), "x").unwrap();
+    let (ok, e) = run(dir.path(), &[]);
+    assert!(!ok && e.contains("not empty"), "{e}");
+    let m = Mount::new(&b.location(""), &[]);
+    let (ok, e) = run(&m.path, &[]);
+    assert!(!ok && e.contains("already in use"), "{e}");
+}
+
+#[test]
+fn o_options_carry_every_flag_and_unknown_ones_are_named() {
+    let b = Bucket::new("o-options");
+    b.put("f.txt", "data");
+    let ttl = "-ometadata_ttl=2s,ro,_netdev,file_mode=600".to_string();
+    let m = Mount::new(&b.location(""), &[&ttl]);
+    assert_eq!(
+        std::fs::metadata(m.join("f.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_eq!(errno_of(std::fs::write(m.join("x"), "x")), libc::EROFS);
+    drop(m);
+    let e = mount_error(&b.location(""), &["-o", "ro,colour=blue"]);
+    assert!(e.contains("unknown option") && e.contains("colour"), "{e}");
+}
+
+#[test]
+fn credentials_file_must_be_private_and_secrets_stay_out_of_logs_and_ps() {
+    let b = Bucket::new("creds");
+    b.put("f.txt", "data");
+    let g = garage();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            g.key_id, g.secret
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let mount = |extra: &[&str]| {
+        pailfs()
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .args(["mount", &b.location("")])
+            .arg(&mp)
+            .args(["--endpoint-url", &g.endpoint, "--debug"])
+            .arg(format!("--credentials-file={}", creds.display()))
+            .arg(format!("--log-file={}", dir.path().join("log").display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = mount(&[]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("chmod 600"), "{e}");
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = mount(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(mp.join("f.txt")).unwrap(), "data");
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.contains("pailfs mount"), "the daemon shows in ps");
+    assert!(
+        !ps.contains(&g.secret),
+        "the secret is not in the process list"
+    );
+    let _ = Command::new("fusermount3").arg("-u").arg(&mp).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_mounted(&mp) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert!(log.contains("mounted"), "{log}");
+    assert!(!log.contains(&g.secret), "the secret is not in the log");
+}
+
+#[test]
+fn sigterm_unmounts_a_foreground_mount_cleanly() {
+    let b = Bucket::new("sigterm");
+    b.put("f.txt", "data");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = pailfs()
+        .args(["mount", &b.location("")])
+        .arg(dir.path())
+        .args(["--endpoint-url", &garage().endpoint, "--foreground"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_mounted(dir.path()) {
+        assert!(Instant::now() < deadline, "foreground mount never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("f.txt")).unwrap(),
+        "data"
+    );
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(!is_mounted(dir.path()));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("unmounting"), "{err}");
+}
+
+#[test]
+fn unmount_ends_the_daemon() {
+    let b = Bucket::new("unmount");
+    let m = Mount::new(&b.location(""), &[]);
+    let log = m.log.clone();
+    m.unmount();
+    assert!(!is_mounted(&m.path));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("unmounted") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "daemon did not finish: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
