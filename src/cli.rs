@@ -22,7 +22,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount a bucket: pailfs mount s3://BUCKET[/PATH] MOUNTPOINT [flags] [-o opt,opt=val]
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
+    /// Show what running mounts are doing (all of them, or the one on MOUNTPOINT)
+    Status {
+        /// Mountpoint of one mount
+        mountpoint: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -24,18 +24,6 @@ const READY: &[u8] = b"READY\n";
 
 /// Where the daemon logs when no --log-file is given.
 pub fn default_log_file(mountpoint: &Path) -> PathBuf {
-    let name: String = mountpoint
-        .to_string_lossy()
-        .trim_matches('/')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
     // SAFETY: geteuid has no preconditions.
     let dir = if unsafe { libc::geteuid() } == 0 {
         PathBuf::from("/var/log/pailfs")
@@ -45,14 +33,7 @@ pub fn default_log_file(mountpoint: &Path) -> PathBuf {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
             .join(".local/state/pailfs")
     };
-    dir.join(format!(
-        "{}.log",
-        if name.is_empty() {
-            "root".to_string()
-        } else {
-            name
-        }
-    ))
+    dir.join(format!("{}.log", crate::control::mount_name(mountpoint)))
 }
 
 /// Parent side: start the daemon (this program again, in the foreground, detached from the
@@ -225,6 +206,18 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         format!("mounting on {} failed: {e}{hint}", cfg.mountpoint.display())
     })?;
     let mut unmounter = session.unmount_callable();
+    let _control = crate::control::serve(
+        crate::control::MountInfo {
+            mountpoint: cfg.mountpoint.clone(),
+            location: format!("s3://{}/{}", cfg.location.bucket, cfg.location.prefix),
+            started: std::time::Instant::now(),
+        },
+        fs.clone(),
+    )
+    .map_err(
+        |e| tracing::warn!(error = %e, "no control socket: pailfs status will not see this mount"),
+    )
+    .ok();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
     std::thread::Builder::new()
         .name("pailfs-fuse".into())

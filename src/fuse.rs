@@ -21,9 +21,6 @@ use crate::fs::error::FsError;
 use crate::fs::inode::Ino;
 use crate::fs::{Attr, DirSinkEntry, Fs, Kind};
 
-/// Virtual extended attribute on the mount root with the request counters.
-pub const STATS_XATTR: &str = "user.pailfs.requests";
-
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
@@ -60,6 +57,15 @@ impl FuseAdapter {
             }
             .instrument(span),
         );
+    }
+}
+
+/// Debug builds only: a lookup of the name in `PAILFS_DEBUG_PANIC_ON_LOOKUP` panics, so tests
+/// can prove that a bug in one request answers EIO and leaves the mount up.
+#[cfg(debug_assertions)]
+fn panic_probe(name: &str) {
+    if std::env::var("PAILFS_DEBUG_PANIC_ON_LOOKUP").is_ok_and(|n| n == name) {
+        panic!("debug panic probe: lookup of {name}");
     }
 }
 
@@ -128,6 +134,8 @@ impl Filesystem for FuseAdapter {
         };
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.serve("lookup", parent.0, async move {
+            #[cfg(debug_assertions)]
+            panic_probe(&name);
             match fs.lookup(Ino(parent.0), &name).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), GEN),
                 Err(e) => reply.error(errno("lookup", &e)),
@@ -387,25 +395,22 @@ impl Filesystem for FuseAdapter {
         reply.error(errno("setxattr", &self.fs.refuse_change()));
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let value = match (ino.0, name.to_str()) {
-            (1, Some(STATS_XATTR)) => self.fs.request_summary(),
-            _ => None,
-        };
-        match value {
-            None => reply.error(Errno::NO_XATTR),
-            Some(v) if size == 0 => reply.size(v.len() as u32),
-            Some(v) if (size as usize) < v.len() => reply.error(Errno::ERANGE),
-            Some(v) => reply.data(v.as_bytes()),
-        }
+    // Extended attributes are not stored yet. ENOSYS (rather than ENODATA per call) makes
+    // the kernel stop asking: `ls -l` asks for two ACL/label attributes per entry, and each
+    // answer from here would cost a round trip.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn removexattr(&self, _r: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {

@@ -8,24 +8,63 @@ use pailfs::config::options::expand_o_options;
 use pailfs::config::MountConfig;
 use pailfs::daemon::{run_mount, spawn_daemon, Readiness};
 
-fn init_logging(debug: bool) {
+fn init_logging(debug: bool, log_file: Option<&std::path::Path>) {
     use tracing_subscriber::EnvFilter;
+    // fuser warns when it finds the mount already gone after `fusermount3 -u`: routine, not news.
     let default = if debug {
-        "info,pailfs=debug"
+        "info,fuser=warn,pailfs=debug"
     } else {
-        "warn,pailfs=info"
+        "warn,fuser=error,pailfs=info"
     };
     let filter = EnvFilter::try_from_env("PAILFS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    // SAFETY: isatty has no preconditions.
-    let tty = unsafe { libc::isatty(2) } == 1;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(tty)
-        .try_init();
+    let file = log_file.and_then(|path| {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "pailfs: cannot open log file {}: {e}; logging to stderr",
+                    path.display()
+                );
+                None
+            }
+        }
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match file {
+        Some(f) => builder
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .try_init(),
+        None => {
+            // SAFETY: isatty has no preconditions.
+            let tty = unsafe { libc::isatty(2) } == 1;
+            builder
+                .with_writer(std::io::stderr)
+                .with_ansi(tty)
+                .try_init()
+        }
+    };
+}
+
+/// Large read buffers are allocated and freed by different threads; glibc's default dynamic
+/// mmap threshold moves them into per-thread arenas that keep the memory after it is freed.
+/// A fixed threshold keeps every buffer of 1 MiB or more in its own mapping, returned on free.
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let raw: Vec<String> = std::env::args().collect();
     let args = match expand_o_options(raw, mount_flag_takes_value) {
         Ok(a) => a,
@@ -36,9 +75,34 @@ fn main() -> ExitCode {
     };
     let cli = Cli::parse_from(args.clone());
     match cli.command {
+        Command::Status { mountpoint } => match mountpoint {
+            Some(path) => match pailfs::control::query(&path) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pailfs: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            None => {
+                let mounts = pailfs::control::live_mounts();
+                if mounts.is_empty() {
+                    println!("no pailfs mounts are running");
+                }
+                for text in mounts {
+                    println!("{text}");
+                }
+                ExitCode::SUCCESS
+            }
+        },
         Command::Mount(mount) => {
             let mut readiness = Readiness::from_env();
-            init_logging(mount.debug);
+            init_logging(
+                mount.debug,
+                mount.log_file.as_deref().filter(|_| mount.foreground),
+            );
             let cfg = match MountConfig::from_args(&mount) {
                 Ok(c) => c,
                 Err(e) => {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{garage, is_mounted, pailfs, pattern, Bucket, Mount};
+use common::{extra_key, garage, is_mounted, pailfs, pattern, Bucket, Mount};
 
 fn names(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
@@ -517,4 +517,55 @@ fn unmount_ends_the_daemon() {
         assert!(Instant::now() < deadline, "daemon did not finish: {text}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_panic_in_one_request_answers_eio_and_the_mount_stays_up() {
+    let b = Bucket::new("panic");
+    b.put("fine.txt", "still here");
+    let m = Mount::new_with_env(
+        &b.location(""),
+        &[],
+        &[("PAILFS_DEBUG_PANIC_ON_LOOKUP", "boom")],
+    );
+    assert_eq!(errno_of(std::fs::metadata(m.join("boom"))), libc::EIO);
+    assert_eq!(
+        std::fs::read_to_string(m.join("fine.txt")).unwrap(),
+        "still here"
+    );
+    assert_eq!(names(&m.path), set(&["fine.txt"]));
+    assert!(
+        m.log_text().contains("request panicked"),
+        "{}",
+        m.log_text()
+    );
+}
+
+#[test]
+fn a_read_only_key_mounts_and_reads_and_a_key_without_rights_is_told_why() {
+    let b = Bucket::new_shared("least-privilege");
+    b.put("doc.txt", "readable");
+    let (id, secret) = extra_key(&b.name, &["--read"]);
+    let creds = [
+        ("AWS_ACCESS_KEY_ID", id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+    ];
+    let m = Mount::new_with_env(&b.location(""), &[], &creds);
+    assert_eq!(
+        std::fs::read_to_string(m.join("doc.txt")).unwrap(),
+        "readable"
+    );
+    drop(m);
+    let (id, secret) = extra_key(&b.name, &[]);
+    let creds = [
+        ("AWS_ACCESS_KEY_ID", id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+    ];
+    let (m, out) = Mount::try_new_with_env(&b.location(""), &[], &creds);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !is_mounted(&m.path));
+    assert!(
+        e.contains("access denied") && e.contains("s3:ListBucket"),
+        "{e}"
+    );
 }

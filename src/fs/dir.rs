@@ -219,6 +219,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_huge_directory_streams_with_one_page_in_memory() {
+        let store = MemoryStore::new();
+        for i in 0..100_000 {
+            store.put(&format!("h/{i:06}"), "");
+        }
+        let odd = OddKeyLog::default();
+        let mut stream = DirStream::new("h/".into(), 1000);
+        let mut i = 0;
+        let mut most_buffered = 0;
+        while let Some(e) = stream.entry_at(i, &store, &odd).await.unwrap() {
+            assert_eq!(e.name, format!("{i:06}"));
+            most_buffered = most_buffered.max(stream.entries.len() + stream.held.len());
+            i += 1;
+        }
+        assert_eq!(i, 100_000);
+        // One page, plus files held back from the previous page's end (at most a page): the
+        // bound does not grow with the directory.
+        assert!(
+            most_buffered <= 2 * 1000,
+            "{most_buffered} entries held at once"
+        );
+        assert!(
+            most_buffered >= 1000,
+            "pages were really used: {most_buffered}"
+        );
+    }
+
+    #[tokio::test]
     async fn rewinding_lists_again() {
         let store = MemoryStore::new();
         for i in 0..10 {

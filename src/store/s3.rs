@@ -391,12 +391,18 @@ impl ObjectStore for S3Store {
             call = call.if_match(etag);
         }
         let out = call.send().await.map_err(classify)?;
-        let body = out
-            .body
-            .collect()
+        // Stream into one buffer of the final size: collecting chunks and then joining them
+        // would hold every part twice and copy it once more.
+        let mut body = out.body;
+        let mut data = bytes::BytesMut::with_capacity(range.len() as usize);
+        while let Some(chunk) = body
+            .try_next()
             .await
-            .map_err(|e| StoreError::Unreachable(format!("reading the response body: {e}")))?;
-        Ok(body.into_bytes())
+            .map_err(|e| StoreError::Unreachable(format!("reading the response body: {e}")))?
+        {
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data.freeze())
     }
 }
 

@@ -75,6 +75,13 @@ static BUCKETS: AtomicUsize = AtomicUsize::new(0);
 
 impl Bucket {
     pub fn new(label: &str) -> Bucket {
+        let b = Bucket::new_unnamed(label);
+        b.rt.block_on(b.client.create_bucket().bucket(&b.name).send())
+            .expect("create bucket");
+        b
+    }
+
+    fn new_unnamed(label: &str) -> Bucket {
         let g = garage();
         let rt = runtime();
         let creds = aws_sdk_s3::config::Credentials::new(&g.key_id, &g.secret, None, None, "test");
@@ -98,9 +105,25 @@ impl Bucket {
             BUCKETS.fetch_add(1, Ordering::Relaxed),
             clean
         );
-        rt.block_on(client.create_bucket().bucket(&name).send())
-            .expect("create bucket");
         Bucket { name, client, rt }
+    }
+
+    /// A bucket created with the Garage CLI (a global name, which other keys can be granted
+    /// rights on; buckets created through S3 are visible to their creating key only).
+    pub fn new_shared(label: &str) -> Bucket {
+        let b = Bucket::new_unnamed(label);
+        garage_cli(&["bucket", "create", &b.name]);
+        garage_cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            &b.name,
+            "--key",
+            "pailfs-test",
+        ]);
+        b
     }
 
     pub fn put(&self, key: &str, data: impl Into<Vec<u8>>) {
@@ -209,7 +232,11 @@ pub fn is_mounted(path: &Path) -> bool {
 impl Mount {
     /// Mounts `location` in daemon mode (the command returns once the mount is ready).
     pub fn new(location: &str, extra: &[&str]) -> Mount {
-        let (mount, out) = Mount::try_new(location, extra);
+        Mount::new_with_env(location, extra, &[])
+    }
+
+    pub fn new_with_env(location: &str, extra: &[&str], envs: &[(&str, &str)]) -> Mount {
+        let (mount, out) = Mount::try_new_with_env(location, extra, envs);
         assert!(
             out.status.success(),
             "mount failed: {}\n{}",
@@ -224,6 +251,15 @@ impl Mount {
     }
 
     pub fn try_new(location: &str, extra: &[&str]) -> (Mount, Output) {
+        Mount::try_new_with_env(location, extra, &[])
+    }
+
+    /// Like `try_new`, with extra environment for the pailfs process.
+    pub fn try_new_with_env(
+        location: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> (Mount, Output) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mkdir");
@@ -234,6 +270,7 @@ impl Mount {
             command.arg("--endpoint-url").arg(&garage().endpoint);
         }
         let out = command
+            .envs(envs.iter().copied())
             .arg(format!("--log-file={}", log.display()))
             .args(extra)
             .stdin(Stdio::null())
@@ -246,9 +283,19 @@ impl Mount {
         self.path.join(rel)
     }
 
-    /// The daemon's request counters, from the virtual xattr on the mount root.
+    /// The daemon's request counters, from `pailfs status MOUNTPOINT`.
     pub fn requests(&self) -> Requests {
-        let text = getxattr(&self.path, "user.pailfs.requests");
+        let out = Command::new(env!("CARGO_BIN_EXE_pailfs"))
+            .arg("status")
+            .arg(&self.path)
+            .output()
+            .expect("pailfs status");
+        assert!(
+            out.status.success(),
+            "pailfs status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
         let get = |name: &str| -> u64 {
             text.split_whitespace()
                 .find_map(|f| f.strip_prefix(&format!("{name}=")))
@@ -301,18 +348,44 @@ pub struct Requests {
     pub get: u64,
 }
 
-pub fn getxattr(path: &Path, name: &str) -> String {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let p = CString::new(path.as_os_str().as_bytes()).expect("path");
-    let n = CString::new(name).expect("name");
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid NUL-terminated strings and a buffer of the length passed.
-    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+/// Runs the Garage CLI against the test server.
+pub fn garage_cli(args: &[&str]) -> String {
+    let g = garage();
+    let bin = std::env::var("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".local/share/pailfs-tools/garage-2.5.0/bin/garage");
+    let out = Command::new(bin)
+        .arg("-c")
+        .arg(g.dir.join("garage.toml"))
+        .args(args)
+        .output()
+        .expect("run garage");
     assert!(
-        len >= 0,
-        "getxattr {name}: {}",
-        std::io::Error::last_os_error()
+        out.status.success(),
+        "garage {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&buf[..len as usize]).to_string()
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+static KEYS: AtomicUsize = AtomicUsize::new(0);
+
+/// A second access key, granted `allow` (e.g. `["--read"]`) on `bucket`, or nothing if empty.
+pub fn extra_key(bucket: &str, allow: &[&str]) -> (String, String) {
+    let n = KEYS.fetch_add(1, Ordering::Relaxed);
+    let id = format!(
+        "GK{:024x}",
+        (std::process::id() as u128) << 32 | n as u128 | 0xabc0_0000_0000
+    );
+    let secret = format!("{:064x}", 0x5ec7_e700_u128 + n as u128);
+    let name = format!("extra-{}-{n}", std::process::id());
+    garage_cli(&["key", "import", "--yes", "-n", &name, &id, &secret]);
+    if !allow.is_empty() {
+        let mut args = vec!["bucket", "allow"];
+        args.extend_from_slice(allow);
+        args.extend_from_slice(&[bucket, "--key", &name]);
+        garage_cli(&args);
+    }
+    (id, secret)
 }

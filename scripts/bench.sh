@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Benchmark: pailfs against a raw S3 client of the same SDK (examples/s3tool.rs), s3fs and
+# rclone (Debian packages), all on one local Garage started here. Garage runs with the
+# TCP_NODELAY shim (tools/nodelay.c): without it every small response stalls ~40 ms on delayed
+# ACKs and all clients look alike. Timing is judged here, never in tests.
+#
+#   scripts/bench.sh            full run (seeds a 1 GiB object, 5,000 + 500 small objects)
+#   BENCH_ONLY="pailfs" scripts/bench.sh   mount only some of: pailfs s3fs rclone
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/install-deps.sh > /dev/null
+cargo build --release --quiet --bin pailfs --example s3tool
+tool=target/release/examples/s3tool
+pailfs=target/release/pailfs
+
+work=$(mktemp -d /tmp/pailfs-bench.XXXXXX)
+mnt="$work/mnt"
+mkdir -p "$mnt"
+cleanup() {
+    fusermount3 -u "$mnt" 2>/dev/null || true
+    scripts/garage.sh stop "$work/garage" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+scripts/garage.sh start "$work/garage" --watch-pid $$
+# shellcheck disable=SC1091
+. "$work/garage/env"
+B=bench
+
+field() { sed -n "s/.*\<$1=\([0-9.]*\).*/\1/p"; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+
+echo "seeding: 1 GiB object, 5,000 objects in ls5k/, 500 x 4 KiB in small/ ..."
+$tool mb $B
+$tool put $B big/1g.bin $((1 << 30)) 3
+$tool put-many $B ls5k/f 5000 1024 > /dev/null
+$tool put-many $B small/s 500 4096 > /dev/null
+
+echo "raw SDK baseline ..."
+declare -A R
+R[seq]=$($tool get-parallel $B big/1g.bin $((8 << 20)) 8 | field secs)
+R[list]=$($tool list $B ls5k/ | field secs)
+R[small]=$($tool get-each $B small/ | field secs)
+R[rand]=$($tool get-random $B big/1g.bin 4096 10 | field ops)
+R[rand]=$(awk -v o="${R[rand]}" 'BEGIN { printf "%.0f", o / 10 }')
+
+wait_mounted() {
+    for _ in $(seq 1 200); do
+        grep -q " $mnt " /proc/self/mountinfo && return 0
+        sleep 0.05
+    done
+    echo "mount did not appear" >&2; return 1
+}
+
+declare -A T
+run_fs() {
+    local fs=$1 pid
+    case $fs in
+        pailfs)
+            $pailfs mount "s3://$B" "$mnt" --endpoint-url "$PAILFS_S3_ENDPOINT" --foreground \
+                --log-file "$work/pailfs.log" & pid=$! ;;
+        s3fs)
+            printf '%s:%s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" > "$work/s3fs.passwd"
+            chmod 600 "$work/s3fs.passwd"
+            s3fs $B "$mnt" -f -o "url=$PAILFS_S3_ENDPOINT,use_path_request_style,endpoint=garage,passwd_file=$work/s3fs.passwd" \
+                > "$work/s3fs.log" 2>&1 & pid=$! ;;
+        rclone)
+            # rclone 1.60 cannot combine AWS_CA_BUNDLE with its HTTP transport; this is plain
+            # HTTP on loopback, so it is not needed.
+            env -u AWS_CA_BUNDLE RCLONE_S3_PROVIDER=Other RCLONE_S3_ENDPOINT="$PAILFS_S3_ENDPOINT" RCLONE_S3_REGION=garage \
+            RCLONE_S3_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" RCLONE_S3_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
+            RCLONE_S3_FORCE_PATH_STYLE=true \
+                rclone mount ":s3:$B" "$mnt" > "$work/rclone.log" 2>&1 & pid=$! ;;
+    esac
+    wait_mounted
+    local t ops
+    # Random reads first, while no page cache holds the object.
+    ops=$($tool pread-random "$mnt/big/1g.bin" 4096 10 | field ops)
+    T[$fs,rand]=$(awk -v o="$ops" 'BEGIN { printf "%.0f", o / 10 }')
+    t=$(now); dd if="$mnt/big/1g.bin" of=/dev/null bs=1M status=none; T[$fs,seq]=$(since "$t")
+    t=$(now); ls -l "$mnt/ls5k" > /dev/null; T[$fs,lscold]=$(since "$t")
+    t=$(now); ls -l "$mnt/ls5k" > /dev/null; T[$fs,lswarm]=$(since "$t")
+    local before=""
+    ls "$mnt/small" > /dev/null
+    [ "$fs" = pailfs ] && before=$($pailfs status "$mnt")
+    t=$(now); cat "$mnt"/small/* > /dev/null; T[$fs,small]=$(since "$t")
+    if [ "$fs" = pailfs ]; then
+        local after gets
+        after=$($pailfs status "$mnt")
+        gets=$(( $(echo "$after" | field GET) - $(echo "$before" | field GET) ))
+        heads=$(( $(echo "$after" | field HEAD) - $(echo "$before" | field HEAD) ))
+        T[$fs,reqs]=$(awk -v g="$gets" -v h="$heads" 'BEGIN { printf "%.2f", (g + h) / 500 }')
+    fi
+    T[$fs,rss]=$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status")
+    fusermount3 -u "$mnt"
+    wait "$pid" 2>/dev/null || true
+}
+
+for fs in ${BENCH_ONLY:-pailfs s3fs rclone}; do
+    echo "mounting with $fs ..."
+    run_fs "$fs"
+done
+
+cell() { echo "${T[$1,$2]:--}"; }
+printf '\n%-34s %9s %9s %9s %9s %12s  %s\n' "test" "raw SDK" "pailfs" "s3fs" "rclone" "pailfs/raw" "target"
+row() { # name key raw unit ratio-kind target
+    local r
+    case $5 in
+        time) r=$(ratio "$3" "$(cell pailfs "$2")") ;;      # raw time / pailfs time: throughput share
+        slower) r=$(ratio "$(cell pailfs "$2")" "$3") ;;    # pailfs time / raw time
+        rate) r=$(ratio "$(cell pailfs "$2")" "$3") ;;
+        *) r="-" ;;
+    esac
+    printf '%-34s %9s %9s %9s %9s %12s  %s\n' "$1" "$3" "$(cell pailfs "$2")" "$(cell s3fs "$2")" "$(cell rclone "$2")" "$r" "$6"
+}
+row "sequential read 1 GiB (s)" seq "${R[seq]}" s time ">= 0.90 x raw throughput"
+row "ls -l 5,000 objects, cold (s)" lscold "${R[list]}" s slower "<= 3 x raw listing time"
+row "ls -l 5,000 objects, warm (s)" lswarm "${R[list]}" s slower ""
+row "cat 500 x 4 KiB objects (s)" small "${R[small]}" s slower ""
+row "4 KiB random reads for 10 s (ops/s)" rand "${R[rand]}" ops rate ""
+row "peak RSS of the mount (MiB)" rss "-" MiB none "<= 128 MiB (pailfs)"
+echo "pailfs requests (GET+HEAD) per small-file cat: $(cell pailfs reqs) (target <= 1)"
+awk -v s="${R[seq]}" 'BEGIN { printf "raw 1 GiB parallel ranged GET: %.0f MiB/s\n", 1024 / s }'
