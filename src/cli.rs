@@ -114,8 +114,11 @@ pub struct MountArgs {
     /// Largest read-ahead window of one open file
     #[arg(long, value_parser = parse_size, default_value = "64MiB", help_heading = "Reading")]
     pub max_read_window: u64,
+    /// Kernel read-ahead of the mount (sizes the read requests the kernel sends; root only)
+    #[arg(long, value_parser = parse_size, default_value = "4MiB", help_heading = "Reading")]
+    pub kernel_read_ahead: u64,
     /// Memory for read-ahead across all open files
-    #[arg(long, value_parser = parse_size, default_value = "64MiB", help_heading = "Reading")]
+    #[arg(long, value_parser = parse_size, default_value = "80MiB", help_heading = "Reading")]
     pub max_readahead_memory: u64,
 
     /// Log file of the daemon (default: ~/.local/state/pailfs/, or /var/log/pailfs/ for root)

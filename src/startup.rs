@@ -43,6 +43,19 @@ pub fn check_mountpoint(path: &Path, allow_non_empty: bool) -> Result<(), String
     Ok(())
 }
 
+/// The `MAJOR:MINOR` device of the mount on `path`, from /proc/self/mountinfo (without
+/// touching the mount itself, which may be our own and not serving yet).
+pub fn mount_device(path: &Path) -> Option<String> {
+    let canonical = std::fs::canonicalize(path).ok()?;
+    let target = canonical.to_str()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        (unescape_mountinfo(fields.get(4)?) == target)
+            .then(|| fields.get(2).map(|s| s.to_string()))?
+    })
+}
+
 /// The source of the mount whose mount point is `path`, from /proc/self/mountinfo.
 pub fn mounted_source(path: &Path) -> Option<String> {
     let canonical = std::fs::canonicalize(path).ok()?;

@@ -24,6 +24,7 @@ pub struct MountConfig {
     pub allow_root: bool,
     pub allow_non_empty: bool,
     pub fuse_threads: usize,
+    pub kernel_read_ahead: u64,
     pub log_file: Option<PathBuf>,
     pub debug: bool,
 }
@@ -127,6 +128,7 @@ impl MountConfig {
             allow_root: args.allow_root,
             allow_non_empty: args.allow_non_empty,
             fuse_threads: args.fuse_threads.clamp(1, 64),
+            kernel_read_ahead: args.kernel_read_ahead.clamp(128 * 1024, 64 << 20),
             log_file: args.log_file.clone(),
             debug: args.debug,
         })

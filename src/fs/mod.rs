@@ -1,6 +1,7 @@
 //! Filesystem semantics over an `ObjectStore`, with no FUSE types: plain inode numbers,
 //! handles, offsets and names in; attributes, bytes and `FsError`s out.
 
+pub mod buffers;
 pub mod dir;
 pub mod error;
 pub mod inode;
@@ -74,7 +75,7 @@ impl Default for FsConfig {
             read_only: false,
             read_part_size: 8 << 20,
             max_read_window: 64 << 20,
-            max_readahead_memory: 64 << 20,
+            max_readahead_memory: 80 << 20,
             small_file_size: 1 << 20,
             cache_capacity: 100_000,
             list_page_size: 1000,
@@ -117,7 +118,10 @@ pub struct Fs {
     /// ETag whose content the kernel page cache holds, per file: lets a reopen keep the cache.
     cached_etags: moka::sync::Cache<Ino, String>,
     next_fh: AtomicU64,
+    reads_served: AtomicU64,
+    bytes_served: AtomicU64,
     readahead_budget: Arc<Semaphore>,
+    buffers: Arc<buffers::BufferPool>,
     odd_keys: OddKeyLog,
 }
 
@@ -136,6 +140,7 @@ impl Fs {
         cfg: FsConfig,
     ) -> Fs {
         let units = (cfg.max_readahead_memory / BUDGET_UNIT).max(1) as usize;
+        let pooled = cfg.max_readahead_memory;
         Fs {
             store,
             counters,
@@ -147,7 +152,10 @@ impl Fs {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            reads_served: AtomicU64::new(0),
+            bytes_served: AtomicU64::new(0),
             readahead_budget: Arc::new(Semaphore::new(units)),
+            buffers: Arc::new(buffers::BufferPool::new(pooled)),
             odd_keys: OddKeyLog::default(),
         }
     }
@@ -156,8 +164,16 @@ impl Fs {
         &self.cfg
     }
 
+    /// Store requests (when counted) and reads served, as `name=value` fields.
     pub fn request_summary(&self) -> Option<String> {
-        self.counters.as_ref().map(|c| c.summary())
+        self.counters.as_ref().map(|c| {
+            format!(
+                "{} fuse_reads={} fuse_read_bytes={}",
+                c.summary(),
+                self.reads_served.load(Ordering::Relaxed),
+                self.bytes_served.load(Ordering::Relaxed)
+            )
+        })
     }
 
     fn node(&self, ino: Ino) -> Result<inode::Node, FsError> {
@@ -398,6 +414,7 @@ impl Fs {
         let reader = Reader::new(
             self.store.clone(),
             self.readahead_budget.clone(),
+            self.buffers.clone(),
             ReadTuning {
                 part_size: self.cfg.read_part_size,
                 max_window: self.cfg.max_read_window,
@@ -423,7 +440,11 @@ impl Fs {
             .cloned()
             .ok_or(FsError::BadHandle)?;
         let mut reader = file.reader.lock().await;
-        reader.read(offset, len).await
+        let data = reader.read(offset, len).await?;
+        self.reads_served.fetch_add(1, Ordering::Relaxed);
+        self.bytes_served
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
     }
 
     pub fn release(&self, fh: u64) {

@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::buffers::BufferPool;
 use super::error::FsError;
 use crate::store::{ByteRange, ObjectStore, StoreError};
 
@@ -16,6 +17,9 @@ use crate::store::{ByteRange, ObjectStore, StoreError};
 pub const BUDGET_UNIT: u64 = 64 * 1024;
 /// The first read-ahead request of a sequential run.
 const INITIAL_WINDOW: u64 = 1024 * 1024;
+/// How far apart the kernel's concurrent read-ahead requests can arrive out of order; parts
+/// this far behind the reader are kept for late arrivals.
+const REORDER_SLACK: u64 = 4 * 1024 * 1024;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ReadTuning {
@@ -46,6 +50,15 @@ impl Drop for Part {
 }
 
 impl Part {
+    /// Hands a finished part's buffer back for reuse.
+    fn recycle(mut self, pool: &BufferPool) {
+        if let PartState::Ready(data) =
+            std::mem::replace(&mut self.state, PartState::Ready(Bytes::new()))
+        {
+            pool.give(data);
+        }
+    }
+
     async fn bytes(&mut self) -> Result<Bytes, FsError> {
         if let PartState::Pending(handle) = &mut self.state {
             let data = match handle.await {
@@ -84,8 +97,10 @@ impl PrefetchWindow {
         self.start().is_some_and(|s| s <= offset) && offset < self.next_fetch
     }
 
-    fn reset(&mut self, offset: u64) {
-        self.parts.clear();
+    fn reset(&mut self, offset: u64, pool: &BufferPool) {
+        for part in self.parts.drain(..) {
+            part.recycle(pool);
+        }
         self.next_fetch = offset;
         self.target = 0;
     }
@@ -94,6 +109,7 @@ impl PrefetchWindow {
 pub struct Reader {
     store: Arc<dyn ObjectStore>,
     budget: Arc<Semaphore>,
+    pool: Arc<BufferPool>,
     tuning: ReadTuning,
     key: String,
     etag: String,
@@ -106,6 +122,7 @@ impl Reader {
     pub fn new(
         store: Arc<dyn ObjectStore>,
         budget: Arc<Semaphore>,
+        pool: Arc<BufferPool>,
         tuning: ReadTuning,
         key: String,
         etag: String,
@@ -114,6 +131,7 @@ impl Reader {
         Reader {
             store,
             budget,
+            pool,
             tuning,
             key,
             etag,
@@ -127,7 +145,8 @@ impl Reader {
         let store = self.store.clone();
         let key = self.key.clone();
         let etag = self.etag.clone();
-        tokio::spawn(async move { store.get_range(&key, range, Some(&etag)).await })
+        let buffer = self.pool.take(range.len() as usize);
+        tokio::spawn(async move { store.get_range_into(&key, range, Some(&etag), buffer).await })
     }
 
     async fn fetch_now(&self, range: ByteRange) -> Result<Bytes, FsError> {
@@ -151,11 +170,11 @@ impl Reader {
         let result = self.read_range(ByteRange::new(offset, end)).await;
         if let Err(FsError::Store(StoreError::PreconditionFailed)) = result {
             tracing::error!(key = %self.key, "object changed in the bucket while open; failing the read instead of mixing versions");
-            self.window.reset(0);
+            self.window.reset(0, &self.pool);
             return Err(FsError::Changed);
         }
         if result.is_err() {
-            self.window.reset(0);
+            self.window.reset(0, &self.pool);
         }
         result
     }
@@ -175,31 +194,41 @@ impl Reader {
             return self.serve_from_window(want).await;
         }
         let in_window = self.window.covers(want.start);
-        let behind_window = self.window.start().is_some_and(|s| want.start < s);
+        let streaming = !self.window.parts.is_empty();
+        // The kernel keeps several read-ahead requests in flight and they can arrive in any
+        // order, so "sequential" tolerates a read landing a little ahead of or behind the window.
+        let just_ahead = streaming
+            && want.start >= self.window.next_fetch
+            && want.start - self.window.next_fetch <= REORDER_SLACK;
+        let just_behind = self
+            .window
+            .start()
+            .is_some_and(|s| want.start < s && s - want.start <= REORDER_SLACK);
         let sequential_start =
             self.last_end == Some(want.start) || (self.last_end.is_none() && want.start == 0);
-        if !in_window {
-            if behind_window && !sequential_start {
-                // A read the kernel issued out of order, just behind the window: serve it on
-                // its own and leave the window running.
+        if !(in_window || just_ahead) {
+            if just_behind {
+                // Served on its own; the window keeps running.
                 return self.fetch_now(want).await;
             }
             if !sequential_start {
                 // Random access: fetch only what was asked; drop the window's memory.
-                self.window.reset(want.end);
+                self.window.reset(want.end, &self.pool);
                 self.last_end = Some(want.end);
                 return self.fetch_now(want).await;
             }
-            self.window.reset(want.start);
+            self.window.reset(want.start, &self.pool);
         }
         // Sequential: drop what is behind, grow the window, keep it filled.
         while self
             .window
             .parts
             .front()
-            .is_some_and(|p| p.range.end <= want.start)
+            .is_some_and(|p| p.range.end + REORDER_SLACK <= want.start)
         {
-            self.window.parts.pop_front();
+            if let Some(part) = self.window.parts.pop_front() {
+                part.recycle(&self.pool);
+            }
         }
         self.window.target = if self.window.target == 0 {
             INITIAL_WINDOW.max(want.len())
@@ -229,7 +258,7 @@ impl Reader {
             });
             self.window.next_fetch = range.end;
         }
-        self.last_end = Some(want.end);
+        self.last_end = Some(self.last_end.map_or(want.end, |e| e.max(want.end)));
         self.serve_from_window(want).await
     }
 
@@ -287,6 +316,7 @@ mod tests {
         let r = Reader::new(
             store.clone(),
             Arc::new(Semaphore::new(budget)),
+            Arc::new(BufferPool::new(4 << 20)),
             tuning,
             "obj".into(),
             etag,
@@ -342,6 +372,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reads_arriving_out_of_order_still_stream() {
+        let size = 6 * 1024 * 1024;
+        let (mut r, store, bytes, _) = reader(size, TUNING, 1000).await;
+        let chunk = 128 * 1024u64;
+        // The kernel's read-ahead: requests in groups of four, each group shuffled.
+        let mut offsets: Vec<u64> = (0..(size as u64 / chunk)).map(|i| i * chunk).collect();
+        for group in offsets.chunks_mut(4) {
+            group.swap(0, 2);
+            group.swap(1, 3);
+        }
+        offsets.swap(0, 2); // the very first request is in order: [0, 384K, 256K, 128K, …]
+        for off in offsets {
+            let got = r.read(off, chunk as u32).await.unwrap();
+            assert_eq!(
+                &got[..],
+                &bytes[off as usize..(off + chunk) as usize],
+                "at {off}"
+            );
+        }
+        let fetched = store.counters().bytes_read();
+        assert!(
+            fetched <= size as u64 + 4 * chunk,
+            "fetched {fetched} for {size}"
+        );
+    }
+
+    #[tokio::test]
     async fn random_reads_fetch_only_what_is_asked() {
         let size = 8 * 1024 * 1024;
         let (mut r, store, bytes, _) = reader(size, TUNING, 1000).await;
@@ -359,7 +416,7 @@ mod tests {
         let (mut r, _, _, mem) = reader(size, TUNING, 1000).await;
         r.read(0, 4096).await.unwrap();
         mem.put("obj", vec![0u8; size]);
-        r.window.reset(0);
+        r.window.reset(0, &r.pool.clone());
         let err = r.read(4096, 4096).await.unwrap_err();
         assert_eq!(err.errno(), libc::EIO);
         assert!(matches!(err, FsError::Changed));

@@ -133,8 +133,23 @@ impl ObjectStore for Instrumented {
         range: ByteRange,
         if_match: Option<&str>,
     ) -> Result<Bytes, StoreError> {
+        let buffer = bytes::BytesMut::new();
+        self.get_range_into(key, range, if_match, buffer).await
+    }
+
+    async fn get_range_into(
+        &self,
+        key: &str,
+        range: ByteRange,
+        if_match: Option<&str>,
+        buffer: bytes::BytesMut,
+    ) -> Result<Bytes, StoreError> {
         self.begin(RequestKind::Get)?;
-        let result = self.finish(self.inner.get_range(key, range, if_match).await);
+        let result = self.finish(
+            self.inner
+                .get_range_into(key, range, if_match, buffer)
+                .await,
+        );
         if let Ok(bytes) = &result {
             self.counters
                 .bytes_read

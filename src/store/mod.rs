@@ -132,4 +132,17 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: ByteRange,
         if_match: Option<&str>,
     ) -> Result<Bytes, StoreError>;
+
+    /// Like `get_range`, filling `buffer` (empty, with room for the range) where the store
+    /// can, so that callers can reuse their buffers.
+    async fn get_range_into(
+        &self,
+        key: &str,
+        range: ByteRange,
+        if_match: Option<&str>,
+        buffer: bytes::BytesMut,
+    ) -> Result<Bytes, StoreError> {
+        drop(buffer);
+        self.get_range(key, range, if_match).await
+    }
 }

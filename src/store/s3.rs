@@ -378,6 +378,17 @@ impl ObjectStore for S3Store {
         range: ByteRange,
         if_match: Option<&str>,
     ) -> Result<Bytes, StoreError> {
+        let buffer = bytes::BytesMut::with_capacity(range.len() as usize);
+        self.get_range_into(key, range, if_match, buffer).await
+    }
+
+    async fn get_range_into(
+        &self,
+        key: &str,
+        range: ByteRange,
+        if_match: Option<&str>,
+        mut buffer: bytes::BytesMut,
+    ) -> Result<Bytes, StoreError> {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
@@ -394,15 +405,16 @@ impl ObjectStore for S3Store {
         // Stream into one buffer of the final size: collecting chunks and then joining them
         // would hold every part twice and copy it once more.
         let mut body = out.body;
-        let mut data = bytes::BytesMut::with_capacity(range.len() as usize);
+        buffer.clear();
+        buffer.reserve(range.len() as usize);
         while let Some(chunk) = body
             .try_next()
             .await
             .map_err(|e| StoreError::Unreachable(format!("reading the response body: {e}")))?
         {
-            data.extend_from_slice(&chunk);
+            buffer.extend_from_slice(&chunk);
         }
-        Ok(data.freeze())
+        Ok(buffer.freeze())
     }
 }
 
