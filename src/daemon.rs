@@ -106,6 +106,7 @@ pub fn spawn_daemon(args: &[String], cfg: &MountConfig) -> Result<String, String
 /// Reports the outcome of start-up to whoever waits on the readiness pipe.
 pub struct Readiness {
     pipe: Option<std::fs::File>,
+    daemon: bool,
 }
 
 impl Readiness {
@@ -118,13 +119,15 @@ impl Readiness {
             .filter(|fd| *fd > 2 && unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0);
         std::env::remove_var(READY_FD_ENV);
         Readiness {
+            daemon: fd.is_some(),
             // SAFETY: the parent passed us this descriptor for our exclusive use.
             pipe: fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) }),
         }
     }
 
+    /// Whether this process is a daemon started by `pailfs mount` (even after reporting).
     pub fn is_daemon(&self) -> bool {
-        self.pipe.is_some()
+        self.daemon
     }
 
     pub fn ready(&mut self) {

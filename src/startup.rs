@@ -150,6 +150,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_store_error_at_start_up_says_what_to_do() {
+        let args = <crate::cli::Cli as clap::Parser>::try_parse_from([
+            "pailfs",
+            "mount",
+            "s3://photos/2024",
+            "/mnt/p",
+            "--endpoint-url",
+            "https://s3.example.net",
+        ])
+        .unwrap();
+        let crate::cli::Command::Mount(mount) = args.command else {
+            panic!("not a mount command")
+        };
+        let cfg = MountConfig::from_args(&mount).unwrap();
+        let cases = [
+            (StoreError::NoSuchBucket, "bucket 'photos' does not exist"),
+            (StoreError::AccessDenied("nope".into()), "s3:ListBucket"),
+            (StoreError::InvalidAccessKey, "AWS_ACCESS_KEY_ID"),
+            (StoreError::SignatureMismatch, "AWS_SECRET_ACCESS_KEY"),
+            (
+                StoreError::WrongRegion {
+                    expected: Some("eu-west-3".into()),
+                },
+                "--region eu-west-3",
+            ),
+            (StoreError::WrongRegion { expected: None }, "--region"),
+            (StoreError::ClockSkew, "timedatectl set-ntp true"),
+            (StoreError::Unreachable("refused".into()), "is running"),
+            (StoreError::Tls("bad cert".into()), "--ca-bundle"),
+            (StoreError::Timeout, "firewall"),
+            (
+                StoreError::NoCredentials("none".into()),
+                "--no-sign-request",
+            ),
+        ];
+        for (error, hint) in cases {
+            let text = explain(&error, &cfg, "us-east-1");
+            assert!(text.contains(hint), "{error:?}: {text}");
+            assert!(
+                text.contains("https://s3.example.net") || !text.contains("endpoint"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn mountpoint_problems_are_explained() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");

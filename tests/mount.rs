@@ -569,3 +569,44 @@ fn a_read_only_key_mounts_and_reads_and_a_key_without_rights_is_told_why() {
         "{e}"
     );
 }
+
+#[test]
+fn tls_with_a_private_ca_needs_the_ca_bundle() {
+    let b = Bucket::new("tls");
+    b.put("secret-plans.txt", "over TLS");
+    let tls = common::TlsFront::start();
+    let e = mount_error(&b.location(""), &["--endpoint-url", &tls.endpoint]);
+    assert!(
+        e.contains("TLS failure") && e.contains("--ca-bundle"),
+        "{e}"
+    );
+    let ca = format!("--ca-bundle={}", tls.ca.display());
+    let m = Mount::new(&b.location(""), &["--endpoint-url", &tls.endpoint, &ca]);
+    assert_eq!(
+        std::fs::read_to_string(m.join("secret-plans.txt")).unwrap(),
+        "over TLS"
+    );
+    drop(m);
+    let ca_env = tls.ca.display().to_string();
+    let m = Mount::new_with_env(
+        &b.location(""),
+        &["--endpoint-url", &tls.endpoint],
+        &[("AWS_CA_BUNDLE", &ca_env)],
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.join("secret-plans.txt")).unwrap(),
+        "over TLS"
+    );
+    let e = mount_error(
+        &b.location(""),
+        &[
+            "--endpoint-url",
+            &tls.endpoint,
+            "--ca-bundle=/nonexistent.pem",
+        ],
+    );
+    assert!(
+        e.contains("cannot read the CA bundle /nonexistent.pem"),
+        "{e}"
+    );
+}

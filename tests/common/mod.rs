@@ -389,3 +389,118 @@ pub fn extra_key(bucket: &str, allow: &[&str]) -> (String, String) {
     }
     (id, secret)
 }
+
+/// Garage behind a TLS front (stunnel) whose certificate is signed by a CA made for the test.
+pub struct TlsFront {
+    pub endpoint: String,
+    pub ca: PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TlsFront {
+    pub fn start() -> TlsFront {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let ca = d.join("ca.pem");
+        run_ok(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=pailfs test CA",
+                ])
+                .arg("-keyout")
+                .arg(d.join("ca.key"))
+                .arg("-out")
+                .arg(&ca),
+        );
+        run_ok(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(d.join("srv.key"))
+                .arg("-out")
+                .arg(d.join("srv.csr")),
+        );
+        std::fs::write(
+            d.join("ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("ext");
+        run_ok(
+            Command::new("openssl")
+                .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+                .arg("-in")
+                .arg(d.join("srv.csr"))
+                .arg("-CA")
+                .arg(&ca)
+                .arg("-CAkey")
+                .arg(d.join("ca.key"))
+                .arg("-out")
+                .arg(d.join("srv.pem"))
+                .arg("-extfile")
+                .arg(d.join("ext")),
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let upstream = garage().endpoint.trim_start_matches("http://").to_string();
+        std::fs::write(
+            d.join("stunnel.conf"),
+            format!(
+                "foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{port}\nconnect = {upstream}\ncert = {}\nkey = {}\n",
+                d.join("srv.pem").display(),
+                d.join("srv.key").display()
+            ),
+        )
+        .expect("stunnel.conf");
+        let child = Command::new("stunnel")
+            .arg(d.join("stunnel.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stunnel (package stunnel4)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "stunnel did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsFront {
+            endpoint: format!("https://127.0.0.1:{port}"),
+            ca,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
