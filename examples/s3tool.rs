@@ -40,15 +40,8 @@ fn client() -> Result<Client> {
 }
 
 fn generated(size: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    let mut rng = Rng(seed.wrapping_mul(6364136223846793005).wrapping_add(1));
+    (0..size).map(|_| (rng.next() >> 24) as u8).collect()
 }
 
 fn arg(args: &[String], i: usize, what: &str) -> Result<String> {
@@ -121,6 +114,11 @@ async fn put(c: &Client, bucket: &str, key: &str, body: Vec<u8>) -> Result<()> {
         .send()
         .await?;
     Ok(())
+}
+
+async fn object_size(c: &Client, bucket: &str, key: &str) -> Result<u64> {
+    let head = c.head_object().bucket(bucket).key(key).send().await?;
+    Ok(head.content_length().unwrap_or(0).max(0) as u64)
 }
 
 async fn list_keys(c: &Client, bucket: &str, prefix: &str) -> Result<Vec<String>> {
@@ -216,14 +214,7 @@ async fn run(args: Vec<String>) -> Result<()> {
             let part = num(&args, 4, "part size")?;
             let conc = num(&args, 5, "concurrency")? as usize;
             let start = Instant::now();
-            let size = c
-                .head_object()
-                .bucket(&bucket)
-                .key(&key)
-                .send()
-                .await?
-                .content_length()
-                .unwrap_or(0) as u64;
+            let size = object_size(&c, &bucket, &key).await?;
             let ranges: Vec<(u64, u64)> = (0..size.div_ceil(part))
                 .map(|i| (i * part, ((i + 1) * part).min(size) - 1))
                 .collect();
@@ -273,14 +264,7 @@ async fn run(args: Vec<String>) -> Result<()> {
             let key = arg(&args, 3, "key")?;
             let size = num(&args, 4, "size")?;
             let secs = num(&args, 5, "seconds")?;
-            let len = c
-                .head_object()
-                .bucket(&bucket)
-                .key(&key)
-                .send()
-                .await?
-                .content_length()
-                .unwrap_or(0) as u64;
+            let len = object_size(&c, &bucket, &key).await?;
             let mut rng = Rng(0x9e3779b97f4a7c15);
             let (start, mut ops) = (Instant::now(), 0u64);
             while start.elapsed() < Duration::from_secs(secs) {

@@ -127,16 +127,6 @@ impl ObjectStore for Instrumented {
         self.finish(self.inner.list(request).await)
     }
 
-    async fn get_range(
-        &self,
-        key: &str,
-        range: ByteRange,
-        if_match: Option<&str>,
-    ) -> Result<Bytes, StoreError> {
-        let buffer = bytes::BytesMut::new();
-        self.get_range_into(key, range, if_match, buffer).await
-    }
-
     async fn get_range_into(
         &self,
         key: &str,

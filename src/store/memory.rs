@@ -144,12 +144,14 @@ impl ObjectStore for MemoryStore {
         Ok(page)
     }
 
-    async fn get_range(
+    async fn get_range_into(
         &self,
         key: &str,
         range: ByteRange,
         if_match: Option<&str>,
+        _buffer: bytes::BytesMut,
     ) -> Result<Bytes, StoreError> {
+        // Slices of the stored bytes: no copy, so the offered buffer is not needed.
         let objects = self.lock();
         let object = objects.get(key).ok_or(StoreError::NotFound)?;
         if let Some(etag) = if_match {

@@ -124,25 +124,25 @@ pub enum StoreError {
 pub trait ObjectStore: Send + Sync + 'static {
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError>;
     async fn list(&self, request: ListRequest) -> Result<ListPage, StoreError>;
-    /// Reads `range` of `key`; with `if_match`, fails with `PreconditionFailed` when the
+    /// Reads `range` of `key` into `buffer` (empty; stores that can fill it in place do, so
+    /// callers can reuse buffers). With `if_match`, fails with `PreconditionFailed` when the
     /// object's ETag is no longer that one (so one open file never mixes two versions).
-    async fn get_range(
-        &self,
-        key: &str,
-        range: ByteRange,
-        if_match: Option<&str>,
-    ) -> Result<Bytes, StoreError>;
-
-    /// Like `get_range`, filling `buffer` (empty, with room for the range) where the store
-    /// can, so that callers can reuse their buffers.
     async fn get_range_into(
         &self,
         key: &str,
         range: ByteRange,
         if_match: Option<&str>,
         buffer: bytes::BytesMut,
+    ) -> Result<Bytes, StoreError>;
+
+    /// `get_range_into` with a fresh buffer.
+    async fn get_range(
+        &self,
+        key: &str,
+        range: ByteRange,
+        if_match: Option<&str>,
     ) -> Result<Bytes, StoreError> {
-        drop(buffer);
-        self.get_range(key, range, if_match).await
+        self.get_range_into(key, range, if_match, bytes::BytesMut::new())
+            .await
     }
 }

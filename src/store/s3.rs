@@ -372,16 +372,6 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn get_range(
-        &self,
-        key: &str,
-        range: ByteRange,
-        if_match: Option<&str>,
-    ) -> Result<Bytes, StoreError> {
-        let buffer = bytes::BytesMut::with_capacity(range.len() as usize);
-        self.get_range_into(key, range, if_match, buffer).await
-    }
-
     async fn get_range_into(
         &self,
         key: &str,

@@ -28,17 +28,12 @@ fn repo() -> PathBuf {
 pub fn garage() -> &'static Garage {
     GARAGE.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("pailfs-test-garage-{}", std::process::id()));
-        let out = Command::new(repo().join("scripts/garage.sh"))
-            .arg("start")
-            .arg(&dir)
-            .arg("--watch-pid")
-            .arg(std::process::id().to_string())
-            .output()
-            .expect("run scripts/garage.sh");
-        assert!(
-            out.status.success(),
-            "starting Garage failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new(repo().join("scripts/garage.sh"))
+                .arg("start")
+                .arg(&dir)
+                .arg("--watch-pid")
+                .arg(std::process::id().to_string()),
         );
         let env = std::fs::read_to_string(dir.join("env")).expect("Garage env file");
         let get = |name: &str| {
@@ -184,6 +179,17 @@ impl Bucket {
     }
 }
 
+/// Runs a command that must succeed; returns its output.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Random but reproducible bytes.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed
@@ -285,15 +291,10 @@ impl Mount {
 
     /// The daemon's request counters, from `pailfs status MOUNTPOINT`.
     pub fn requests(&self) -> Requests {
-        let out = Command::new(env!("CARGO_BIN_EXE_pailfs"))
-            .arg("status")
-            .arg(&self.path)
-            .output()
-            .expect("pailfs status");
-        assert!(
-            out.status.success(),
-            "pailfs status: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_pailfs"))
+                .arg("status")
+                .arg(&self.path),
         );
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let get = |name: &str| -> u64 {
@@ -355,16 +356,11 @@ pub fn garage_cli(args: &[&str]) -> String {
         .map(PathBuf::from)
         .unwrap_or_default()
         .join(".local/share/pailfs-tools/garage-2.5.0/bin/garage");
-    let out = Command::new(bin)
-        .arg("-c")
-        .arg(g.dir.join("garage.toml"))
-        .args(args)
-        .output()
-        .expect("run garage");
-    assert!(
-        out.status.success(),
-        "garage {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(bin)
+            .arg("-c")
+            .arg(g.dir.join("garage.toml"))
+            .args(args),
     );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
@@ -396,15 +392,6 @@ pub struct TlsFront {
     pub ca: PathBuf,
     child: std::process::Child,
     _dir: tempfile::TempDir,
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl TlsFront {
