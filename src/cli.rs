@@ -121,6 +121,20 @@ pub struct MountArgs {
     #[arg(long, value_parser = parse_size, default_value = "80MiB", help_heading = "Reading")]
     pub max_readahead_memory: u64,
 
+    /// Where files being written are staged, and failed uploads kept (recovery/)
+    /// [default: $XDG_CACHE_HOME/pailfs/MOUNT, or /var/cache/pailfs/MOUNT for root]
+    #[arg(long, help_heading = "Writing")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes staged in the cache directory at once; writes beyond it fail with ENOSPC
+    #[arg(long, value_parser = parse_size, default_value = "10GiB", help_heading = "Writing")]
+    pub max_cache_size: u64,
+    /// Part size of multipart uploads (at least 5MiB; grows so an object fits 10,000 parts)
+    #[arg(long, value_parser = parse_size, default_value = "8MiB", help_heading = "Writing")]
+    pub part_size: u64,
+    /// Parts uploaded at once
+    #[arg(long, default_value_t = 4, help_heading = "Writing")]
+    pub max_upload_concurrency: usize,
+
     /// Log file of the daemon (default: ~/.local/state/pailfs/, or /var/log/pailfs/ for root)
     #[arg(long, help_heading = "Logging")]
     pub log_file: Option<PathBuf>,

@@ -185,12 +185,22 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
             "nothing exists under the internal path yet; the mount starts empty"
         );
     }
-    let fs = Arc::new(Fs::new(
+    let mut fs = Fs::new(
         store,
         Some(instrumented.counters()),
         cfg.location.prefix.clone(),
         cfg.fs.clone(),
-    ));
+    );
+    if !cfg.fs.read_only {
+        let cache = crate::fs::write::CacheDir::open(&cfg.cache_dir, cfg.max_cache_size).map_err(|e| {
+            format!(
+                "cannot use the cache directory {}: {e}; choose another with --cache-dir (or mount --read-only)",
+                cfg.cache_dir.display()
+            )
+        })?;
+        fs = fs.with_cache(Arc::new(cache));
+    }
+    let fs = Arc::new(fs);
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let mut options = vec![
         MountOption::FSName(format!(
@@ -293,6 +303,13 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         }
         Ok::<(), String>(())
     });
+    if fs.pending_uploads() > 0 {
+        tracing::error!(
+            files = fs.pending_uploads(),
+            staging = %cfg.cache_dir.join("staging").display(),
+            "files were still open for writing at unmount; their bytes stay in the staging directory"
+        );
+    }
     if let Some(summary) = fs.request_summary() {
         tracing::info!(requests = %summary, "unmounted");
     }

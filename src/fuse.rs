@@ -116,6 +116,9 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_MAX_PAGES,
+            // O_TRUNC arrives with the open instead of as a separate truncate, so the object
+            // in the bucket is not emptied before the new content is uploaded.
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
         ] {
             // A kernel without one of these simply runs without it.
             let _ = config.add_capabilities(cap);
@@ -160,22 +163,48 @@ impl Filesystem for FuseAdapter {
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(errno("setattr", &self.fs.refuse_change()));
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let explicit_time = |t: &Option<TimeOrNow>| matches!(t, Some(TimeOrNow::SpecificTime(_)));
+        let owner_or_mode = mode.is_some() || uid.is_some() || gid.is_some();
+        let touches_times = atime.is_some() || mtime.is_some();
+        let explicit_times = explicit_time(&atime) || explicit_time(&mtime);
+        self.serve("setattr", ino.0, async move {
+            let ino = Ino(ino.0);
+            let result = async {
+                if owner_or_mode || explicit_times {
+                    // Stored as s3fs-style metadata with the namespace/metadata issue.
+                    return Err(fs.refuse_change());
+                }
+                if touches_times && size.is_none() && !(fh.is_some() && fs.is_being_written(ino)) {
+                    // "now" on a file being written is what its upload records anyway.
+                    return Err(fs.refuse_change());
+                }
+                match size {
+                    Some(size) => fs.set_size(ino, size).await,
+                    None => fs.getattr(ino).await,
+                }
+            }
+            .await;
+            match result {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno("setattr", &e)),
+            }
+        });
     }
 
     fn mknod(
@@ -232,10 +261,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        let truncate = write && flags.0 & libc::O_TRUNC != 0;
         let fs = self.fs.clone();
         self.serve("open", ino.0, async move {
-            match fs.open(Ino(ino.0), write).await {
+            match fs.open(Ino(ino.0), write, truncate).await {
                 Ok((fh, keep_cache)) => {
                     let flags = if keep_cache {
                         FopenFlags::FOPEN_KEEP_CACHE
@@ -271,40 +301,79 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _r: &Request,
-        _i: INodeNo,
-        _fh: FileHandle,
-        _o: u64,
-        _d: &[u8],
-        _wf: WriteFlags,
-        _f: OpenFlags,
-        _l: Option<LockOwner>,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(errno("write", &self.fs.refuse_change()));
+        let fs = self.fs.clone();
+        let data = data.to_vec();
+        self.serve("write", ino.0, async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno("write", &e)),
+            }
+        });
     }
 
-    fn flush(&self, _r: &Request, _i: INodeNo, _fh: FileHandle, _l: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.serve("flush", ino.0, async move {
+            match fs.flush(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("flush", &e)),
+            }
+        });
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        let fs = self.fs.clone();
+        self.serve("release", ino.0, async move {
+            // close(2) already returned with flush's result; a failure here is logged (and
+            // its bytes kept in recovery) by the upload itself.
+            match fs.release(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("release", &e)),
+            }
+        });
     }
 
-    fn fsync(&self, _r: &Request, _i: INodeNo, _fh: FileHandle, _d: bool, reply: ReplyEmpty) {
-        // Nothing is ever buffered for writing on this path.
-        reply.ok();
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.serve("fsync", ino.0, async move {
+            match fs.flush(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("fsync", &e)),
+            }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -427,14 +496,30 @@ impl Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _r: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _f: i32,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(errno("create", &self.fs.refuse_change()));
+        let Some(name) = name.to_str().map(str::to_string) else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.serve("create", parent.0, async move {
+            match fs.create(Ino(parent.0), &name).await {
+                Ok((a, fh)) => reply.created(
+                    &ttl,
+                    &file_attr(&a),
+                    GEN,
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno("create", &e)),
+            }
+        });
     }
 }

@@ -235,6 +235,127 @@ fn keys_that_cannot_be_names_follow_the_rule() {
 }
 
 #[test]
+fn files_written_through_the_mount_land_in_the_bucket() {
+    let b = Bucket::new("writes");
+    b.put("existing.log", "line 1\n");
+    b.put("overwrite.txt", "old content that is longer");
+    let m = Mount::new(&b.location(""), &[]);
+    // cp of a multi-part file, byte-exact, readable back through the mount and from S3.
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("video.bin");
+    let data = pattern(21 * 1024 * 1024 + 77, 11);
+    std::fs::write(&src, &data).unwrap();
+    let out = Command::new("cp")
+        .arg(&src)
+        .arg(m.join("video.bin"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(b.get("video.bin").unwrap() == data, "bucket copy differs");
+    assert!(
+        std::fs::read(m.join("video.bin")).unwrap() == data,
+        "read-back differs"
+    );
+    // Small files, zero-byte files, overwrite (O_TRUNC), append, truncate.
+    std::fs::write(m.join("small.txt"), "hello").unwrap();
+    assert_eq!(b.get("small.txt").as_deref(), Some(&b"hello"[..]));
+    std::fs::File::create(m.join("zero")).unwrap();
+    assert_eq!(b.get("zero").as_deref(), Some(&b""[..]));
+    std::fs::write(m.join("overwrite.txt"), "new").unwrap();
+    assert_eq!(b.get("overwrite.txt").as_deref(), Some(&b"new"[..]));
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("existing.log"))
+            .unwrap();
+        f.write_all(b"line 2\n").unwrap();
+        f.sync_all().unwrap();
+        assert_eq!(
+            b.get("existing.log").as_deref(),
+            Some(&b"line 1\nline 2\n"[..]),
+            "fsync uploaded"
+        );
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("small.txt"))
+        .unwrap()
+        .set_len(2)
+        .unwrap();
+    assert_eq!(b.get("small.txt").as_deref(), Some(&b"he"[..]));
+    // A random write in the middle of an existing object.
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("video.bin"))
+            .unwrap();
+        f.write_all_at(b"PATCH", 10_000_000).unwrap();
+    }
+    let mut patched = data.clone();
+    patched[10_000_000..10_000_005].copy_from_slice(b"PATCH");
+    assert!(b.get("video.bin").unwrap() == patched);
+    assert_eq!(
+        std::fs::metadata(m.join("video.bin")).unwrap().len(),
+        data.len() as u64
+    );
+    // Nothing is left staged once files are released (the kernel sends RELEASE after close
+    // returns, so give it a moment).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let staged = std::fs::read_dir(m.cache.join("staging")).unwrap().count();
+        if staged == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{staged} staging files left after release"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_refused_upload_fails_close_and_keeps_the_bytes() {
+    let b = Bucket::new_shared("refused-upload");
+    b.put("readme.txt", "read me");
+    let (id, secret) = extra_key(&b.name, &["--read"]);
+    let creds = [
+        ("AWS_ACCESS_KEY_ID", id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+    ];
+    let m = Mount::new_with_env(&b.location(""), &[], &creds);
+    let data = pattern(300_000, 5);
+    let result = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(m.join("report.bin"))?;
+        f.write_all(&data)?;
+        f.sync_all()
+    })();
+    let err = result.expect_err("the upload must fail: the key may only read");
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    assert_eq!(b.get("report.bin"), None);
+    let recovered: Vec<_> = std::fs::read_dir(m.cache.join("recovery"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(
+        std::fs::read(&recovered[0]).unwrap() == data,
+        "the bytes are recoverable"
+    );
+    let log = m.log_text();
+    assert!(
+        log.contains("upload failed") && log.contains("report.bin"),
+        "{log}"
+    );
+}
+
+#[test]
 fn read_only_mount_refuses_changes_without_sending_anything() {
     let b = Bucket::new("read-only");
     b.put("f.txt", "data");

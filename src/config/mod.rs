@@ -25,6 +25,8 @@ pub struct MountConfig {
     pub allow_non_empty: bool,
     pub fuse_threads: usize,
     pub kernel_read_ahead: u64,
+    pub cache_dir: PathBuf,
+    pub max_cache_size: u64,
     pub log_file: Option<PathBuf>,
     pub debug: bool,
 }
@@ -42,6 +44,21 @@ pub enum ConfigError {
 fn current_uid_gid() -> (u32, u32) {
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
     unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// `$XDG_CACHE_HOME/pailfs/MOUNT` (or `~/.cache/…`), `/var/cache/pailfs/MOUNT` for root.
+fn default_cache_dir(mountpoint: &std::path::Path) -> PathBuf {
+    let name = crate::control::mount_name(mountpoint);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/cache/pailfs").join(name);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache")
+        });
+    base.join("pailfs").join(name)
 }
 
 impl MountConfig {
@@ -94,6 +111,11 @@ impl MountConfig {
                 "--read-part-size must be at least 64KiB".to_string(),
             ));
         }
+        if args.part_size < crate::fs::write::MIN_PART_SIZE {
+            return Err(ConfigError::Invalid(
+                "--part-size must be at least 5MiB (the smallest part S3 accepts)".to_string(),
+            ));
+        }
         let (uid, gid) = current_uid_gid();
         let fs = FsConfig {
             uid: args.uid.unwrap_or(uid),
@@ -106,6 +128,10 @@ impl MountConfig {
             max_read_window: args.max_read_window.max(args.read_part_size),
             max_readahead_memory: args.max_readahead_memory,
             small_file_size: args.read_part_size.min(1024 * 1024),
+            write: crate::fs::write::WriteTuning {
+                part_size: args.part_size,
+                upload_concurrency: args.max_upload_concurrency.clamp(1, 64),
+            },
             ..FsConfig::default()
         };
         Ok(MountConfig {
@@ -129,6 +155,11 @@ impl MountConfig {
             allow_non_empty: args.allow_non_empty,
             fuse_threads: args.fuse_threads.clamp(1, 64),
             kernel_read_ahead: args.kernel_read_ahead.clamp(128 * 1024, 64 << 20),
+            cache_dir: args
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| default_cache_dir(&args.mountpoint)),
+            max_cache_size: args.max_cache_size,
             log_file: args.log_file.clone(),
             debug: args.debug,
         })

@@ -22,6 +22,8 @@ pub enum FsError {
     Changed,
     #[error("not supported")]
     NotSupported,
+    #[error("no space left in the cache directory")]
+    NoSpace,
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -39,6 +41,7 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::Changed => libc::EIO,
             FsError::NotSupported => libc::ENOTSUP,
+            FsError::NoSpace => libc::ENOSPC,
             FsError::Store(e) => match e {
                 StoreError::NotFound | StoreError::NoSuchBucket => libc::ENOENT,
                 StoreError::AccessDenied(_)

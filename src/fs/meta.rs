@@ -43,6 +43,10 @@ impl MetaCache {
         self.misses.contains_key(&(parent, name.to_string()))
     }
 
+    pub fn forget_miss(&self, parent: Ino, name: &str) {
+        self.misses.invalidate(&(parent, name.to_string()));
+    }
+
     pub fn put_miss(&self, parent: Ino, name: &str) {
         self.misses.insert((parent, name.to_string()), ());
     }

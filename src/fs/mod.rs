@@ -8,6 +8,7 @@ pub mod inode;
 pub mod meta;
 pub mod names;
 pub mod read;
+pub mod write;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,7 @@ use inode::{child_path, Ino, InodeTable};
 use meta::{dir_attr, file_attr, MetaCache};
 use names::{check_name, OddKeyLog};
 use read::{ReadTuning, Reader, BUDGET_UNIT};
+use write::{CacheDir, Staged, WriteTuning};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -62,6 +64,7 @@ pub struct FsConfig {
     pub cache_capacity: u64,
     pub list_page_size: u32,
     pub mount_time: SystemTime,
+    pub write: WriteTuning,
 }
 
 impl Default for FsConfig {
@@ -80,6 +83,10 @@ impl Default for FsConfig {
             cache_capacity: 100_000,
             list_page_size: 1000,
             mount_time: SystemTime::now(),
+            write: WriteTuning {
+                part_size: 8 << 20,
+                upload_concurrency: 4,
+            },
         }
     }
 }
@@ -102,9 +109,14 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
-struct OpenFile {
-    reader: tokio::sync::Mutex<Reader>,
+/// An open file: a reader of the object in the bucket, or a handle on the staging copy of a
+/// file being written (which every handle of that inode then reads, so they see one content).
+enum OpenFile {
+    Object(Box<tokio::sync::Mutex<Reader>>),
+    Staged(Ino),
 }
+
+type StagedRef = Arc<tokio::sync::Mutex<Staged>>;
 
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
@@ -114,6 +126,8 @@ pub struct Fs {
     inodes: Mutex<InodeTable>,
     meta: MetaCache,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    staged: Mutex<HashMap<Ino, StagedRef>>,
+    cache: Option<Arc<CacheDir>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
     /// ETag whose content the kernel page cache holds, per file: lets a reopen keep the cache.
     cached_etags: moka::sync::Cache<Ino, String>,
@@ -150,6 +164,8 @@ impl Fs {
             cfg,
             inodes: Mutex::new(InodeTable::default()),
             files: Mutex::new(HashMap::new()),
+            staged: Mutex::new(HashMap::new()),
+            cache: None,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             reads_served: AtomicU64::new(0),
@@ -158,6 +174,12 @@ impl Fs {
             buffers: Arc::new(buffers::BufferPool::new(pooled)),
             odd_keys: OddKeyLog::default(),
         }
+    }
+
+    /// Enables writing, staging changes in `cache`.
+    pub fn with_cache(mut self, cache: Arc<CacheDir>) -> Fs {
+        self.cache = Some(cache);
+        self
     }
 
     pub fn config(&self) -> &FsConfig {
@@ -215,6 +237,11 @@ impl Fs {
             return Err(FsError::NotFound);
         }
         let path = child_path(&dir.path, name);
+        let staged_ino = lock(&self.inodes).peek(Kind::File, &path);
+        if let Some(attr) = self.staged_attr(staged_ino).await {
+            lock(&self.inodes).remember(parent, Kind::File, &path);
+            return Ok(attr);
+        }
         let key = self.key_of(&path);
         let dir_prefix = format!("{key}/");
         // One HEAD for a file and one single-key LIST for a directory, side by side: never a
@@ -262,6 +289,9 @@ impl Fs {
     }
 
     pub async fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        if let Some(attr) = self.staged_attr(ino).await {
+            return Ok(attr);
+        }
         if let Some(attr) = self.meta.attr(ino) {
             return Ok(attr);
         }
@@ -397,15 +427,26 @@ impl Fs {
         Ok(())
     }
 
-    /// Opens a file for reading; returns the handle and whether the kernel may keep the pages
-    /// it cached at an earlier open (the object has not changed since).
-    pub async fn open(&self, ino: Ino, write: bool) -> Result<(u64, bool), FsError> {
-        if write {
-            return Err(FsError::ReadOnly);
-        }
+    /// Opens a file; returns the handle and whether the kernel may keep the pages it cached
+    /// at an earlier open (the object has not changed since).
+    pub async fn open(
+        &self,
+        ino: Ino,
+        write: bool,
+        truncate: bool,
+    ) -> Result<(u64, bool), FsError> {
         let node = self.node(ino)?;
         if node.kind == Kind::Dir {
             return Err(FsError::IsDir);
+        }
+        if write || self.staged_of(ino).is_some() {
+            if write {
+                self.writable()?;
+            }
+            self.stage(ino, &node.path, truncate).await?;
+            let fh = self.new_fh();
+            lock(&self.files).insert(fh, Arc::new(OpenFile::Staged(ino)));
+            return Ok((fh, true));
         }
         let attr = self.getattr(ino).await?;
         let etag = attr.etag.clone().unwrap_or_default();
@@ -427,9 +468,7 @@ impl Fs {
         let fh = self.new_fh();
         lock(&self.files).insert(
             fh,
-            Arc::new(OpenFile {
-                reader: tokio::sync::Mutex::new(reader),
-            }),
+            Arc::new(OpenFile::Object(Box::new(tokio::sync::Mutex::new(reader)))),
         );
         Ok((fh, keep_cache))
     }
@@ -439,21 +478,247 @@ impl Fs {
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle)?;
-        let mut reader = file.reader.lock().await;
-        let data = reader.read(offset, len).await?;
+        let data = match file.as_ref() {
+            OpenFile::Object(reader) => reader.lock().await.read(offset, len).await?,
+            OpenFile::Staged(ino) => {
+                let staged = self.staged_of(*ino).ok_or(FsError::BadHandle)?;
+                let staged = staged.lock().await;
+                staged.read(offset, len)?
+            }
+        };
         self.reads_served.fetch_add(1, Ordering::Relaxed);
         self.bytes_served
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(data)
     }
 
-    pub fn release(&self, fh: u64) {
-        lock(&self.files).remove(&fh);
+    fn writable(&self) -> Result<&Arc<CacheDir>, FsError> {
+        match &self.cache {
+            Some(cache) if !self.cfg.read_only => Ok(cache),
+            _ => Err(FsError::ReadOnly),
+        }
     }
 
-    /// Refuses a change: `EROFS` on a read-only mount; writes arrive with the write path.
+    fn staged_of(&self, ino: Ino) -> Option<StagedRef> {
+        lock(&self.staged).get(&ino).cloned()
+    }
+
+    async fn staged_attr(&self, ino: Ino) -> Option<Attr> {
+        let staged = self.staged_of(ino)?;
+        let size = staged.lock().await.size();
+        Some(Attr {
+            ino,
+            kind: Kind::File,
+            size,
+            mtime: SystemTime::now(),
+            perm: self.cfg.file_mode,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+            etag: None,
+        })
+    }
+
+    /// Takes a handle on the staging copy of `ino`, creating it (empty when truncating or
+    /// new, else a copy of the object) when no handle has one yet.
+    async fn stage(&self, ino: Ino, path: &str, truncate: bool) -> Result<StagedRef, FsError> {
+        if let Some(staged) = self.staged_of(ino) {
+            let mut s = staged.lock().await;
+            if truncate {
+                s.truncate(0)?;
+            }
+            s.handles += 1;
+            drop(s);
+            return Ok(staged);
+        }
+        let cache = self.writable()?.clone();
+        let key = self.key_of(path);
+        let mut staged = if truncate {
+            Staged::empty(cache, key)?
+        } else {
+            match self.store.head(&key).await {
+                Ok(info) => {
+                    Staged::load(
+                        cache,
+                        key,
+                        self.store.as_ref(),
+                        info.size,
+                        &info.etag,
+                        self.cfg.read_part_size,
+                    )
+                    .await?
+                }
+                Err(StoreError::NotFound) => Staged::empty(cache, key)?,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        staged.handles = 1;
+        let staged = Arc::new(tokio::sync::Mutex::new(staged));
+        // Two opens may race to stage the same file: the first one in wins, the other joins it.
+        let existing = {
+            let mut map = lock(&self.staged);
+            match map.get(&ino) {
+                Some(existing) => Some(existing.clone()),
+                None => {
+                    map.insert(ino, staged.clone());
+                    None
+                }
+            }
+        };
+        match existing {
+            Some(existing) => {
+                existing.lock().await.handles += 1;
+                Ok(existing)
+            }
+            None => Ok(staged),
+        }
+    }
+
+    /// Creates `name` in `parent` and opens it for writing.
+    pub async fn create(&self, parent: Ino, name: &str) -> Result<(Attr, u64), FsError> {
+        self.writable()?;
+        let dir = self.node(parent)?;
+        if dir.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if name.len() > names::NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if check_name(name).is_err() {
+            return Err(FsError::Invalid);
+        }
+        let path = child_path(&dir.path, name);
+        let ino = lock(&self.inodes).remember(parent, Kind::File, &path);
+        self.stage(ino, &path, true).await?;
+        self.meta.forget_miss(parent, name);
+        let fh = self.new_fh();
+        lock(&self.files).insert(fh, Arc::new(OpenFile::Staged(ino)));
+        let attr = self.staged_attr(ino).await.ok_or(FsError::BadHandle)?;
+        Ok((attr, fh))
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let file = lock(&self.files)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let OpenFile::Staged(ino) = file.as_ref() else {
+            return Err(FsError::BadHandle);
+        };
+        let staged = self.staged_of(*ino).ok_or(FsError::BadHandle)?;
+        let mut staged = staged.lock().await;
+        staged.write(offset, data)
+    }
+
+    /// Truncates or extends a file to `size` (truncate(2), ftruncate(2), O_TRUNC).
+    pub async fn set_size(&self, ino: Ino, size: u64) -> Result<Attr, FsError> {
+        self.writable()?;
+        let node = self.node(ino)?;
+        if node.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        match self.staged_of(ino) {
+            // ftruncate(2) or O_TRUNC on an open file: change the staging copy; its handles
+            // upload it.
+            Some(staged) => staged.lock().await.truncate(size)?,
+            // truncate(2) on a path: no handle will flush it, so stage, change, upload now.
+            None => {
+                let staged = self.stage(ino, &node.path, size == 0).await?;
+                staged.lock().await.truncate(size)?;
+                self.finish_handle(ino, true).await?;
+            }
+        }
+        self.getattr(ino).await
+    }
+
+    /// Uploads the file's changes, if any (close(2) and fsync(2) report this result).
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let file = lock(&self.files).get(&fh).cloned();
+        let Some(file) = file else {
+            return Ok(());
+        };
+        let OpenFile::Staged(ino) = file.as_ref() else {
+            return Ok(());
+        };
+        let Some(staged) = self.staged_of(*ino) else {
+            return Ok(());
+        };
+        let mut staged = staged.lock().await;
+        let size = staged.size();
+        if let Some(etag) = staged.upload(&self.store, self.cfg.write).await? {
+            self.uploaded(*ino, size, etag);
+        }
+        Ok(())
+    }
+
+    fn uploaded(&self, ino: Ino, size: u64, etag: String) {
+        self.cached_etags.insert(ino, etag.clone());
+        self.meta.put_attr(Attr {
+            ino,
+            kind: Kind::File,
+            size,
+            mtime: SystemTime::now(),
+            perm: self.cfg.file_mode,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+            etag: Some(etag),
+        });
+    }
+
+    /// Drops one handle of a staged file; the last one uploads what is still unsaved.
+    async fn finish_handle(&self, ino: Ino, upload: bool) -> Result<(), FsError> {
+        let Some(staged) = self.staged_of(ino) else {
+            return Ok(());
+        };
+        let mut s = staged.lock().await;
+        s.handles = s.handles.saturating_sub(1);
+        if s.handles > 0 {
+            return Ok(());
+        }
+        let size = s.size();
+        let result = if upload {
+            s.upload(&self.store, self.cfg.write).await
+        } else {
+            Ok(None)
+        };
+        lock(&self.staged).remove(&ino);
+        match result {
+            Ok(Some(etag)) => {
+                self.uploaded(ino, size, etag);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+        let file = lock(&self.files).remove(&fh);
+        if let Some(file) = file {
+            if let OpenFile::Staged(ino) = file.as_ref() {
+                return self.finish_handle(*ino, true).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a change pailfs does not make yet: `EROFS` on a read-only mount, `ENOTSUP`
+    /// otherwise (namespace changes and metadata arrive with their issue).
     pub fn refuse_change(&self) -> FsError {
-        FsError::ReadOnly
+        if self.writable().is_ok() {
+            FsError::NotSupported
+        } else {
+            FsError::ReadOnly
+        }
+    }
+
+    /// Whether `ino` has a staging copy (an open file being written).
+    pub fn is_being_written(&self, ino: Ino) -> bool {
+        self.staged_of(ino).is_some()
+    }
+
+    /// Whether anything written is still waiting for its upload.
+    pub fn pending_uploads(&self) -> usize {
+        lock(&self.staged).len()
     }
 
     pub fn statfs(&self) -> StatFs {

@@ -57,7 +57,7 @@ impl Rig {
     }
 
     async fn read_all(&self, ino: Ino) -> Vec<u8> {
-        let (fh, _) = self.fs.open(ino, false).await.unwrap();
+        let (fh, _) = self.fs.open(ino, false, false).await.unwrap();
         let mut out = Vec::new();
         loop {
             let chunk = self
@@ -70,7 +70,7 @@ impl Rig {
             }
             out.extend_from_slice(&chunk);
         }
-        self.fs.release(fh);
+        self.fs.release(fh).await.unwrap();
         out
     }
 }
@@ -210,7 +210,7 @@ async fn read_only_refusals_send_nothing() {
     let f = r.fs.lookup(Ino::ROOT, "f").await.unwrap();
     let before = r.store.counters().summary();
     assert_eq!(
-        r.fs.open(f.ino, true).await.unwrap_err().errno(),
+        r.fs.open(f.ino, true, false).await.unwrap_err().errno(),
         libc::EROFS
     );
     assert_eq!(r.fs.refuse_change().errno(), libc::EROFS);
@@ -222,11 +222,11 @@ async fn reopening_an_unchanged_file_keeps_the_page_cache() {
     let r = rig("");
     r.mem.put("f", "one");
     let f = r.fs.lookup(Ino::ROOT, "f").await.unwrap();
-    let (h1, keep1) = r.fs.open(f.ino, false).await.unwrap();
-    let (h2, keep2) = r.fs.open(f.ino, false).await.unwrap();
+    let (h1, keep1) = r.fs.open(f.ino, false, false).await.unwrap();
+    let (h2, keep2) = r.fs.open(f.ino, false, false).await.unwrap();
     assert!(!keep1 && keep2);
-    r.fs.release(h1);
-    r.fs.release(h2);
+    r.fs.release(h1).await.unwrap();
+    r.fs.release(h2).await.unwrap();
 }
 
 #[tokio::test]
@@ -238,7 +238,7 @@ async fn store_errors_become_errnos() {
     assert_eq!(err.errno(), libc::EACCES);
     r.mem.put("f", vec![7u8; 10]);
     let f = r.fs.lookup(Ino::ROOT, "f").await.unwrap();
-    let (fh, _) = r.fs.open(f.ino, false).await.unwrap();
+    let (fh, _) = r.fs.open(f.ino, false, false).await.unwrap();
     r.store.fail_nth(RequestKind::Get, 1, StoreError::Timeout);
     assert_eq!(
         r.fs.read(fh, 0, 10).await.unwrap_err().errno(),
@@ -249,4 +249,238 @@ async fn store_errors_become_errnos() {
         &[7u8; 10],
         "a later read retries"
     );
+}
+
+// ---- writing ----
+
+struct WriteRig {
+    rig: Rig,
+    dir: tempfile::TempDir,
+}
+
+fn write_rig(cache_cap: u64) -> WriteRig {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryStore::new());
+    let store = Arc::new(Instrumented::new(mem.clone()));
+    let cache = Arc::new(write::CacheDir::open(dir.path(), cache_cap).unwrap());
+    let fs = Fs::new(
+        store.clone(),
+        Some(store.counters()),
+        String::new(),
+        FsConfig {
+            write: WriteTuning {
+                part_size: write::MIN_PART_SIZE,
+                upload_concurrency: 2,
+            },
+            ..FsConfig::default()
+        },
+    )
+    .with_cache(cache);
+    WriteRig {
+        rig: Rig { mem, store, fs },
+        dir,
+    }
+}
+
+fn model_bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+impl WriteRig {
+    async fn write_all(&self, fh: u64, data: &[u8]) {
+        for (i, chunk) in data.chunks(128 * 1024).enumerate() {
+            let n = self
+                .rig
+                .fs
+                .write(fh, (i * 128 * 1024) as u64, chunk)
+                .await
+                .unwrap();
+            assert_eq!(n as usize, chunk.len());
+        }
+    }
+
+    fn recovered(&self) -> Vec<Vec<u8>> {
+        std::fs::read_dir(self.dir.path().join("recovery"))
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_small_new_file_is_one_put_at_close() {
+    let w = write_rig(1 << 30);
+    let (attr, fh) = w.rig.fs.create(Ino::ROOT, "note.txt").await.unwrap();
+    w.rig.fs.write(fh, 0, b"hello ").await.unwrap();
+    w.rig.fs.write(fh, 6, b"world").await.unwrap();
+    assert_eq!(
+        w.rig.mem.content("note.txt"),
+        None,
+        "nothing is sent before close"
+    );
+    assert_eq!(w.rig.fs.getattr(attr.ino).await.unwrap().size, 11);
+    w.rig.fs.flush(fh).await.unwrap();
+    assert_eq!(
+        w.rig.mem.content("note.txt").as_deref(),
+        Some(&b"hello world"[..])
+    );
+    w.rig.fs.release(fh).await.unwrap();
+    assert_eq!(w.rig.count(RequestKind::Put), 1);
+    assert_eq!(w.rig.count(RequestKind::CreateMultipart), 0);
+    assert_eq!(w.rig.fs.pending_uploads(), 0);
+    let again = w.rig.fs.lookup(Ino::ROOT, "note.txt").await.unwrap();
+    assert_eq!(again.size, 11);
+}
+
+#[tokio::test]
+async fn an_empty_new_file_is_created_too() {
+    let w = write_rig(1 << 30);
+    let (_, fh) = w.rig.fs.create(Ino::ROOT, "empty").await.unwrap();
+    w.rig.fs.flush(fh).await.unwrap();
+    w.rig.fs.release(fh).await.unwrap();
+    assert_eq!(w.rig.mem.content("empty").as_deref(), Some(&b""[..]));
+}
+
+#[tokio::test]
+async fn a_large_file_goes_up_in_parts_and_byte_exact() {
+    let w = write_rig(1 << 30);
+    let data = model_bytes(12 * 1024 * 1024 + 3, 7);
+    let (_, fh) = w.rig.fs.create(Ino::ROOT, "big.bin").await.unwrap();
+    w.write_all(fh, &data).await;
+    w.rig.fs.flush(fh).await.unwrap();
+    w.rig.fs.release(fh).await.unwrap();
+    assert!(w.rig.mem.content("big.bin").unwrap() == data);
+    assert_eq!(w.rig.count(RequestKind::CreateMultipart), 1);
+    assert_eq!(
+        w.rig.count(RequestKind::UploadPart),
+        3,
+        "5 MiB + 5 MiB + 2 MiB"
+    );
+    assert_eq!(w.rig.count(RequestKind::CompleteMultipart), 1);
+    assert_eq!(w.rig.store.counters().bytes_written(), data.len() as u64);
+}
+
+#[tokio::test]
+async fn appending_keeps_the_old_bytes_and_reads_see_new_ones() {
+    let w = write_rig(1 << 30);
+    w.rig.mem.put("log.txt", "line 1\n");
+    let f = w.rig.fs.lookup(Ino::ROOT, "log.txt").await.unwrap();
+    let (fh, _) = w.rig.fs.open(f.ino, true, false).await.unwrap();
+    w.rig.fs.write(fh, 7, b"line 2\n").await.unwrap();
+    // Another handle opened meanwhile reads the same content.
+    let (reader, _) = w.rig.fs.open(f.ino, false, false).await.unwrap();
+    assert_eq!(
+        &w.rig.fs.read(reader, 0, 100).await.unwrap()[..],
+        b"line 1\nline 2\n"
+    );
+    w.rig.fs.flush(fh).await.unwrap();
+    w.rig.fs.release(fh).await.unwrap();
+    w.rig.fs.release(reader).await.unwrap();
+    assert_eq!(
+        w.rig.mem.content("log.txt").as_deref(),
+        Some(&b"line 1\nline 2\n"[..])
+    );
+}
+
+#[tokio::test]
+async fn truncate_of_a_path_uploads_at_once() {
+    let w = write_rig(1 << 30);
+    w.rig.mem.put("t.txt", "0123456789");
+    let f = w.rig.fs.lookup(Ino::ROOT, "t.txt").await.unwrap();
+    let attr = w.rig.fs.set_size(f.ino, 4).await.unwrap();
+    assert_eq!(attr.size, 4);
+    assert_eq!(w.rig.mem.content("t.txt").as_deref(), Some(&b"0123"[..]));
+    assert_eq!(w.rig.fs.pending_uploads(), 0);
+}
+
+#[tokio::test]
+async fn random_writes_and_truncates_match_a_model() {
+    let w = write_rig(1 << 30);
+    let mut model: Vec<u8> = model_bytes(300_000, 1);
+    w.rig.mem.put("m.bin", model.clone());
+    let f = w.rig.fs.lookup(Ino::ROOT, "m.bin").await.unwrap();
+    let (fh, _) = w.rig.fs.open(f.ino, true, false).await.unwrap();
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut next = |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % m
+    };
+    for step in 0..200 {
+        match next(5) {
+            0 => {
+                let size = next(400_000) as usize;
+                w.rig.fs.set_size(f.ino, size as u64).await.unwrap();
+                model.resize(size, 0);
+            }
+            _ => {
+                let off = next(350_000) as usize;
+                let len = 1 + next(20_000) as usize;
+                let data = model_bytes(len, step as u8);
+                w.rig.fs.write(fh, off as u64, &data).await.unwrap();
+                if model.len() < off + len {
+                    model.resize(off + len, 0);
+                }
+                model[off..off + len].copy_from_slice(&data);
+            }
+        }
+        let got = w.rig.fs.read(fh, 0, u32::MAX).await.unwrap();
+        assert!(got == model, "step {step}: content differs from the model");
+    }
+    w.rig.fs.flush(fh).await.unwrap();
+    w.rig.fs.release(fh).await.unwrap();
+    assert!(w.rig.mem.content("m.bin").unwrap() == model);
+    assert_eq!(
+        w.rig.fs.pending_uploads(),
+        0,
+        "the last release ends the staging copy"
+    );
+    let staging = std::fs::read_dir(w.dir.path().join("staging"))
+        .unwrap()
+        .count();
+    assert_eq!(staging, 0, "and removes its file");
+}
+
+#[tokio::test]
+async fn a_failed_upload_fails_close_keeps_the_bytes_and_leaves_no_parts() {
+    let w = write_rig(1 << 30);
+    let data = model_bytes(11 * 1024 * 1024, 9);
+    let (_, fh) = w.rig.fs.create(Ino::ROOT, "precious.bin").await.unwrap();
+    w.write_all(fh, &data).await;
+    w.rig.store.fail_nth(
+        RequestKind::UploadPart,
+        2,
+        StoreError::Unreachable("cable cut".into()),
+    );
+    let err = w.rig.fs.flush(fh).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EHOSTUNREACH);
+    assert_eq!(w.rig.count(RequestKind::AbortMultipart), 1);
+    assert_eq!(w.rig.mem.open_uploads(), 0, "the failed upload was aborted");
+    assert_eq!(w.rig.mem.content("precious.bin"), None);
+    // A second close of the same file does not pretend to succeed.
+    assert!(w.rig.fs.flush(fh).await.is_err());
+    w.rig.fs.release(fh).await.unwrap_err();
+    let recovered = w.recovered();
+    assert_eq!(recovered.len(), 1);
+    assert!(recovered[0] == data, "the written bytes are in recovery/");
+}
+
+#[tokio::test]
+async fn a_full_cache_refuses_writes_with_enospc() {
+    let w = write_rig(64 * 1024);
+    let (_, fh) = w.rig.fs.create(Ino::ROOT, "f").await.unwrap();
+    w.rig.fs.write(fh, 0, &[1u8; 60 * 1024]).await.unwrap();
+    let err = w
+        .rig
+        .fs
+        .write(fh, 60 * 1024, &[1u8; 8 * 1024])
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::ENOSPC);
+    w.rig.fs.flush(fh).await.unwrap();
+    w.rig.fs.release(fh).await.unwrap();
+    assert_eq!(w.rig.mem.content("f").map(|b| b.len()), Some(60 * 1024));
 }

@@ -10,25 +10,23 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ByteRange, ListPage, ListRequest, ObjectInfo, ObjectStore, RequestKind, StoreError};
+use super::{
+    ByteRange, ListPage, ListRequest, ObjectInfo, ObjectStore, RequestKind, StoreError,
+    UploadedPart,
+};
 
 /// Per-kind request and error counters.
 #[derive(Default, Debug)]
 pub struct RequestCounters {
-    head: AtomicU64,
-    list: AtomicU64,
-    get: AtomicU64,
+    by_kind: [AtomicU64; RequestKind::ALL.len()],
     errors: AtomicU64,
     bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
 }
 
 impl RequestCounters {
     fn slot(&self, kind: RequestKind) -> &AtomicU64 {
-        match kind {
-            RequestKind::Head => &self.head,
-            RequestKind::List => &self.list,
-            RequestKind::Get => &self.get,
-        }
+        &self.by_kind[kind as usize]
     }
     pub fn count(&self, kind: RequestKind) -> u64 {
         self.slot(kind).load(Ordering::Relaxed)
@@ -39,16 +37,20 @@ impl RequestCounters {
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.load(Ordering::Relaxed)
     }
-    /// One line, e.g. `HEAD=3 LIST=1 GET=10 errors=0 bytes_read=40960`.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+    /// One line, e.g. `HEAD=3 LIST=1 GET=10 … errors=0 bytes_read=40960 bytes_written=0`.
     pub fn summary(&self) -> String {
         let mut out = String::new();
         for kind in RequestKind::ALL {
             out.push_str(&format!("{}={} ", kind.name(), self.count(kind)));
         }
         out.push_str(&format!(
-            "errors={} bytes_read={}",
+            "errors={} bytes_read={} bytes_written={}",
             self.errors(),
-            self.bytes_read()
+            self.bytes_read(),
+            self.bytes_written()
         ));
         out
     }
@@ -125,6 +127,56 @@ impl ObjectStore for Instrumented {
     async fn list(&self, request: ListRequest) -> Result<ListPage, StoreError> {
         self.begin(RequestKind::List)?;
         self.finish(self.inner.list(request).await)
+    }
+
+    async fn put_object(&self, key: &str, body: Bytes) -> Result<String, StoreError> {
+        self.begin(RequestKind::Put)?;
+        let len = body.len() as u64;
+        let result = self.finish(self.inner.put_object(key, body).await);
+        if result.is_ok() {
+            self.counters
+                .bytes_written
+                .fetch_add(len, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn create_multipart(&self, key: &str) -> Result<String, StoreError> {
+        self.begin(RequestKind::CreateMultipart)?;
+        self.finish(self.inner.create_multipart(key).await)
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        self.begin(RequestKind::UploadPart)?;
+        let len = body.len() as u64;
+        let result = self.finish(self.inner.upload_part(key, upload_id, number, body).await);
+        if result.is_ok() {
+            self.counters
+                .bytes_written
+                .fetch_add(len, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> Result<String, StoreError> {
+        self.begin(RequestKind::CompleteMultipart)?;
+        self.finish(self.inner.complete_multipart(key, upload_id, parts).await)
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.begin(RequestKind::AbortMultipart)?;
+        self.finish(self.inner.abort_multipart(key, upload_id).await)
     }
 
     async fn get_range_into(

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ByteRange, ListPage, ListRequest, ObjectInfo, ObjectStore, StoreError};
+use super::{ByteRange, ListPage, ListRequest, ObjectInfo, ObjectStore, StoreError, UploadedPart};
 
 #[derive(Clone, Debug)]
 struct MemObject {
@@ -17,11 +17,16 @@ struct MemObject {
     metadata: BTreeMap<String, String>,
 }
 
+/// A multipart upload in progress: its key and parts by number.
+type Upload = (String, BTreeMap<u32, Bytes>);
+
 /// Objects kept in a sorted map, so listings come out in S3's byte-wise key order.
 #[derive(Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, MemObject>>,
     versions: std::sync::atomic::AtomicU64,
+    /// Multipart uploads in progress: upload id → (key, parts by number).
+    uploads: Mutex<std::collections::HashMap<String, Upload>>,
 }
 
 impl MemoryStore {
@@ -50,6 +55,16 @@ impl MemoryStore {
             metadata,
         };
         self.lock().insert(key.to_string(), object);
+    }
+
+    /// Multipart uploads neither completed nor aborted.
+    pub fn open_uploads(&self) -> usize {
+        self.uploads.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The content of `key`, if it exists.
+    pub fn content(&self, key: &str) -> Option<Bytes> {
+        self.lock().get(key).map(|o| o.data.clone())
     }
 
     pub fn remove(&self, key: &str) {
@@ -142,6 +157,72 @@ impl ObjectStore for MemoryStore {
             }
         }
         Ok(page)
+    }
+
+    async fn put_object(&self, key: &str, body: Bytes) -> Result<String, StoreError> {
+        self.put(key, body);
+        Ok(self
+            .lock()
+            .get(key)
+            .map(|o| o.etag.clone())
+            .unwrap_or_default())
+    }
+
+    async fn create_multipart(&self, key: &str) -> Result<String, StoreError> {
+        let id = format!(
+            "upload-{}",
+            self.versions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        uploads.insert(id.clone(), (key.to_string(), BTreeMap::new()));
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        match uploads.get_mut(upload_id) {
+            Some((k, parts)) if k == key => {
+                parts.insert(number, body);
+                Ok(format!("\"part{number}\""))
+            }
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> Result<String, StoreError> {
+        let (k, stored) = {
+            let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+            uploads.remove(upload_id).ok_or(StoreError::NotFound)?
+        };
+        if k != key {
+            return Err(StoreError::Other("upload belongs to another key".into()));
+        }
+        let mut whole = Vec::new();
+        for part in parts {
+            let data = stored.get(&part.number).ok_or_else(|| {
+                StoreError::Other(format!("part {} was never uploaded", part.number))
+            })?;
+            whole.extend_from_slice(data);
+        }
+        self.put_object(key, Bytes::from(whole)).await
+    }
+
+    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        uploads.remove(upload_id);
+        Ok(())
     }
 
     async fn get_range_into(

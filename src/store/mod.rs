@@ -72,17 +72,43 @@ pub enum RequestKind {
     Head,
     List,
     Get,
+    Put,
+    CreateMultipart,
+    UploadPart,
+    CompleteMultipart,
+    AbortMultipart,
 }
 
 impl RequestKind {
-    pub const ALL: [RequestKind; 3] = [RequestKind::Head, RequestKind::List, RequestKind::Get];
+    pub const ALL: [RequestKind; 8] = [
+        RequestKind::Head,
+        RequestKind::List,
+        RequestKind::Get,
+        RequestKind::Put,
+        RequestKind::CreateMultipart,
+        RequestKind::UploadPart,
+        RequestKind::CompleteMultipart,
+        RequestKind::AbortMultipart,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             RequestKind::Head => "HEAD",
             RequestKind::List => "LIST",
             RequestKind::Get => "GET",
+            RequestKind::Put => "PUT",
+            RequestKind::CreateMultipart => "MPU_CREATE",
+            RequestKind::UploadPart => "MPU_PART",
+            RequestKind::CompleteMultipart => "MPU_COMPLETE",
+            RequestKind::AbortMultipart => "MPU_ABORT",
         }
     }
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadedPart {
+    pub number: u32,
+    pub etag: String,
 }
 
 /// Everything that can go wrong talking to the store, classified so that each layer above can
@@ -134,6 +160,32 @@ pub trait ObjectStore: Send + Sync + 'static {
         if_match: Option<&str>,
         buffer: bytes::BytesMut,
     ) -> Result<Bytes, StoreError>;
+
+    /// Stores `body` as `key` in one request; returns the new ETag.
+    async fn put_object(&self, key: &str, body: Bytes) -> Result<String, StoreError>;
+
+    /// Starts a multipart upload of `key`; returns its upload id.
+    async fn create_multipart(&self, key: &str) -> Result<String, StoreError>;
+
+    /// Uploads part `number` (1-based) of an upload; returns the part's ETag.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+    ) -> Result<String, StoreError>;
+
+    /// Completes an upload from its parts, in order; returns the object's ETag.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> Result<String, StoreError>;
+
+    /// Abandons an upload so that its parts are not kept (nor billed).
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
 
     /// `get_range_into` with a fresh buffer.
     async fn get_range(

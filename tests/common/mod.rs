@@ -162,6 +162,16 @@ impl Bucket {
         });
     }
 
+    /// The object's content, or `None` when it does not exist.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let out = self
+            .rt
+            .block_on(self.client.get_object().bucket(&self.name).key(key).send())
+            .ok()?;
+        let bytes = self.rt.block_on(out.body.collect()).ok()?;
+        Some(bytes.into_bytes().to_vec())
+    }
+
     pub fn delete(&self, key: &str) {
         self.rt
             .block_on(
@@ -222,6 +232,7 @@ pub fn pailfs() -> Command {
 pub struct Mount {
     pub path: PathBuf,
     pub log: PathBuf,
+    pub cache: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -275,6 +286,10 @@ impl Mount {
         if !extra.iter().any(|a| a.starts_with("--endpoint-url")) {
             command.arg("--endpoint-url").arg(&garage().endpoint);
         }
+        let cache = dir.path().join("cache");
+        if !extra.iter().any(|a| a.starts_with("--cache-dir")) {
+            command.arg(format!("--cache-dir={}", cache.display()));
+        }
         let out = command
             .envs(envs.iter().copied())
             .arg(format!("--log-file={}", log.display()))
@@ -282,7 +297,15 @@ impl Mount {
             .stdin(Stdio::null())
             .output()
             .expect("run pailfs");
-        (Mount { path, log, dir }, out)
+        (
+            Mount {
+                path,
+                log,
+                cache,
+                dir,
+            },
+            out,
+        )
     }
 
     pub fn join(&self, rel: &str) -> PathBuf {
