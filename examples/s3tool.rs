@@ -7,6 +7,7 @@
 //!   s3tool put-file BUCKET KEY PATH
 //!   s3tool put-many BUCKET PREFIX COUNT SIZE    PREFIX00000 … with 32 requests in flight
 //!   s3tool get-parallel BUCKET KEY PART CONC    whole object by concurrent ranged GETs
+//!   s3tool put-parallel BUCKET KEY PATH PART CONC  multipart upload of a local file, parts in parallel
 //!   s3tool list BUCKET PREFIX                   every page of ListObjectsV2 (no delimiter)
 //!   s3tool get-each BUCKET PREFIX               list, then GET each object one after another
 //!   s3tool get-random BUCKET KEY SIZE SECONDS   random ranged GETs of SIZE bytes
@@ -242,6 +243,71 @@ async fn run(args: Vec<String>) -> Result<()> {
                 .into_iter()
                 .sum();
             report(start, total, size.div_ceil(part));
+        }
+        "put-parallel" => {
+            use std::os::unix::fs::FileExt;
+            let key = arg(&args, 3, "key")?;
+            let file = std::sync::Arc::new(std::fs::File::open(arg(&args, 4, "path")?)?);
+            let part = num(&args, 5, "part size")?;
+            let conc = num(&args, 6, "concurrency")? as usize;
+            let size = file.metadata()?.len();
+            let start = Instant::now();
+            let up = c
+                .create_multipart_upload()
+                .bucket(&bucket)
+                .key(&key)
+                .send()
+                .await?;
+            let id = up.upload_id().ok_or("no upload id")?.to_string();
+            let parts: Vec<aws_sdk_s3::types::CompletedPart> =
+                futures::stream::iter(0..size.div_ceil(part))
+                    .map(|i| {
+                        let (c, bucket, key, id, file) = (
+                            c.clone(),
+                            bucket.clone(),
+                            key.clone(),
+                            id.clone(),
+                            file.clone(),
+                        );
+                        async move {
+                            let len = part.min(size - i * part) as usize;
+                            let mut buf = vec![0u8; len];
+                            file.read_exact_at(&mut buf, i * part)?;
+                            let n = i as i32 + 1;
+                            let out = c
+                                .upload_part()
+                                .bucket(bucket)
+                                .key(key)
+                                .upload_id(id)
+                                .part_number(n)
+                                .body(ByteStream::from(buf))
+                                .send()
+                                .await?;
+                            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                                aws_sdk_s3::types::CompletedPart::builder()
+                                    .part_number(n)
+                                    .set_e_tag(out.e_tag().map(str::to_string))
+                                    .build(),
+                            )
+                        }
+                    })
+                    .buffered(conc)
+                    .collect::<Vec<_>>()
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<_>>>()?;
+            c.complete_multipart_upload()
+                .bucket(&bucket)
+                .key(&key)
+                .upload_id(&id)
+                .multipart_upload(
+                    aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await?;
+            report(start, size, size.div_ceil(part));
         }
         "list" => {
             let prefix = arg(&args, 3, "prefix")?;

@@ -4,7 +4,8 @@
 # TCP_NODELAY shim (tools/nodelay.c): without it every small response stalls ~40 ms on delayed
 # ACKs and all clients look alike. Timing is judged here, never in tests.
 #
-#   scripts/bench.sh            full run (seeds a 1 GiB object, 5,000 + 500 small objects)
+#   scripts/bench.sh            full run (seeds a 1 GiB object, 5,000 + 500 small objects; then
+#                               writes 1 GiB and 200 small files through each mount)
 #   BENCH_ONLY="pailfs" scripts/bench.sh   mount only some of: pailfs s3fs rclone
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -45,6 +46,8 @@ R[list]=$($tool list $B ls5k/ | field secs)
 R[small]=$($tool get-each $B small/ | field secs)
 R[rand]=$($tool get-random $B big/1g.bin 4096 10 | field ops)
 R[rand]=$(awk -v o="${R[rand]}" 'BEGIN { printf "%.0f", o / 10 }')
+head -c $((1 << 30)) /dev/urandom > "$work/1g.src"
+R[write]=$($tool put-parallel $B raw/1g.bin "$work/1g.src" $((8 << 20)) 4 | field secs)
 
 wait_mounted() {
     for _ in $(seq 1 200); do
@@ -94,6 +97,12 @@ run_fs() {
         T[$fs,gets]=$(awk -v g="$gets" 'BEGIN { printf "%.2f", g / 500 }')
         T[$fs,relookups]=$heads
     fi
+    mkdir -p "$mnt/w-$fs" 2>/dev/null || true
+    t=$(now); dd if="$work/1g.src" of="$mnt/w-$fs-1g.bin" bs=1M conv=fsync status=none && T[$fs,write]=$(since "$t")
+    t=$(now)
+    local i ok=1
+    for i in $(seq 1 200); do echo "$i" > "$mnt/w-$fs-small-$i.txt" || ok=0; done
+    [ $ok = 1 ] && T[$fs,creates]=$(since "$t")
     T[$fs,rss]=$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status")
     fusermount3 -u "$mnt"
     wait "$pid" 2>/dev/null || true
@@ -121,6 +130,8 @@ row "ls -l 5,000 objects, cold (s)" lscold "${R[list]}" s slower "<= 3 x raw lis
 row "ls -l 5,000 objects, warm (s)" lswarm "${R[list]}" s slower ""
 row "cat 500 x 4 KiB objects (s)" small "${R[small]}" s slower ""
 row "4 KiB random reads for 10 s (ops/s)" rand "${R[rand]}" ops rate ""
+row "write 1 GiB, dd conv=fsync (s)" write "${R[write]}" s time ">= 0.90 x raw multipart"
+row "create 200 small files (s)" creates "-" s none ""
 row "peak RSS of the mount (MiB)" rss "-" MiB none "<= 128 MiB (pailfs)"
 echo "pailfs GETs per small-file cat: $(cell pailfs gets) (target <= 1); HEADs of names looked up again"
 echo "  because their entries outlived --metadata-ttl (1 s) during the run: $(cell pailfs relookups)"

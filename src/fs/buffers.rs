@@ -42,6 +42,11 @@ impl BufferPool {
         }
     }
 
+    /// Frees every pooled buffer (when no reader is left to reuse them).
+    pub fn clear(&self) {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     pub fn pooled_bytes(&self) -> usize {
         let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         free.iter().map(|b| b.capacity()).sum()

@@ -190,10 +190,12 @@ impl Fs {
     pub fn request_summary(&self) -> Option<String> {
         self.counters.as_ref().map(|c| {
             format!(
-                "{} fuse_reads={} fuse_read_bytes={}",
+                "{} fuse_reads={} fuse_read_bytes={} files_being_written={} cache_bytes={}",
                 c.summary(),
                 self.reads_served.load(Ordering::Relaxed),
-                self.bytes_served.load(Ordering::Relaxed)
+                self.bytes_served.load(Ordering::Relaxed),
+                self.pending_uploads(),
+                self.cache.as_ref().map_or(0, |c| c.used())
             )
         })
     }
@@ -524,7 +526,7 @@ impl Fs {
         if let Some(staged) = self.staged_of(ino) {
             let mut s = staged.lock().await;
             if truncate {
-                s.truncate(0)?;
+                s.truncate(0, &self.store)?;
             }
             s.handles += 1;
             drop(s);
@@ -606,7 +608,11 @@ impl Fs {
         };
         let staged = self.staged_of(*ino).ok_or(FsError::BadHandle)?;
         let mut staged = staged.lock().await;
-        staged.write(offset, data)
+        let written = staged.write(offset, data)?;
+        staged
+            .stream_parts(offset, &self.store, self.cfg.write)
+            .await;
+        Ok(written)
     }
 
     /// Truncates or extends a file to `size` (truncate(2), ftruncate(2), O_TRUNC).
@@ -619,11 +625,11 @@ impl Fs {
         match self.staged_of(ino) {
             // ftruncate(2) or O_TRUNC on an open file: change the staging copy; its handles
             // upload it.
-            Some(staged) => staged.lock().await.truncate(size)?,
+            Some(staged) => staged.lock().await.truncate(size, &self.store)?,
             // truncate(2) on a path: no handle will flush it, so stage, change, upload now.
             None => {
                 let staged = self.stage(ino, &node.path, size == 0).await?;
-                staged.lock().await.truncate(size)?;
+                staged.lock().await.truncate(size, &self.store)?;
                 self.finish_handle(ino, true).await?;
             }
         }
@@ -692,13 +698,26 @@ impl Fs {
     }
 
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
-        let file = lock(&self.files).remove(&fh);
-        if let Some(file) = file {
-            if let OpenFile::Staged(ino) = file.as_ref() {
-                return self.finish_handle(*ino, true).await;
+        let (file, readers_left) = {
+            let mut files = lock(&self.files);
+            let file = files.remove(&fh);
+            let readers = files
+                .values()
+                .filter(|f| matches!(f.as_ref(), OpenFile::Object(_)))
+                .count();
+            (file, readers)
+        };
+        match file.as_deref() {
+            Some(OpenFile::Staged(ino)) => self.finish_handle(*ino, true).await,
+            Some(OpenFile::Object(_)) => {
+                if readers_left == 0 {
+                    // Pooled read-ahead buffers only pay off while something streams.
+                    self.buffers.clear();
+                }
+                Ok(())
             }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Refuses a change pailfs does not make yet: `EROFS` on a read-only mount, `ENOTSUP`

@@ -484,3 +484,61 @@ async fn a_full_cache_refuses_writes_with_enospc() {
     w.rig.fs.release(fh).await.unwrap();
     assert_eq!(w.rig.mem.content("f").map(|b| b.len()), Some(60 * 1024));
 }
+
+#[tokio::test]
+async fn sequential_writes_upload_parts_before_close() {
+    let w = write_rig(1 << 30);
+    let data = model_bytes(22 * 1024 * 1024, 3);
+    let (_, fh) = w.rig.fs.create(Ino::ROOT, "stream.bin").await.unwrap();
+    w.write_all(fh, &data).await;
+    let early = w.rig.count(RequestKind::UploadPart);
+    assert!(early >= 2, "parts went up while writing ({early})");
+    w.rig.fs.flush(fh).await.unwrap();
+    w.rig.fs.release(fh).await.unwrap();
+    assert!(w.rig.mem.content("stream.bin").unwrap() == data);
+    assert_eq!(w.rig.count(RequestKind::CreateMultipart), 1);
+    assert_eq!(
+        w.rig.store.counters().bytes_written(),
+        data.len() as u64,
+        "each byte sent once"
+    );
+}
+
+#[tokio::test]
+async fn writing_back_into_uploaded_parts_falls_back_to_a_whole_upload() {
+    let w = write_rig(1 << 30);
+    let mut data = model_bytes(22 * 1024 * 1024, 4);
+    let (_, fh) = w.rig.fs.create(Ino::ROOT, "patched.bin").await.unwrap();
+    w.write_all(fh, &data).await;
+    w.rig.fs.write(fh, 100, b"PATCH").await.unwrap();
+    data[100..105].copy_from_slice(b"PATCH");
+    w.rig.fs.flush(fh).await.unwrap();
+    w.rig.fs.release(fh).await.unwrap();
+    assert!(w.rig.mem.content("patched.bin").unwrap() == data);
+    tokio::task::yield_now().await;
+    assert!(
+        w.rig.count(RequestKind::AbortMultipart) >= 1,
+        "the streaming upload was dropped"
+    );
+    for _ in 0..100 {
+        if w.rig.mem.open_uploads() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(w.rig.mem.open_uploads(), 0, "no orphan upload is left");
+}
+
+#[tokio::test]
+async fn a_part_failing_mid_stream_still_ends_with_the_right_object() {
+    let w = write_rig(1 << 30);
+    let data = model_bytes(30 * 1024 * 1024, 5);
+    w.rig
+        .store
+        .fail_nth(RequestKind::UploadPart, 2, StoreError::Timeout);
+    let (_, fh) = w.rig.fs.create(Ino::ROOT, "flaky.bin").await.unwrap();
+    w.write_all(fh, &data).await;
+    w.rig.fs.flush(fh).await.unwrap();
+    w.rig.fs.release(fh).await.unwrap();
+    assert!(w.rig.mem.content("flaky.bin").unwrap() == data);
+}

@@ -4,6 +4,7 @@
 //! once the bucket holds the new object. When the upload fails, the multipart upload is
 //! aborted and the staging file moves to `recovery/` with a log line naming it and the key.
 
+use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use tokio::task::JoinHandle;
 
 use super::error::FsError;
 use crate::store::{ByteRange, ObjectStore, StoreError, UploadedPart};
@@ -94,6 +96,37 @@ impl CacheDir {
     }
 }
 
+/// A multipart upload that runs while a new file is written sequentially: every part that
+/// the writer has moved past goes up in the background.
+struct StreamingUpload {
+    id: String,
+    part: u64,
+    done: Vec<UploadedPart>,
+    in_flight: VecDeque<JoinHandle<Result<UploadedPart, StoreError>>>,
+    /// Bytes below this offset belong to parts already started; they must not change.
+    frozen: u64,
+}
+
+impl StreamingUpload {
+    /// Stops the upload: cancels parts in flight and asks the store to drop what it has.
+    fn abandon(self, store: &Arc<dyn ObjectStore>, key: &str, why: &str) {
+        tracing::debug!(
+            key,
+            why,
+            "streaming upload abandoned; the whole file uploads at close"
+        );
+        for handle in &self.in_flight {
+            handle.abort();
+        }
+        let (store, key, id) = (store.clone(), key.to_string(), self.id);
+        tokio::spawn(async move {
+            if let Err(e) = store.abort_multipart(&key, &id).await {
+                tracing::warn!(key, error = %e, "could not abort an abandoned multipart upload");
+            }
+        });
+    }
+}
+
 /// One file being written: its staging copy and what is known about it.
 pub struct Staged {
     cache: Arc<CacheDir>,
@@ -106,6 +139,9 @@ pub struct Staged {
     dirty: bool,
     /// An upload failed and the program was told; the bytes are in recovery.
     failed: bool,
+    /// Started empty (new file or O_TRUNC): sequential writes may stream parts.
+    fresh: bool,
+    streaming: Option<StreamingUpload>,
     pub handles: usize,
 }
 
@@ -147,6 +183,8 @@ impl Staged {
             reserved: 0,
             dirty: true,
             failed: false,
+            fresh: true,
+            streaming: None,
             handles: 0,
         })
     }
@@ -177,6 +215,7 @@ impl Staged {
         }
         staged.size = size;
         staged.dirty = false;
+        staged.fresh = false;
         Ok(staged)
     }
 
@@ -210,6 +249,141 @@ impl Staged {
         Ok(data.len() as u32)
     }
 
+    /// After a write at `offset`: keeps a streaming upload of a sequentially written new
+    /// file going (starting parts the writer has moved past, waiting when too many are in
+    /// flight), or abandons it when the write went back into uploaded parts. Never fails the
+    /// write: whatever the stream does not cover is uploaded from the staging file at close.
+    pub async fn stream_parts(
+        &mut self,
+        offset: u64,
+        store: &Arc<dyn ObjectStore>,
+        tuning: WriteTuning,
+    ) {
+        if self.streaming.as_ref().is_some_and(|s| offset < s.frozen) {
+            if let Some(stream) = self.streaming.take() {
+                stream.abandon(store, &self.key, "a write went back into uploaded parts");
+            }
+            self.fresh = false;
+            return;
+        }
+        let part = tuning.part_size.max(MIN_PART_SIZE);
+        if !self.fresh || self.failed || self.size < 2 * part {
+            // Small files go up in one PUT at close; wait until a part is surely not the last.
+            return;
+        }
+        if self.streaming.is_none() {
+            match store.create_multipart(&self.key).await {
+                Ok(id) => {
+                    self.streaming = Some(StreamingUpload {
+                        id,
+                        part,
+                        done: Vec::new(),
+                        in_flight: VecDeque::new(),
+                        frozen: 0,
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(key = %self.key, error = %e, "no streaming upload; the file uploads at close");
+                    self.fresh = false;
+                    return;
+                }
+            }
+        }
+        let Some(mut stream) = self.streaming.take() else {
+            return;
+        };
+        // Start every part that lies wholly below the writer, keeping one part of slack so
+        // that the last part is never smaller than the minimum.
+        while stream.frozen + 2 * stream.part <= self.size
+            && (stream.done.len() + stream.in_flight.len()) < (MAX_PARTS as usize - 1)
+        {
+            while stream.in_flight.len() >= tuning.upload_concurrency.max(1) {
+                match stream.in_flight.pop_front() {
+                    Some(handle) => match handle.await {
+                        Ok(Ok(done)) => stream.done.push(done),
+                        Ok(Err(e)) => {
+                            stream.abandon(store, &self.key, &format!("a part failed: {e}"));
+                            self.fresh = false;
+                            return;
+                        }
+                        Err(e) => {
+                            stream.abandon(store, &self.key, &format!("a part task failed: {e}"));
+                            self.fresh = false;
+                            return;
+                        }
+                    },
+                    None => break,
+                }
+            }
+            let number = (stream.frozen / stream.part) as u32 + 1;
+            let mut body = vec![0u8; stream.part as usize];
+            if let Err(e) = self.file.read_exact_at(&mut body, stream.frozen) {
+                stream.abandon(store, &self.key, &format!("reading the staging file: {e}"));
+                self.fresh = false;
+                return;
+            }
+            let (store2, key, id) = (store.clone(), self.key.clone(), stream.id.clone());
+            stream.in_flight.push_back(tokio::spawn(async move {
+                let etag = store2
+                    .upload_part(&key, &id, number, Bytes::from(body))
+                    .await?;
+                Ok(UploadedPart { number, etag })
+            }));
+            stream.frozen += stream.part;
+        }
+        self.streaming = Some(stream);
+    }
+
+    /// Finishes a streaming upload: waits for its parts, uploads the rest from the staging
+    /// file, completes. Any failure aborts it.
+    async fn finish_streaming(
+        &mut self,
+        mut stream: StreamingUpload,
+        store: &Arc<dyn ObjectStore>,
+        tuning: WriteTuning,
+    ) -> Result<String, StoreError> {
+        let mut failure = None;
+        while let Some(handle) = stream.in_flight.pop_front() {
+            match handle.await {
+                Ok(Ok(done)) => stream.done.push(done),
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(StoreError::Other(format!("a part task failed: {e}"))),
+            }
+        }
+        let result = match failure {
+            Some(e) => Err(e),
+            None => {
+                let rest = upload_range(
+                    store,
+                    &self.key,
+                    &stream.id,
+                    &self.file,
+                    stream.frozen,
+                    self.size,
+                    stream.part,
+                    stream.done.len() as u32 + 1,
+                    tuning,
+                )
+                .await;
+                match rest {
+                    Ok(mut parts) => {
+                        stream.done.append(&mut parts);
+                        store
+                            .complete_multipart(&self.key, &stream.id, &stream.done)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if result.is_err() {
+            if let Err(abort) = store.abort_multipart(&self.key, &stream.id).await {
+                tracing::warn!(key = %self.key, error = %abort, "could not abort the failed multipart upload");
+            }
+        }
+        result
+    }
+
     pub fn read(&self, offset: u64, len: u32) -> Result<Bytes, FsError> {
         if offset >= self.size {
             return Ok(Bytes::new());
@@ -222,7 +396,13 @@ impl Staged {
         Ok(Bytes::from(buf))
     }
 
-    pub fn truncate(&mut self, size: u64) -> Result<(), FsError> {
+    pub fn truncate(&mut self, size: u64, store: &Arc<dyn ObjectStore>) -> Result<(), FsError> {
+        if self.streaming.as_ref().is_some_and(|s| size < s.frozen) {
+            if let Some(stream) = self.streaming.take() {
+                stream.abandon(store, &self.key, "truncated into uploaded parts");
+            }
+            self.fresh = false;
+        }
         self.grow_to(size)?;
         self.file.set_len(size).map_err(io_error)?;
         self.size = size;
@@ -244,7 +424,13 @@ impl Staged {
                 "an earlier upload of this file failed; its bytes are in recovery".into(),
             )));
         }
-        match upload_file(store, &self.key, &self.file, self.size, tuning).await {
+        let result = match self.streaming.take() {
+            Some(stream) => self.finish_streaming(stream, store, tuning).await,
+            None => upload_file(store, &self.key, &self.file, self.size, tuning).await,
+        };
+        // Whatever happened, the next change starts from a known state: a whole-file upload.
+        self.fresh = false;
+        match result {
             Ok(etag) => {
                 self.dirty = false;
                 Ok(Some(etag))
@@ -306,38 +492,13 @@ async fn upload_file(
     size: u64,
     tuning: WriteTuning,
 ) -> Result<String, StoreError> {
-    let read_piece = |offset: u64, len: u64| -> Result<Bytes, StoreError> {
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, offset)
-            .map_err(|e| StoreError::Other(format!("reading the staging file: {e}")))?;
-        Ok(Bytes::from(buf))
-    };
     let part = part_size_for(size, tuning.part_size);
     if size <= part {
-        return store.put_object(key, read_piece(0, size)?).await;
+        return store.put_object(key, read_piece(file, 0, size)?).await;
     }
     let upload_id = store.create_multipart(key).await?;
-    let count = size.div_ceil(part);
-    // Parts are read when their upload starts, so at most `upload_concurrency` parts are in
-    // memory at once.
-    let results: Vec<Result<UploadedPart, StoreError>> = futures::stream::iter(0..count)
-        .map(|i| {
-            let store = store.clone();
-            let upload_id = upload_id.clone();
-            let key = key.to_string();
-            let start = i * part;
-            let body = read_piece(start, part.min(size - start));
-            async move {
-                let number = i as u32 + 1;
-                let etag = store.upload_part(&key, &upload_id, number, body?).await?;
-                Ok(UploadedPart { number, etag })
-            }
-        })
-        .buffered(tuning.upload_concurrency.max(1))
-        .collect()
-        .await;
-    let parts: Result<Vec<UploadedPart>, StoreError> = results.into_iter().collect();
-    let finished = match parts {
+    let finished = match upload_range(store, key, &upload_id, file, 0, size, part, 1, tuning).await
+    {
         Ok(parts) => store.complete_multipart(key, &upload_id, &parts).await,
         Err(e) => Err(e),
     };
@@ -347,6 +508,48 @@ async fn upload_file(
         }
     }
     finished
+}
+
+/// Uploads `[from, to)` of the staging file as parts of `part` bytes numbered from `first`,
+/// at most `upload_concurrency` at once (parts are read when their upload starts, so that
+/// is also the most held in memory).
+#[allow(clippy::too_many_arguments)]
+async fn upload_range(
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    upload_id: &str,
+    file: &std::fs::File,
+    from: u64,
+    to: u64,
+    part: u64,
+    first: u32,
+    tuning: WriteTuning,
+) -> Result<Vec<UploadedPart>, StoreError> {
+    let count = (to - from).div_ceil(part);
+    let results: Vec<Result<UploadedPart, StoreError>> = futures::stream::iter(0..count)
+        .map(|i| {
+            let store = store.clone();
+            let upload_id = upload_id.to_string();
+            let key = key.to_string();
+            let start = from + i * part;
+            let body = read_piece(file, start, part.min(to - start));
+            async move {
+                let number = first + i as u32;
+                let etag = store.upload_part(&key, &upload_id, number, body?).await?;
+                Ok(UploadedPart { number, etag })
+            }
+        })
+        .buffered(tuning.upload_concurrency.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+fn read_piece(file: &std::fs::File, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| StoreError::Other(format!("reading the staging file: {e}")))?;
+    Ok(Bytes::from(buf))
 }
 
 #[cfg(test)]
