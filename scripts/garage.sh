@@ -95,9 +95,17 @@ ENV
 }
 
 stop() {
-    local dir="$1"
+    local dir="$1" pid i
     if [ -f "$dir/garage.pid" ]; then
-        kill "$(cat "$dir/garage.pid")" 2>/dev/null || true
+        pid="$(cat "$dir/garage.pid")"
+        kill "$pid" 2>/dev/null || true
+        # Garage drains gracefully after SIGTERM, waiting on idle keep-alive connections;
+        # return only once it no longer answers, forcing it after 3 s.
+        for i in $(seq 1 30); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
         rm -f "$dir/garage.pid"
     fi
 }

@@ -417,8 +417,10 @@ impl Staged {
         tuning: WriteTuning,
     ) -> Result<Option<String>, FsError> {
         if !self.dirty {
+            tracing::debug!(key = %self.key, "nothing to upload: unchanged since the last upload");
             return Ok(None);
         }
+        tracing::debug!(key = %self.key, size = self.size, streaming = self.streaming.is_some(), "uploading");
         if self.failed {
             return Err(FsError::Store(StoreError::Other(
                 "an earlier upload of this file failed; its bytes are in recovery".into(),
@@ -432,6 +434,7 @@ impl Staged {
         self.fresh = false;
         match result {
             Ok(etag) => {
+                tracing::debug!(key = %self.key, size = self.size, %etag, "uploaded");
                 self.dirty = false;
                 Ok(Some(etag))
             }

@@ -333,6 +333,13 @@ impl Mount {
         }
     }
 
+    /// Files kept in the cache directory's recovery/ after failed uploads.
+    pub fn recovered(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.cache.join("recovery"))
+            .map(|d| d.map(|e| e.expect("entry").path()).collect())
+            .unwrap_or_default()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
