@@ -220,18 +220,53 @@ impl Filesystem for FuseAdapter {
         reply.error(errno("mknod", &self.fs.refuse_change()));
     }
 
-    fn mkdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
-        reply.error(errno("mkdir", &self.fs.refuse_change()));
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.serve("mkdir", parent.0, async move {
+            match fs.mkdir(Ino(parent.0), &name).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), GEN),
+                Err(e) => reply.error(errno("mkdir", &e)),
+            }
+        });
     }
-
-    fn unlink(&self, _r: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno("unlink", &self.fs.refuse_change()));
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let fs = self.fs.clone();
+        self.serve("unlink", parent.0, async move {
+            match fs.unlink(Ino(parent.0), &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("unlink", &e)),
+            }
+        });
     }
-
-    fn rmdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno("rmdir", &self.fs.refuse_change()));
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let fs = self.fs.clone();
+        self.serve("rmdir", parent.0, async move {
+            match fs.rmdir(Ino(parent.0), &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("rmdir", &e)),
+            }
+        });
     }
-
     fn symlink(
         &self,
         _r: &Request,
@@ -245,17 +280,46 @@ impl Filesystem for FuseAdapter {
 
     fn rename(
         &self,
-        _r: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _np: INodeNo,
-        _nn: &OsStr,
-        _f: RenameFlags,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno("rename", &self.fs.refuse_change()));
+        let (Some(name), Some(new_name)) = (
+            name.to_str().map(str::to_string),
+            new_name.to_str().map(str::to_string),
+        ) else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            // S3 has no atomic swap.
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let fs = self.fs.clone();
+        self.serve("rename", parent.0, async move {
+            match fs
+                .rename(
+                    Ino(parent.0),
+                    &name,
+                    Ino(new_parent.0),
+                    &new_name,
+                    no_replace,
+                )
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("rename", &e)),
+            }
+        });
     }
-
     fn link(&self, _r: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
         reply.error(errno("link", &self.fs.refuse_change()));
     }

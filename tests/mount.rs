@@ -894,3 +894,65 @@ fn close_against_a_stopped_server_fails_and_keeps_the_bytes() {
     );
     assert!(m.log_text().contains("thesis.pdf"), "the log names the key");
 }
+
+#[test]
+fn new_folder_delete_move_and_atomic_save_work() {
+    let b = Bucket::new("namespace");
+    b.put("docs/a.txt", "A");
+    b.put("docs/b.txt", "B");
+    b.put("keep/x", "x");
+    let m = Mount::new(&b.location(""), &[]);
+    // New folder: a marker keeps it while empty; rmdir removes it.
+    std::fs::create_dir(m.join("empty")).unwrap();
+    assert_eq!(b.get("empty/").as_deref(), Some(&b""[..]));
+    assert!(std::fs::metadata(m.join("empty")).unwrap().is_dir());
+    assert_eq!(errno_of(std::fs::create_dir(m.join("empty"))), libc::EEXIST);
+    assert_eq!(
+        errno_of(std::fs::remove_dir(m.join("keep"))),
+        libc::ENOTEMPTY
+    );
+    std::fs::remove_dir(m.join("empty")).unwrap();
+    assert_eq!(b.get("empty/"), None);
+    assert_eq!(errno_of(std::fs::metadata(m.join("empty"))), libc::ENOENT);
+    // Delete.
+    std::fs::remove_file(m.join("docs/b.txt")).unwrap();
+    assert_eq!(b.get("docs/b.txt"), None);
+    assert_eq!(names(&m.join("docs")), set(&["a.txt"]));
+    // Move a file across directories; move over an existing file replaces it.
+    std::fs::rename(m.join("docs/a.txt"), m.join("keep/a-moved.txt")).unwrap();
+    assert_eq!(b.get("docs/a.txt"), None);
+    assert_eq!(b.get("keep/a-moved.txt").as_deref(), Some(&b"A"[..]));
+    assert_eq!(
+        std::fs::read_to_string(m.join("keep/a-moved.txt")).unwrap(),
+        "A"
+    );
+    std::fs::rename(m.join("keep/a-moved.txt"), m.join("keep/x")).unwrap();
+    assert_eq!(b.get("keep/x").as_deref(), Some(&b"A"[..]));
+    // An editor's atomic save: write a temporary file, rename it over the original.
+    std::fs::write(m.join("keep/.x.swp"), "edited").unwrap();
+    std::fs::rename(m.join("keep/.x.swp"), m.join("keep/x")).unwrap();
+    assert_eq!(b.get("keep/x").as_deref(), Some(&b"edited"[..]));
+    assert_eq!(std::fs::read_to_string(m.join("keep/x")).unwrap(), "edited");
+    assert_eq!(names(&m.join("keep")), set(&["x"]));
+    // mv -n: no replacing (RENAME_NOREPLACE through renameat2).
+    std::fs::write(m.join("keep/y"), "y").unwrap();
+    let out = Command::new("mv")
+        .args(["--no-clobber"])
+        .arg(m.join("keep/y"))
+        .arg(m.join("keep/x"))
+        .output()
+        .unwrap();
+    assert!(out.status.success() || !out.stderr.is_empty());
+    assert_eq!(
+        b.get("keep/x").as_deref(),
+        Some(&b"edited"[..]),
+        "not replaced"
+    );
+    // Directories are not renamed yet: a clear errno, nothing moved.
+    std::fs::create_dir(m.join("d1")).unwrap();
+    assert_eq!(
+        errno_of(std::fs::rename(m.join("d1"), m.join("d2"))),
+        libc::ENOTSUP
+    );
+    assert!(std::fs::metadata(m.join("d1")).unwrap().is_dir());
+}

@@ -24,6 +24,10 @@ pub enum FsError {
     NotSupported,
     #[error("no space left in the cache directory")]
     NoSpace,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -42,6 +46,8 @@ impl FsError {
             FsError::Changed => libc::EIO,
             FsError::NotSupported => libc::ENOTSUP,
             FsError::NoSpace => libc::ENOSPC,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::Store(e) => match e {
                 StoreError::NotFound | StoreError::NoSuchBucket => libc::ENOENT,
                 StoreError::AccessDenied(_)
@@ -71,6 +77,8 @@ impl FsError {
                 | FsError::ReadOnly
                 | FsError::NameTooLong
                 | FsError::NotSupported
+                | FsError::Exists
+                | FsError::NotEmpty
                 | FsError::Store(StoreError::NotFound)
         )
     }

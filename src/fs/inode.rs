@@ -131,6 +131,21 @@ impl InodeTable {
         }
     }
 
+    /// Gives `ino` a new place (rename): the kernel keeps using the same number.
+    pub fn move_to(&mut self, ino: Ino, parent: Ino, path: &str) {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        let old = (
+            node.kind,
+            std::mem::replace(&mut node.path, path.to_string()),
+        );
+        node.parent = parent;
+        let kind = node.kind;
+        self.by_path.remove(&old);
+        self.by_path.insert((kind, path.to_string()), ino);
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

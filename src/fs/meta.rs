@@ -35,6 +35,10 @@ impl MetaCache {
         self.attrs.get(&ino)
     }
 
+    pub fn forget_attr(&self, ino: Ino) {
+        self.attrs.invalidate(&ino);
+    }
+
     pub fn put_attr(&self, attr: Attr) {
         self.attrs.insert(attr.ino, attr);
     }

@@ -578,17 +578,7 @@ impl Fs {
     /// Creates `name` in `parent` and opens it for writing.
     pub async fn create(&self, parent: Ino, name: &str) -> Result<(Attr, u64), FsError> {
         self.writable()?;
-        let dir = self.node(parent)?;
-        if dir.kind != Kind::Dir {
-            return Err(FsError::NotDir);
-        }
-        if name.len() > names::NAME_MAX {
-            return Err(FsError::NameTooLong);
-        }
-        if check_name(name).is_err() {
-            return Err(FsError::Invalid);
-        }
-        let path = child_path(&dir.path, name);
+        let (_, path) = self.child(parent, name)?;
         let ino = lock(&self.inodes).remember(parent, Kind::File, &path);
         self.stage(ino, &path, true).await?;
         self.meta.forget_miss(parent, name);
@@ -718,6 +708,121 @@ impl Fs {
             }
             None => Ok(()),
         }
+    }
+
+    /// A checked child name of a directory: (directory node, child path).
+    fn child(&self, parent: Ino, name: &str) -> Result<(inode::Node, String), FsError> {
+        let dir = self.node(parent)?;
+        if dir.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if name.len() > names::NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if check_name(name).is_err() {
+            return Err(FsError::Invalid);
+        }
+        let path = child_path(&dir.path, name);
+        Ok((dir, path))
+    }
+
+    /// Removes a file (DeleteObject). An open file being written is discarded at its close.
+    pub async fn unlink(&self, parent: Ino, name: &str) -> Result<(), FsError> {
+        self.writable()?;
+        let (_, path) = self.child(parent, name)?;
+        let ino = lock(&self.inodes).peek(Kind::File, &path);
+        if let Some(staged) = self.staged_of(ino) {
+            staged.lock().await.discard();
+        }
+        self.store.delete_object(&self.key_of(&path)).await?;
+        self.meta.forget_attr(ino);
+        self.meta.put_miss(parent, name);
+        Ok(())
+    }
+
+    /// Creates a directory as a `dir/` marker object, so that it survives while empty.
+    pub async fn mkdir(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        self.writable()?;
+        let (_, path) = self.child(parent, name)?;
+        self.store
+            .put_object(&self.dir_prefix(&path), Bytes::new())
+            .await?;
+        let ino = lock(&self.inodes).remember(parent, Kind::Dir, &path);
+        self.meta.forget_miss(parent, name);
+        let attr = dir_attr(ino, None, &self.cfg);
+        self.meta.put_attr(attr.clone());
+        Ok(attr)
+    }
+
+    /// Removes an empty directory (its marker, if it has one).
+    pub async fn rmdir(&self, parent: Ino, name: &str) -> Result<(), FsError> {
+        self.writable()?;
+        let (_, path) = self.child(parent, name)?;
+        let prefix = self.dir_prefix(&path);
+        let page = self
+            .store
+            .list(ListRequest {
+                prefix: prefix.clone(),
+                delimited: true,
+                max_keys: 2,
+                continuation: None,
+            })
+            .await?;
+        if !page.prefixes.is_empty() || page.objects.iter().any(|o| o.key != prefix) {
+            return Err(FsError::NotEmpty);
+        }
+        self.store.delete_object(&prefix).await?;
+        let ino = lock(&self.inodes).peek(Kind::Dir, &path);
+        self.meta.forget_attr(ino);
+        self.meta.put_miss(parent, name);
+        Ok(())
+    }
+
+    /// Renames a file: CopyObject (user metadata kept) then DeleteObject of the source. With
+    /// `no_replace`, an existing target is an error. Directories arrive with their issue.
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &str,
+        new_parent: Ino,
+        new_name: &str,
+        no_replace: bool,
+    ) -> Result<(), FsError> {
+        self.writable()?;
+        let (_, from) = self.child(parent, name)?;
+        let (_, to) = self.child(new_parent, new_name)?;
+        let ino = {
+            let inodes = lock(&self.inodes);
+            let file = inodes.peek(Kind::File, &from);
+            if inodes.get(file).is_none() && inodes.get(inodes.peek(Kind::Dir, &from)).is_some() {
+                return Err(FsError::NotSupported);
+            }
+            file
+        };
+        let (from_key, to_key) = (self.key_of(&from), self.key_of(&to));
+        if no_replace {
+            match self.store.head(&to_key).await {
+                Ok(_) => return Err(FsError::Exists),
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // A file being written goes up first, so that the copy has its latest bytes.
+        if let Some(staged) = self.staged_of(ino) {
+            let mut s = staged.lock().await;
+            let size = s.size();
+            if let Some(etag) = s.upload(&self.store, self.cfg.write).await? {
+                self.uploaded(ino, size, etag);
+            }
+            s.key = to_key.clone();
+        }
+        self.store.copy_object(&from_key, &to_key).await?;
+        self.store.delete_object(&from_key).await?;
+        lock(&self.inodes).move_to(ino, new_parent, &to);
+        self.meta.forget_attr(ino);
+        self.meta.put_miss(parent, name);
+        self.meta.forget_miss(new_parent, new_name);
+        Ok(())
     }
 
     /// Refuses a change pailfs does not make yet: `EROFS` on a read-only mount, `ENOTSUP`

@@ -542,3 +542,47 @@ async fn a_part_failing_mid_stream_still_ends_with_the_right_object() {
     w.rig.fs.release(fh).await.unwrap();
     assert!(w.rig.mem.content("flaky.bin").unwrap() == data);
 }
+
+#[tokio::test]
+async fn a_file_deleted_while_being_written_does_not_come_back_at_close() {
+    let w = write_rig(1 << 30);
+    let (_, fh) = w.rig.fs.create(Ino::ROOT, "tmp.part").await.unwrap();
+    w.rig.fs.write(fh, 0, b"scratch").await.unwrap();
+    w.rig.fs.unlink(Ino::ROOT, "tmp.part").await.unwrap();
+    w.rig.fs.flush(fh).await.unwrap();
+    w.rig.fs.release(fh).await.unwrap();
+    assert_eq!(w.rig.mem.content("tmp.part"), None);
+    assert_eq!(w.rig.count(RequestKind::Put), 0, "nothing was uploaded");
+    assert!(w.recovered().is_empty(), "a deletion is not a failure");
+}
+
+#[tokio::test]
+async fn rename_copies_then_deletes_and_the_inode_follows() {
+    let w = write_rig(1 << 30);
+    w.rig.mem.put("a.txt", "content");
+    let a = w.rig.fs.lookup(Ino::ROOT, "a.txt").await.unwrap();
+    w.rig
+        .fs
+        .rename(Ino::ROOT, "a.txt", Ino::ROOT, "b.txt", false)
+        .await
+        .unwrap();
+    assert_eq!(w.rig.mem.content("a.txt"), None);
+    assert_eq!(w.rig.mem.content("b.txt").as_deref(), Some(&b"content"[..]));
+    assert_eq!(
+        (
+            w.rig.count(RequestKind::Copy),
+            w.rig.count(RequestKind::Delete)
+        ),
+        (1, 1)
+    );
+    // The kernel keeps using the old inode number for the moved file.
+    assert_eq!(w.rig.fs.getattr(a.ino).await.unwrap().size, 7);
+    w.rig.mem.put("c.txt", "other");
+    let err = w
+        .rig
+        .fs
+        .rename(Ino::ROOT, "b.txt", Ino::ROOT, "c.txt", true)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::EEXIST);
+}

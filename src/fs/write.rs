@@ -231,6 +231,13 @@ impl Staged {
         self.size
     }
 
+    /// The file was unlinked while open: like a local file, its content goes when the last
+    /// handle closes, and nothing is uploaded.
+    pub fn discard(&mut self) {
+        self.dirty = false;
+        self.fresh = false;
+    }
+
     pub fn is_dirty(&self) -> bool {
         self.dirty
     }

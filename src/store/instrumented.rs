@@ -141,6 +141,16 @@ impl ObjectStore for Instrumented {
         result
     }
 
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        self.begin(RequestKind::Delete)?;
+        self.finish(self.inner.delete_object(key).await)
+    }
+
+    async fn copy_object(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        self.begin(RequestKind::Copy)?;
+        self.finish(self.inner.copy_object(from, to).await)
+    }
+
     async fn create_multipart(&self, key: &str) -> Result<String, StoreError> {
         self.begin(RequestKind::CreateMultipart)?;
         self.finish(self.inner.create_multipart(key).await)

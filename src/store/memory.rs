@@ -168,6 +168,17 @@ impl ObjectStore for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        self.remove(key);
+        Ok(())
+    }
+
+    async fn copy_object(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let source = self.lock().get(from).cloned().ok_or(StoreError::NotFound)?;
+        self.put_with_metadata(to, source.data, source.metadata);
+        Ok(())
+    }
+
     async fn create_multipart(&self, key: &str) -> Result<String, StoreError> {
         let id = format!(
             "upload-{}",

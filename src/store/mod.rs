@@ -77,10 +77,12 @@ pub enum RequestKind {
     UploadPart,
     CompleteMultipart,
     AbortMultipart,
+    Delete,
+    Copy,
 }
 
 impl RequestKind {
-    pub const ALL: [RequestKind; 8] = [
+    pub const ALL: [RequestKind; 10] = [
         RequestKind::Head,
         RequestKind::List,
         RequestKind::Get,
@@ -89,6 +91,8 @@ impl RequestKind {
         RequestKind::UploadPart,
         RequestKind::CompleteMultipart,
         RequestKind::AbortMultipart,
+        RequestKind::Delete,
+        RequestKind::Copy,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -100,6 +104,8 @@ impl RequestKind {
             RequestKind::UploadPart => "MPU_PART",
             RequestKind::CompleteMultipart => "MPU_COMPLETE",
             RequestKind::AbortMultipart => "MPU_ABORT",
+            RequestKind::Delete => "DELETE",
+            RequestKind::Copy => "COPY",
         }
     }
 }
@@ -186,6 +192,12 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Abandons an upload so that its parts are not kept (nor billed).
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+
+    /// Removes `key` (succeeds when it did not exist).
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Copies `from` to `to` inside the bucket, user metadata included (up to 5 GiB).
+    async fn copy_object(&self, from: &str, to: &str) -> Result<(), StoreError>;
 
     /// `get_range_into` with a fresh buffer.
     async fn get_range(

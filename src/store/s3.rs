@@ -190,6 +190,19 @@ fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// Percent-encodes a key for `x-amz-copy-source`: everything but unreserved characters and `/`.
+fn percent_encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Pulls `<Region>…</Region>` out of an S3 error body (AWS names the right region there).
 fn region_in_body(body: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
@@ -385,6 +398,29 @@ impl ObjectStore for S3Store {
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn copy_object(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to)
+            .copy_source(format!("{}/{}", self.bucket, percent_encode_key(from)))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     async fn create_multipart(&self, key: &str) -> Result<String, StoreError> {
         let out = self
             .client
@@ -504,6 +540,14 @@ impl ObjectStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::region_in_body;
+
+    #[test]
+    fn copy_source_keys_are_percent_encoded() {
+        assert_eq!(
+            super::percent_encode_key("a b/ü+c.txt"),
+            "a%20b/%C3%BC%2Bc.txt"
+        );
+    }
 
     #[test]
     fn region_is_read_from_an_error_body() {
