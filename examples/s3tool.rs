@@ -103,10 +103,20 @@ async fn put(c: &Client, bucket: &str, key: &str, body: Vec<u8>) -> Result<()> {
                 .build(),
         );
     }
+    complete(c, bucket, key, &id, parts).await
+}
+
+async fn complete(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    id: &str,
+    parts: Vec<aws_sdk_s3::types::CompletedPart>,
+) -> Result<()> {
     c.complete_multipart_upload()
         .bucket(bucket)
         .key(key)
-        .upload_id(&id)
+        .upload_id(id)
         .multipart_upload(
             aws_sdk_s3::types::CompletedMultipartUpload::builder()
                 .set_parts(Some(parts))
@@ -296,17 +306,7 @@ async fn run(args: Vec<String>) -> Result<()> {
                     .await
                     .into_iter()
                     .collect::<Result<Vec<_>>>()?;
-            c.complete_multipart_upload()
-                .bucket(&bucket)
-                .key(&key)
-                .upload_id(&id)
-                .multipart_upload(
-                    aws_sdk_s3::types::CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await?;
+            complete(&c, &bucket, &key, &id, parts).await?;
             report(start, size, size.div_ceil(part));
         }
         "list" => {

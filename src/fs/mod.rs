@@ -225,20 +225,14 @@ impl Fs {
 
     /// Looks `name` up in `parent`, taking a kernel reference on the result.
     pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
-        let dir = self.node(parent)?;
-        if dir.kind != Kind::Dir {
-            return Err(FsError::NotDir);
-        }
-        if name.len() > names::NAME_MAX {
-            return Err(FsError::NameTooLong);
-        }
-        if check_name(name).is_err() {
-            return Err(FsError::NotFound);
-        }
+        // A name no key can have cannot exist: not found, rather than invalid.
+        let (_, path) = self.child(parent, name).map_err(|e| match e {
+            FsError::Invalid => FsError::NotFound,
+            other => other,
+        })?;
         if self.meta.is_miss(parent, name) {
             return Err(FsError::NotFound);
         }
-        let path = child_path(&dir.path, name);
         let staged_ino = lock(&self.inodes).peek(Kind::File, &path);
         if let Some(attr) = self.staged_attr(staged_ino).await {
             lock(&self.inodes).remember(parent, Kind::File, &path);
