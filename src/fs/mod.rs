@@ -499,10 +499,10 @@ impl Fs {
         lock(&self.staged).get(&ino).cloned()
     }
 
-    async fn staged_attr(&self, ino: Ino) -> Option<Attr> {
-        let staged = self.staged_of(ino)?;
-        let size = staged.lock().await.size();
-        Some(Attr {
+    /// Attributes of a file this mount is writing or has just written: it is new content, so
+    /// the mount's defaults and the current time.
+    fn written_attr(&self, ino: Ino, size: u64, etag: Option<String>) -> Attr {
+        Attr {
             ino,
             kind: Kind::File,
             size,
@@ -510,8 +510,14 @@ impl Fs {
             perm: self.cfg.file_mode,
             uid: self.cfg.uid,
             gid: self.cfg.gid,
-            etag: None,
-        })
+            etag,
+        }
+    }
+
+    async fn staged_attr(&self, ino: Ino) -> Option<Attr> {
+        let staged = self.staged_of(ino)?;
+        let size = staged.lock().await.size();
+        Some(self.written_attr(ino, size, None))
     }
 
     /// Takes a handle on the staging copy of `ino`, creating it (empty when truncating or
@@ -642,16 +648,7 @@ impl Fs {
 
     fn uploaded(&self, ino: Ino, size: u64, etag: String) {
         self.cached_etags.insert(ino, etag.clone());
-        self.meta.put_attr(Attr {
-            ino,
-            kind: Kind::File,
-            size,
-            mtime: SystemTime::now(),
-            perm: self.cfg.file_mode,
-            uid: self.cfg.uid,
-            gid: self.cfg.gid,
-            etag: Some(etag),
-        });
+        self.meta.put_attr(self.written_attr(ino, size, Some(etag)));
     }
 
     /// Drops one handle of a staged file; the last one uploads what is still unsaved.

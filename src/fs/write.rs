@@ -383,12 +383,7 @@ impl Staged {
                 }
             }
         };
-        if result.is_err() {
-            if let Err(abort) = store.abort_multipart(&self.key, &stream.id).await {
-                tracing::warn!(key = %self.key, error = %abort, "could not abort the failed multipart upload");
-            }
-        }
-        result
+        abort_if_failed(store, &self.key, &stream.id, result).await
     }
 
     pub fn read(&self, offset: u64, len: u32) -> Result<Bytes, FsError> {
@@ -512,12 +507,23 @@ async fn upload_file(
         Ok(parts) => store.complete_multipart(key, &upload_id, &parts).await,
         Err(e) => Err(e),
     };
-    if finished.is_err() {
-        if let Err(abort) = store.abort_multipart(key, &upload_id).await {
+    abort_if_failed(store, key, &upload_id, finished).await
+}
+
+/// Passes `result` through; when it is a failure, first aborts the upload so that no parts
+/// stay behind (and billed).
+async fn abort_if_failed(
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    upload_id: &str,
+    result: Result<String, StoreError>,
+) -> Result<String, StoreError> {
+    if result.is_err() {
+        if let Err(abort) = store.abort_multipart(key, upload_id).await {
             tracing::warn!(key, error = %abort, "could not abort the failed multipart upload; the bucket may keep its parts until a lifecycle rule removes them");
         }
     }
-    finished
+    result
 }
 
 /// Uploads `[from, to)` of the staging file as parts of `part` bytes numbered from `first`,
