@@ -8,43 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::paths::{mount_name, socket_dir};
 use crate::fs::Fs;
-
-/// Directory of control sockets: `$XDG_RUNTIME_DIR/pailfs`, `/run/pailfs` for root,
-/// `/tmp/pailfs-UID` otherwise.
-pub fn socket_dir() -> PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    if uid == 0 {
-        PathBuf::from("/run/pailfs")
-    } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        PathBuf::from(dir).join("pailfs")
-    } else {
-        PathBuf::from(format!("/tmp/pailfs-{uid}"))
-    }
-}
-
-/// A file-name-safe form of a mountpoint path, shared by socket and log names.
-pub fn mount_name(mountpoint: &Path) -> String {
-    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    let name: String = canonical
-        .to_string_lossy()
-        .trim_matches('/')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if name.is_empty() {
-        "root".to_string()
-    } else {
-        name
-    }
-}
 
 pub fn socket_path(mountpoint: &Path) -> PathBuf {
     socket_dir().join(format!("{}.sock", mount_name(mountpoint)))

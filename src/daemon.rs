@@ -24,16 +24,10 @@ const READY: &[u8] = b"READY\n";
 
 /// Where the daemon logs when no --log-file is given.
 pub fn default_log_file(mountpoint: &Path) -> PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    let dir = if unsafe { libc::geteuid() } == 0 {
-        PathBuf::from("/var/log/pailfs")
-    } else if let Some(state) = std::env::var_os("XDG_STATE_HOME") {
-        PathBuf::from(state).join("pailfs")
-    } else {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
-            .join(".local/state/pailfs")
-    };
-    dir.join(format!("{}.log", crate::control::mount_name(mountpoint)))
+    crate::config::paths::log_dir().join(format!(
+        "{}.log",
+        crate::config::paths::mount_name(mountpoint)
+    ))
 }
 
 /// Parent side: start the daemon (this program again, in the foreground, detached from the

@@ -43,37 +43,30 @@ pub fn check_mountpoint(path: &Path, allow_non_empty: bool) -> Result<(), String
     Ok(())
 }
 
-/// The `MAJOR:MINOR` device of the mount on `path`, from /proc/self/mountinfo (without
-/// touching the mount itself, which may be our own and not serving yet).
-pub fn mount_device(path: &Path) -> Option<String> {
+/// The fields of /proc/self/mountinfo's line for the mount on `path` (the topmost one when
+/// several are stacked), read without touching the mount itself, which may be our own and not
+/// serving yet.
+fn mountinfo_fields(path: &Path) -> Option<Vec<String>> {
     let canonical = std::fs::canonicalize(path).ok()?;
     let target = canonical.to_str()?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        (unescape_mountinfo(fields.get(4)?) == target)
-            .then(|| fields.get(2).map(|s| s.to_string()))?
+        let fields: Vec<String> = line.split(' ').map(str::to_string).collect();
+        (unescape_mountinfo(fields.get(4)?) == target).then_some(fields)
     })
 }
 
-/// The source of the mount whose mount point is `path`, from /proc/self/mountinfo.
+/// The `MAJOR:MINOR` device of the mount on `path`.
+pub fn mount_device(path: &Path) -> Option<String> {
+    mountinfo_fields(path)?.get(2).cloned()
+}
+
+/// What is mounted on `path`: "SOURCE (TYPE)".
 pub fn mounted_source(path: &Path) -> Option<String> {
-    let canonical = std::fs::canonicalize(path).ok()?;
-    let target = canonical.to_str()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let mount_point = unescape_mountinfo(fields.get(4)?);
-        if mount_point != target {
-            return None;
-        }
-        let dash = fields.iter().position(|f| *f == "-")?;
-        Some(format!(
-            "{} ({})",
-            fields.get(dash + 2).unwrap_or(&"?"),
-            fields.get(dash + 1).unwrap_or(&"?")
-        ))
-    })
+    let fields = mountinfo_fields(path)?;
+    let dash = fields.iter().position(|f| f == "-")?;
+    let field = |i: usize| fields.get(i).map(String::as_str).unwrap_or("?");
+    Some(format!("{} ({})", field(dash + 2), field(dash + 1)))
 }
 
 fn unescape_mountinfo(field: &str) -> String {

@@ -3,6 +3,7 @@
 pub mod credentials;
 pub mod location;
 pub mod options;
+pub mod paths;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,21 +45,6 @@ pub enum ConfigError {
 fn current_uid_gid() -> (u32, u32) {
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
     unsafe { (libc::getuid(), libc::getgid()) }
-}
-
-/// `$XDG_CACHE_HOME/pailfs/MOUNT` (or `~/.cache/…`), `/var/cache/pailfs/MOUNT` for root.
-fn default_cache_dir(mountpoint: &std::path::Path) -> PathBuf {
-    let name = crate::control::mount_name(mountpoint);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from("/var/cache/pailfs").join(name);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache")
-        });
-    base.join("pailfs").join(name)
 }
 
 impl MountConfig {
@@ -158,7 +144,7 @@ impl MountConfig {
             cache_dir: args
                 .cache_dir
                 .clone()
-                .unwrap_or_else(|| default_cache_dir(&args.mountpoint)),
+                .unwrap_or_else(|| paths::cache_dir().join(paths::mount_name(&args.mountpoint))),
             max_cache_size: args.max_cache_size,
             log_file: args.log_file.clone(),
             debug: args.debug,

@@ -48,6 +48,20 @@ pub fn check_name(name: &str) -> Result<(), BadName> {
     }
 }
 
+/// A form of `text` safe as one local file name: ASCII letters, digits, `.` and `-` kept,
+/// everything else `_` (used for recovery files, logs and control sockets).
+pub fn safe_file_name(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Logs each odd key once, remembering a bounded number of them.
 #[derive(Default)]
 pub struct OddKeyLog {
@@ -69,6 +83,15 @@ impl OddKeyLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safe_file_names_keep_only_plain_characters() {
+        assert_eq!(
+            safe_file_name("photos/2024/été 1.jpg"),
+            "photos_2024__t__1.jpg"
+        );
+        assert_eq!(safe_file_name("a-b.c"), "a-b.c");
+    }
 
     #[test]
     fn names_that_cannot_be_file_names() {

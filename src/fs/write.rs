@@ -455,17 +455,7 @@ impl Staged {
     }
 
     fn keep_for_recovery(&mut self) -> String {
-        let name: String = self
-            .key
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let name = super::names::safe_file_name(&self.key);
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
