@@ -8,6 +8,7 @@
 //!   s3tool put-many BUCKET PREFIX COUNT SIZE    PREFIX00000 … with 32 requests in flight
 //!   s3tool get-parallel BUCKET KEY PART CONC    whole object by concurrent ranged GETs
 //!   s3tool put-parallel BUCKET KEY PATH PART CONC  multipart upload of a local file, parts in parallel
+//!   s3tool head BUCKET KEY                      size and user metadata (x-amz-meta-*)
 //!   s3tool list BUCKET PREFIX                   every page of ListObjectsV2 (no delimiter)
 //!   s3tool get-each BUCKET PREFIX               list, then GET each object one after another
 //!   s3tool get-random BUCKET KEY SIZE SECONDS   random ranged GETs of SIZE bytes
@@ -308,6 +309,16 @@ async fn run(args: Vec<String>) -> Result<()> {
                     .collect::<Result<Vec<_>>>()?;
             complete(&c, &bucket, &key, &id, parts).await?;
             report(start, size, size.div_ceil(part));
+        }
+        "head" => {
+            let key = arg(&args, 3, "key")?;
+            let out = c.head_object().bucket(&bucket).key(&key).send().await?;
+            println!("size {}", out.content_length().unwrap_or(0));
+            let mut metadata: Vec<_> = out.metadata().into_iter().flatten().collect();
+            metadata.sort();
+            for (name, value) in metadata {
+                println!("x-amz-meta-{name}: {value}");
+            }
         }
         "list" => {
             let prefix = arg(&args, 3, "prefix")?;

@@ -104,6 +104,19 @@ pub struct MountArgs {
     /// How long metadata and misses are cached (also the kernel's entry/attr timeout)
     #[arg(long, value_parser = parse_duration, default_value = "1s", help_heading = "Mount")]
     pub metadata_ttl: Duration,
+    /// List directories with LIST alone, without a HEAD per new or changed file: faster on
+    /// huge directories, but modes, owners, mtimes and symlinks stored as metadata show only
+    /// once a file is looked up (stat)
+    #[arg(long, help_heading = "Mount")]
+    pub fast_listing: bool,
+    /// Serve extended attributes: user.* stored in object metadata (as s3fs's use_xattr),
+    /// and read-only user.s3.etag, user.s3.key, user.s3.storage_class
+    #[arg(long, help_heading = "Mount")]
+    pub xattrs: bool,
+    /// Largest directory (in objects) a rename moves with server-side copies; above it the
+    /// rename answers EXDEV and `mv` copies file by file
+    #[arg(long, default_value_t = 10_000, help_heading = "Mount")]
+    pub max_dir_rename_objects: u64,
     /// FUSE worker threads reading requests from the kernel
     #[arg(long, default_value_t = 2, help_heading = "Mount")]
     pub fuse_threads: usize,

@@ -19,6 +19,9 @@ use tracing::Instrument;
 
 use crate::fs::error::FsError;
 use crate::fs::inode::Ino;
+use crate::fs::meta::AttrChange;
+use crate::fs::namespace::Caller;
+use crate::fs::xattr::SetMode;
 use crate::fs::{Attr, DirSinkEntry, Fs, Kind};
 
 pub struct FuseAdapter {
@@ -80,6 +83,7 @@ fn file_attr(a: &Attr) -> FileAttr {
     let (kind, nlink) = match a.kind {
         Kind::File => (FileType::RegularFile, 1),
         Kind::Dir => (FileType::Directory, 2),
+        Kind::Symlink => (FileType::Symlink, 1),
     };
     FileAttr {
         ino: INodeNo(a.ino.0),
@@ -104,6 +108,38 @@ fn kind_of(a: &Attr) -> FileType {
     match a.kind {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+/// Permission bits a create or mkdir asks for, after the caller's umask.
+fn requested_perm(mode: u32, umask: u32) -> u16 {
+    (mode & !umask & 0o7777) as u16
+}
+
+fn time_of(t: Option<TimeOrNow>) -> Option<SystemTime> {
+    t.map(|t| match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    })
+}
+
+/// Answers a getxattr/listxattr with the size protocol: a size of 0 asks how big the value
+/// is; a smaller buffer than the value is ERANGE.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::from_i32(FsError::Range.errno()));
+    } else {
+        reply.data(value);
     }
 }
 
@@ -179,25 +215,21 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
-        let explicit_time = |t: &Option<TimeOrNow>| matches!(t, Some(TimeOrNow::SpecificTime(_)));
-        let owner_or_mode = mode.is_some() || uid.is_some() || gid.is_some();
-        let touches_times = atime.is_some() || mtime.is_some();
-        let explicit_times = explicit_time(&atime) || explicit_time(&mtime);
+        let change = AttrChange {
+            perm: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            mtime: time_of(mtime),
+            atime: time_of(atime),
+        };
+        let _ = fh;
         self.serve("setattr", ino.0, async move {
             let ino = Ino(ino.0);
             let result = async {
-                if owner_or_mode || explicit_times {
-                    // Stored as s3fs-style metadata with the namespace/metadata issue.
-                    return Err(fs.refuse_change());
+                if let Some(size) = size {
+                    fs.set_size(ino, size).await?;
                 }
-                if touches_times && size.is_none() && !(fh.is_some() && fs.is_being_written(ino)) {
-                    // "now" on a file being written is what its upload records anyway.
-                    return Err(fs.refuse_change());
-                }
-                match size {
-                    Some(size) => fs.set_size(ino, size).await,
-                    None => fs.getattr(ino).await,
-                }
+                fs.set_attr(ino, change).await
             }
             .await;
             match result {
@@ -222,20 +254,21 @@ impl Filesystem for FuseAdapter {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
+        let (perm, caller) = (requested_perm(mode, umask), caller(req));
         let Some(name) = name.to_str().map(str::to_string) else {
             reply.error(Errno::EINVAL);
             return;
         };
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.serve("mkdir", parent.0, async move {
-            match fs.mkdir(Ino(parent.0), &name).await {
+            match fs.mkdir(Ino(parent.0), &name, perm, caller).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), GEN),
                 Err(e) => reply.error(errno("mkdir", &e)),
             }
@@ -269,13 +302,36 @@ impl Filesystem for FuseAdapter {
     }
     fn symlink(
         &self,
-        _r: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _t: &std::path::Path,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        reply.error(errno("symlink", &self.fs.refuse_change()));
+        let (Some(name), Some(target)) = (
+            name.to_str().map(str::to_string),
+            target.to_str().map(str::to_string),
+        ) else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        let (fs, ttl, caller) = (self.fs.clone(), self.ttl, caller(req));
+        self.serve("symlink", parent.0, async move {
+            match fs.symlink(Ino(parent.0), &name, &target, caller).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), GEN),
+                Err(e) => reply.error(errno("symlink", &e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let fs = self.fs.clone();
+        self.serve("readlink", ino.0, async move {
+            match fs.readlink(Ino(ino.0)).await {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(errno("readlink", &e)),
+            }
+        });
     }
 
     fn rename(
@@ -321,7 +377,8 @@ impl Filesystem for FuseAdapter {
         });
     }
     fn link(&self, _r: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
-        reply.error(errno("link", &self.fs.refuse_change()));
+        // Objects cannot share content: EPERM is what link(2) says for such filesystems.
+        reply.error(errno("link", &self.fs.refuse_link()));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -517,54 +574,91 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _r: &Request,
-        _i: INodeNo,
-        _n: &OsStr,
-        _v: &[u8],
-        _f: i32,
-        _p: u32,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno("setxattr", &self.fs.refuse_change()));
+        let Some(name) = name.to_str().map(str::to_string) else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        let mode = match flags {
+            libc::XATTR_CREATE => SetMode::Create,
+            libc::XATTR_REPLACE => SetMode::Replace,
+            _ => SetMode::Any,
+        };
+        let (fs, value) = (self.fs.clone(), value.to_vec());
+        self.serve("setxattr", ino.0, async move {
+            match fs.setxattr(Ino(ino.0), &name, &value, mode).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("setxattr", &e)),
+            }
+        });
     }
 
-    // Extended attributes are not stored yet. ENOSYS (rather than ENODATA per call) makes
-    // the kernel stop asking: `ls -l` asks for two ACL/label attributes per entry, and each
-    // answer from here would cost a round trip.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            reply.error(Errno::ENODATA);
+            return;
+        };
+        let fs = self.fs.clone();
+        self.serve("getxattr", ino.0, async move {
+            match fs.getxattr(Ino(ino.0), &name).await {
+                Ok(value) => reply_xattr(reply, size, &value),
+                Err(e) => reply.error(errno("getxattr", &e)),
+            }
+        });
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let fs = self.fs.clone();
+        self.serve("listxattr", ino.0, async move {
+            match fs.listxattr(Ino(ino.0)).await {
+                Ok(names) => {
+                    let mut list = Vec::new();
+                    for name in names {
+                        list.extend_from_slice(name.as_bytes());
+                        list.push(0);
+                    }
+                    reply_xattr(reply, size, &list)
+                }
+                Err(e) => reply.error(errno("listxattr", &e)),
+            }
+        });
     }
 
-    fn removexattr(&self, _r: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno("removexattr", &self.fs.refuse_change()));
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            reply.error(Errno::ENODATA);
+            return;
+        };
+        let fs = self.fs.clone();
+        self.serve("removexattr", ino.0, async move {
+            match fs.removexattr(Ino(ino.0), &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("removexattr", &e)),
+            }
+        });
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        if mask.contains(AccessFlags::W_OK) {
-            reply.error(errno("access", &self.fs.refuse_change()));
-        } else {
-            reply.ok();
+        match self.fs.check_access(mask.contains(AccessFlags::W_OK)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("access", &e)),
         }
     }
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
@@ -573,8 +667,9 @@ impl Filesystem for FuseAdapter {
             return;
         };
         let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let (perm, caller) = (requested_perm(mode, umask), caller(req));
         self.serve("create", parent.0, async move {
-            match fs.create(Ino(parent.0), &name).await {
+            match fs.create(Ino(parent.0), &name, perm, caller).await {
                 Ok((a, fh)) => reply.created(
                     &ttl,
                     &file_attr(&a),

@@ -125,11 +125,53 @@ fn sequential_and_random_reads_are_byte_exact() {
 }
 
 #[test]
-fn ls_l_costs_no_head_and_small_files_cost_one_get() {
+fn ls_l_heads_each_file_once_and_small_files_cost_one_get() {
     let b = Bucket::new("costs");
     let keys: Vec<String> = (0..300).map(|i| format!("many/f{i:03}.txt")).collect();
     b.put_many(keys, &pattern(4096, 2));
     let m = Mount::new(&b.location(""), &[]);
+    let ls = |m: &Mount| {
+        let out = Command::new("ls")
+            .arg("-l")
+            .arg(m.join("many"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 301);
+    };
+    let before = m.requests();
+    ls(&m);
+    let after_ls = m.requests();
+    assert_eq!(
+        after_ls.head - before.head,
+        301,
+        "the lookup of 'many', then one HEAD per file for its metadata"
+    );
+    assert!(
+        after_ls.list - before.list <= 2,
+        "{before:?} -> {after_ls:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    ls(&m);
+    let again = m.requests();
+    assert!(
+        again.head - after_ls.head <= 1,
+        "unchanged objects are not asked again: {after_ls:?} -> {again:?}"
+    );
+    for i in 0..50 {
+        let data = std::fs::read(m.join(&format!("many/f{i:03}.txt"))).unwrap();
+        assert_eq!(data.len(), 4096);
+    }
+    let after_cat = m.requests();
+    assert_eq!(after_cat.get - again.get, 50, "one GET per small file");
+}
+
+#[test]
+fn fast_listing_costs_no_head() {
+    let b = Bucket::new("fast-listing");
+    let keys: Vec<String> = (0..300).map(|i| format!("many/f{i:03}.txt")).collect();
+    b.put_many(keys, &pattern(16, 2));
+    let m = Mount::new(&b.location(""), &["--fast-listing"]);
     let before = m.requests();
     let out = Command::new("ls")
         .arg("-l")
@@ -138,24 +180,19 @@ fn ls_l_costs_no_head_and_small_files_cost_one_get() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 301);
-    let after_ls = m.requests();
+    let after = m.requests();
     assert_eq!(
-        after_ls.head,
+        after.head,
         before.head + 1,
         "one HEAD for the lookup of 'many' only"
     );
-    assert!(
-        after_ls.list - before.list <= 2,
-        "{before:?} -> {after_ls:?}"
-    );
-    for i in 0..50 {
+    for i in 0..20 {
         let data = std::fs::read(m.join(&format!("many/f{i:03}.txt"))).unwrap();
-        assert_eq!(data.len(), 4096);
+        assert_eq!(data.len(), 16);
     }
-    let after_cat = m.requests();
-    assert_eq!(after_cat.get - after_ls.get, 50, "one GET per small file");
     assert_eq!(
-        after_cat.head, after_ls.head,
+        m.requests().head,
+        after.head,
         "no HEAD: attributes came with the listing"
     );
 }
@@ -948,11 +985,45 @@ fn new_folder_delete_move_and_atomic_save_work() {
         Some(&b"edited"[..]),
         "not replaced"
     );
-    // Directories are not renamed yet: a clear errno, nothing moved.
+    // A folder rename moves the whole tree, even one never looked into.
     std::fs::create_dir(m.join("d1")).unwrap();
+    std::fs::create_dir(m.join("d1/inner")).unwrap();
+    std::fs::write(m.join("d1/inner/deep.txt"), "deep").unwrap();
+    b.put("d1/other.txt", "from elsewhere");
+    std::fs::rename(m.join("d1"), m.join("d2")).unwrap();
+    assert_eq!(errno_of(std::fs::metadata(m.join("d1"))), libc::ENOENT);
     assert_eq!(
-        errno_of(std::fs::rename(m.join("d1"), m.join("d2"))),
-        libc::ENOTSUP
+        std::fs::read_to_string(m.join("d2/inner/deep.txt")).unwrap(),
+        "deep"
     );
-    assert!(std::fs::metadata(m.join("d1")).unwrap().is_dir());
+    assert_eq!(
+        b.get("d2/other.txt").as_deref(),
+        Some(&b"from elsewhere"[..])
+    );
+    assert_eq!(b.get("d1/other.txt"), None);
+    assert_eq!(
+        b.get("d2/inner/").as_deref(),
+        Some(&b""[..]),
+        "markers move too"
+    );
+    // Onto a non-empty folder: refused, nothing moved.
+    std::fs::create_dir(m.join("d3")).unwrap();
+    assert_eq!(
+        errno_of(std::fs::rename(m.join("d3"), m.join("d2"))),
+        libc::ENOTEMPTY
+    );
+    // What S3 cannot hold: a clear errno.
+    assert_eq!(
+        errno_of(std::fs::hard_link(
+            m.join("d2/other.txt"),
+            m.join("d2/hard")
+        )),
+        libc::EPERM
+    );
+    let fifo = std::ffi::CString::new(m.join("d2/fifo").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EOPNOTSUPP)
+    );
 }

@@ -118,6 +118,9 @@ impl MountConfig {
                 part_size: args.part_size,
                 upload_concurrency: args.max_upload_concurrency.clamp(1, 64),
             },
+            listing_heads: !args.fast_listing,
+            xattrs: args.xattrs,
+            max_dir_rename_objects: args.max_dir_rename_objects,
             ..FsConfig::default()
         };
         Ok(MountConfig {

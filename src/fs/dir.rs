@@ -12,7 +12,8 @@ use crate::store::{ListRequest, ObjectInfo, ObjectStore};
 pub struct ListedEntry {
     pub name: String,
     pub kind: Kind,
-    /// For files: what the listing said (size, LastModified, ETag).
+    /// For files: what the listing (or a HEAD) said: size, LastModified, ETag, metadata.
+    /// For directories: their marker object, when a HEAD found one.
     pub object: Option<ObjectInfo>,
 }
 
@@ -21,7 +22,7 @@ impl ListedEntry {
     fn sort_key(&self) -> String {
         match self.kind {
             Kind::Dir => format!("{}/", self.name),
-            Kind::File => self.name.clone(),
+            Kind::File | Kind::Symlink => self.name.clone(),
         }
     }
 }
@@ -39,6 +40,8 @@ pub struct DirStream {
     held: Vec<ListedEntry>,
     /// Directory marker object of this directory, if the listing showed one.
     pub marker: Option<ObjectInfo>,
+    /// A page was fetched and not yet handed out by `take_new_page`.
+    new_page: bool,
 }
 
 impl DirStream {
@@ -52,6 +55,22 @@ impl DirStream {
             base: 0,
             held: Vec::new(),
             marker: None,
+            new_page: false,
+        }
+    }
+
+    /// The prefix this directory lists (its key prefix, ending in `/` unless the root).
+    pub fn list_prefix(&self) -> &str {
+        &self.list_prefix
+    }
+
+    /// The entries of a page just fetched, once, so the caller can complete them (with
+    /// HEAD answers) before they are handed out.
+    pub fn take_new_page(&mut self) -> Option<&mut [ListedEntry]> {
+        if std::mem::take(&mut self.new_page) {
+            Some(&mut self.entries)
+        } else {
+            None
         }
     }
 
@@ -167,6 +186,7 @@ impl DirStream {
             items = ready;
         }
         self.entries = items;
+        self.new_page = true;
         Ok(())
     }
 }

@@ -28,6 +28,18 @@ pub enum FsError {
     Exists,
     #[error("directory not empty")]
     NotEmpty,
+    #[error("too large to move in one rename (EXDEV: the program copies and deletes instead)")]
+    CrossDevice,
+    #[error("the extended attribute does not exist")]
+    NoAttribute,
+    #[error("the extended attributes exceed S3's 2 KiB user-metadata budget")]
+    TooBig,
+    #[error("the buffer is too small for the value")]
+    Range,
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("extended attributes are off (mount with --xattrs)")]
+    XattrsOff,
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -48,6 +60,13 @@ impl FsError {
             FsError::NoSpace => libc::ENOSPC,
             FsError::Exists => libc::EEXIST,
             FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::CrossDevice => libc::EXDEV,
+            FsError::NoAttribute => libc::ENODATA,
+            FsError::TooBig => libc::E2BIG,
+            FsError::Range => libc::ERANGE,
+            FsError::NotPermitted => libc::EPERM,
+            // ENOSYS makes the kernel stop asking for the rest of the mount.
+            FsError::XattrsOff => libc::ENOSYS,
             FsError::Store(e) => match e {
                 StoreError::NotFound | StoreError::NoSuchBucket => libc::ENOENT,
                 StoreError::AccessDenied(_)
@@ -79,6 +98,11 @@ impl FsError {
                 | FsError::NotSupported
                 | FsError::Exists
                 | FsError::NotEmpty
+                | FsError::CrossDevice
+                | FsError::NoAttribute
+                | FsError::Range
+                | FsError::NotPermitted
+                | FsError::XattrsOff
                 | FsError::Store(StoreError::NotFound)
         )
     }

@@ -73,6 +73,7 @@ impl InodeTable {
 
     /// The number `path` has (or would get), without taking a reference.
     pub fn peek(&self, kind: Kind, path: &str) -> Ino {
+        let kind = kind.slot();
         if let Some(ino) = self.by_path.get(&(kind, path.to_string())) {
             return *ino;
         }
@@ -92,6 +93,7 @@ impl InodeTable {
 
     /// Takes one kernel reference on `path` (a lookup, or an entry of readdirplus).
     pub fn remember(&mut self, parent: Ino, kind: Kind, path: &str) -> Ino {
+        let kind = kind.slot();
         if let Some(ino) = self.by_path.get(&(kind, path.to_string())).copied() {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 node.lookups += 1;
@@ -129,6 +131,26 @@ impl InodeTable {
                 self.by_path.remove(&(node.kind, node.path));
             }
         }
+    }
+
+    /// Moves every remembered inode below directory `from` to the same place below `to`
+    /// (a directory rename), keeping their numbers. Returns the numbers moved.
+    pub fn move_tree(&mut self, from: &str, to: &str) -> Vec<Ino> {
+        let below = format!("{from}/");
+        let moved: Vec<(Ino, String)> = self
+            .nodes
+            .iter()
+            .filter_map(|(ino, n)| {
+                let rest = n.path.strip_prefix(&below)?;
+                Some((*ino, format!("{to}/{rest}")))
+            })
+            .collect();
+        for (ino, path) in &moved {
+            if let Some(parent) = self.nodes.get(ino).map(|n| n.parent) {
+                self.move_to(*ino, parent, path);
+            }
+        }
+        moved.into_iter().map(|(ino, _)| ino).collect()
     }
 
     /// Gives `ino` a new place (rename): the kernel keeps using the same number.

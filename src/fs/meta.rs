@@ -1,5 +1,6 @@
 //! Attributes: how objects map to mode/uid/gid/mtime (s3fs-compatible metadata headers, or
-//! the mount's defaults), and the bounded TTL caches of attributes and of misses.
+//! the mount's defaults) and back, and the bounded caches of attributes, misses and object
+//! metadata.
 
 use std::time::{Duration, SystemTime};
 
@@ -7,12 +8,21 @@ use moka::sync::Cache;
 
 use super::inode::Ino;
 use super::{Attr, FsConfig, Kind};
-use crate::store::ObjectInfo;
+use crate::store::{Metadata, ObjectInfo};
 
-/// Attribute cache and negative (miss) cache, both bounded in entries and aged by the TTL.
+/// File type bits of `st_mode`, as s3fs stores them in `x-amz-meta-mode`.
+pub const S_IFMT: u64 = 0o170000;
+pub const S_IFREG: u64 = 0o100000;
+pub const S_IFDIR: u64 = 0o040000;
+pub const S_IFLNK: u64 = 0o120000;
+
+/// Attribute cache and negative (miss) cache, both bounded in entries and aged by the TTL,
+/// and a memo of HEAD answers that stays valid while the object keeps its ETag and
+/// LastModified (so listings need not HEAD an unchanged object again).
 pub struct MetaCache {
     attrs: Cache<Ino, Attr>,
     misses: Cache<(Ino, String), ()>,
+    heads: Cache<String, ObjectInfo>,
 }
 
 impl MetaCache {
@@ -28,7 +38,35 @@ impl MetaCache {
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
+            heads: Cache::new(capacity / 4),
         }
+    }
+
+    /// What a HEAD said about the object a listing shows as `listed`, if it is still the same
+    /// object (same ETag and LastModified: a metadata change moves LastModified).
+    pub fn head_of(&self, listed: &ObjectInfo) -> Option<ObjectInfo> {
+        // Listings give LastModified in milliseconds, HEAD in whole seconds.
+        let second = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        self.heads.get(&listed.key).filter(|h| {
+            h.etag == listed.etag && second(h.last_modified) == second(listed.last_modified)
+        })
+    }
+
+    /// The last HEAD answer for `key`, however old.
+    pub fn last_head(&self, key: &str) -> Option<ObjectInfo> {
+        self.heads.get(key)
+    }
+
+    pub fn put_head(&self, info: &ObjectInfo) {
+        self.heads.insert(info.key.clone(), info.clone());
+    }
+
+    pub fn forget_head(&self, key: &str) {
+        self.heads.invalidate(key);
     }
 
     pub fn attr(&self, ino: Ino) -> Option<Attr> {
@@ -63,18 +101,30 @@ fn meta_number(info: &ObjectInfo, name: &str) -> Option<u64> {
     whole.trim().parse().ok()
 }
 
+/// Whether an object is a symbolic link stored the s3fs way (its mode says S_IFLNK; its
+/// content is the target).
+pub fn is_symlink(info: &ObjectInfo) -> bool {
+    meta_number(info, "mode").is_some_and(|m| m & S_IFMT == S_IFLNK)
+}
+
+/// The modification time of an object: its `mtime` header, else LastModified.
+pub fn file_mtime(info: &ObjectInfo) -> SystemTime {
+    meta_number(info, "mtime")
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+        .unwrap_or(info.last_modified)
+}
+
 /// Attributes of a file object: metadata headers where present (`x-amz-meta-mode`, `-uid`,
 /// `-gid`, `-mtime` as s3fs writes them), the mount's defaults otherwise.
 pub fn file_attr(ino: Ino, info: &ObjectInfo, cfg: &FsConfig) -> Attr {
-    let mtime = meta_number(info, "mtime")
-        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-        .unwrap_or(info.last_modified);
+    let mtime = file_mtime(info);
+    let symlink = is_symlink(info);
     let perm = meta_number(info, "mode")
         .map(|m| (m & 0o7777) as u16)
-        .unwrap_or(cfg.file_mode);
+        .unwrap_or(if symlink { 0o777 } else { cfg.file_mode });
     Attr {
         ino,
-        kind: Kind::File,
+        kind: if symlink { Kind::Symlink } else { Kind::File },
         size: info.size,
         mtime,
         perm,
@@ -113,6 +163,63 @@ pub fn dir_attr(ino: Ino, marker: Option<&ObjectInfo>, cfg: &FsConfig) -> Attr {
     }
 }
 
+/// A change of attributes asked by chmod, chown or utimensat; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttrChange {
+    pub perm: Option<u16>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mtime: Option<SystemTime>,
+    pub atime: Option<SystemTime>,
+}
+
+impl AttrChange {
+    pub fn is_empty(&self) -> bool {
+        *self == AttrChange::default()
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(before) => -(before.duration().as_secs() as i64),
+    }
+}
+
+/// The metadata headers that describe `attr` the way s3fs writes them (whole `st_mode` and
+/// times in decimal seconds), on top of `base` (other user metadata, such as xattrs, is kept).
+pub fn attr_headers(attr: &Attr, base: &Metadata) -> Metadata {
+    let type_bits = match attr.kind {
+        Kind::File => S_IFREG,
+        Kind::Dir => S_IFDIR,
+        Kind::Symlink => S_IFLNK,
+    };
+    let mut out = base.clone();
+    out.insert(
+        "mode".into(),
+        (type_bits | attr.perm as u64 & 0o7777).to_string(),
+    );
+    out.insert("uid".into(), attr.uid.to_string());
+    out.insert("gid".into(), attr.gid.to_string());
+    out.insert("mtime".into(), unix_seconds(attr.mtime).to_string());
+    out
+}
+
+/// `attr` with `change` applied; the `atime` a change carries goes straight to `headers`
+/// (pailfs shows atime = mtime, but keeps what s3fs stored or a program set).
+pub fn apply_change(attr: &Attr, change: &AttrChange, headers: &mut Metadata) -> Attr {
+    if let Some(atime) = change.atime {
+        headers.insert("atime".into(), unix_seconds(atime).to_string());
+    }
+    Attr {
+        perm: change.perm.unwrap_or(attr.perm),
+        uid: change.uid.unwrap_or(attr.uid),
+        gid: change.gid.unwrap_or(attr.gid),
+        mtime: change.mtime.unwrap_or(attr.mtime),
+        ..attr.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +235,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            storage_class: None,
         }
     }
 
@@ -161,5 +269,34 @@ mod tests {
             a.mtime,
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
         );
+    }
+
+    #[test]
+    fn headers_round_trip_through_s3fs_form() {
+        let cfg = FsConfig::default();
+        let mut base = Metadata::new();
+        base.insert("xattr".into(), "kept".into());
+        let attr = Attr {
+            ino: Ino(9),
+            kind: Kind::Symlink,
+            size: 3,
+            mtime: SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000),
+            perm: 0o777,
+            uid: 1000,
+            gid: 1001,
+            etag: None,
+        };
+        let headers = attr_headers(&attr, &base);
+        // s3fs's own value for a symlink: S_IFLNK | 0777 = 41471.
+        assert_eq!(headers["mode"], "41471");
+        assert_eq!(headers["xattr"], "kept");
+        let info = ObjectInfo {
+            metadata: headers,
+            ..object(&[])
+        };
+        let back = file_attr(Ino(9), &info, &cfg);
+        assert_eq!(back.kind, Kind::Symlink);
+        assert_eq!((back.perm, back.uid, back.gid), (0o777, 1000, 1001));
+        assert_eq!(back.mtime, attr.mtime);
     }
 }

@@ -7,8 +7,10 @@ pub mod error;
 pub mod inode;
 pub mod meta;
 pub mod names;
+pub mod namespace;
 pub mod read;
 pub mod write;
+pub mod xattr;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::store::instrumented::RequestCounters;
-use crate::store::{ListRequest, ObjectStore, StoreError};
+use crate::store::{ListRequest, Metadata, ObjectInfo, ObjectStore, StoreError};
 use dir::{DirStream, ListedEntry};
 use error::FsError;
 use inode::{child_path, Ino, InodeTable};
@@ -32,6 +34,19 @@ use write::{CacheDir, Staged, WriteTuning};
 pub enum Kind {
     File,
     Dir,
+    /// An object whose metadata says S_IFLNK (s3fs's convention); its content is the target.
+    Symlink,
+}
+
+impl Kind {
+    /// The inode slot: a symlink is an object like a file, and a listing cannot tell them
+    /// apart, so both share one number per path.
+    pub fn slot(self) -> Kind {
+        match self {
+            Kind::Symlink => Kind::File,
+            other => other,
+        }
+    }
 }
 
 /// What `stat` shows for one inode.
@@ -65,6 +80,16 @@ pub struct FsConfig {
     pub list_page_size: u32,
     pub mount_time: SystemTime,
     pub write: WriteTuning,
+    /// Complete listings with a HEAD per new or changed file (in parallel), so that modes,
+    /// owners, mtimes and symlinks stored as metadata show in `ls -l`.
+    pub listing_heads: bool,
+    /// Serve `user.*` extended attributes (stored in s3fs's `x-amz-meta-xattr`).
+    pub xattrs: bool,
+    /// Largest directory (in objects) a rename moves; above it, EXDEV.
+    pub max_dir_rename_objects: u64,
+    /// Largest object copied with one CopyObject; above it, UploadPartCopy parts.
+    pub copy_limit: u64,
+    pub copy_part_size: u64,
 }
 
 impl Default for FsConfig {
@@ -87,6 +112,11 @@ impl Default for FsConfig {
                 part_size: 8 << 20,
                 upload_concurrency: 4,
             },
+            listing_heads: true,
+            xattrs: false,
+            max_dir_rename_objects: 10_000,
+            copy_limit: 5 << 30,
+            copy_part_size: 512 << 20,
         }
     }
 }
@@ -118,6 +148,16 @@ enum OpenFile {
 
 type StagedRef = Arc<tokio::sync::Mutex<Staged>>;
 
+/// How a staging copy starts when a file is opened for writing.
+enum Start {
+    /// A copy of the object (or empty, when there is none yet).
+    Existing,
+    /// Empty (O_TRUNC, truncate to 0), keeping the object's metadata.
+    Truncated,
+    /// A new file, with these metadata headers.
+    New(Metadata),
+}
+
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
     counters: Option<Arc<RequestCounters>>,
@@ -138,6 +178,9 @@ pub struct Fs {
     buffers: Arc<buffers::BufferPool>,
     odd_keys: OddKeyLog,
 }
+
+/// HEADs in flight while completing one listing page.
+const LISTING_HEADS: usize = 32;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section here is a few map operations that leave the map consistent even
@@ -261,11 +304,17 @@ impl Fs {
                 );
             }
             let marker = list.objects.iter().find(|o| o.key == dir_prefix);
-            let ino = lock(&self.inodes).remember(parent, Kind::Dir, &path);
-            dir_attr(ino, marker, &self.cfg)
+            let ino = lock(&self.inodes).peek(Kind::Dir, &path);
+            let attr = match marker {
+                Some(marker) => self.marker_attr(ino, marker).await?,
+                None => dir_attr(ino, None, &self.cfg),
+            };
+            lock(&self.inodes).remember(parent, Kind::Dir, &path);
+            attr
         } else {
             match head {
                 Ok(info) => {
+                    self.meta.put_head(&info);
                     let ino = lock(&self.inodes).remember(parent, Kind::File, &path);
                     file_attr(ino, &info, &self.cfg)
                 }
@@ -305,8 +354,9 @@ impl Fs {
                     dir_attr(ino, marker.as_ref(), &self.cfg)
                 }
             }
-            Kind::File => {
+            Kind::File | Kind::Symlink => {
                 let info = self.store.head(&self.key_of(&node.path)).await?;
+                self.meta.put_head(&info);
                 file_attr(ino, &info, &self.cfg)
             }
         };
@@ -330,23 +380,41 @@ impl Fs {
     }
 
     fn listed_attr(&self, ino: Ino, entry: &ListedEntry) -> Attr {
-        match (&entry.object, self.meta.attr(ino)) {
+        let cached = self.meta.attr(ino);
+        let attr = match (entry.kind, &entry.object, cached) {
             // Keep attributes from a HEAD (with metadata) while they describe the same object.
-            (Some(obj), Some(cached)) if cached.etag.as_deref() == Some(obj.etag.as_str()) => {
-                cached
+            (Kind::File | Kind::Symlink, Some(obj), Some(cached))
+                if cached.etag.as_deref() == Some(obj.etag.as_str()) =>
+            {
+                return cached
             }
-            (None, Some(cached)) if cached.kind == Kind::Dir => cached,
-            (Some(obj), _) => {
-                let attr = file_attr(ino, obj, &self.cfg);
-                self.meta.put_attr(attr.clone());
-                attr
-            }
-            (None, _) => {
-                let attr = dir_attr(ino, None, &self.cfg);
-                self.meta.put_attr(attr.clone());
-                attr
-            }
-        }
+            (Kind::Dir, None, Some(cached)) if cached.kind == Kind::Dir => return cached,
+            (Kind::Dir, marker, _) => dir_attr(ino, marker.as_ref(), &self.cfg),
+            (_, Some(obj), _) => match self.meta.head_of(obj) {
+                Some(head) => file_attr(ino, &head, &self.cfg),
+                None => file_attr(ino, obj, &self.cfg),
+            },
+            (_, None, _) => dir_attr(ino, None, &self.cfg),
+        };
+        self.meta.put_attr(attr.clone());
+        attr
+    }
+
+    /// Attributes of a directory whose marker a listing showed: the marker's metadata needs
+    /// a HEAD (listings carry none), unless the memo has it for this very marker.
+    async fn marker_attr(&self, ino: Ino, listed: &ObjectInfo) -> Result<Attr, FsError> {
+        let head = match self.meta.head_of(listed) {
+            Some(head) => head,
+            None => match self.store.head(&listed.key).await {
+                Ok(head) => {
+                    self.meta.put_head(&head);
+                    head
+                }
+                Err(StoreError::NotFound) => return Ok(dir_attr(ino, None, &self.cfg)),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        Ok(dir_attr(ino, Some(&head), &self.cfg))
     }
 
     /// Streams entries from cookie `offset` into `sink` until it reports full (returns true) or
@@ -389,10 +457,7 @@ impl Fs {
             }
             cookie += 1;
         }
-        while let Some(entry) = stream
-            .entry_at(cookie - 2, self.store.as_ref(), &self.odd_keys)
-            .await?
-        {
+        while let Some(entry) = self.next_entry(&mut stream, cookie - 2).await? {
             let path = child_path(&node.path, &entry.name);
             let ino_child = if plus {
                 lock(&self.inodes).remember(ino, entry.kind, &path)
@@ -414,13 +479,79 @@ impl Fs {
             }
             cookie += 1;
         }
-        if let Some(marker) = &stream.marker {
+        if let Some(head) = stream.marker.as_ref().and_then(|m| self.meta.head_of(m)) {
             if ino != Ino::ROOT {
-                let attr = dir_attr(ino, Some(marker), &self.cfg);
-                self.meta.put_attr(attr);
+                self.meta.put_attr(dir_attr(ino, Some(&head), &self.cfg));
             }
         }
         Ok(())
+    }
+
+    /// Entry `index` of a listing; a page just fetched is first completed with HEADs.
+    async fn next_entry(
+        &self,
+        stream: &mut DirStream,
+        index: u64,
+    ) -> Result<Option<ListedEntry>, FsError> {
+        let entry = stream
+            .entry_at(index, self.store.as_ref(), &self.odd_keys)
+            .await?;
+        let prefix = stream.list_prefix().to_string();
+        match stream.take_new_page() {
+            Some(page) if self.cfg.listing_heads => {
+                self.complete_with_heads(&prefix, page).await;
+                stream
+                    .entry_at(index, self.store.as_ref(), &self.odd_keys)
+                    .await
+            }
+            _ => Ok(entry),
+        }
+    }
+
+    /// Replaces what a listing says about files by what a HEAD says (metadata included),
+    /// sending HEADs only for objects new or changed since the last one, several at a time.
+    /// A failed HEAD leaves the listing's answer: it still has size and mtime.
+    async fn complete_with_heads(&self, prefix: &str, page: &mut [dir::ListedEntry]) {
+        use futures::StreamExt;
+        // Files: only objects new or changed since their last HEAD. Directories: their
+        // marker, if any (a listing shows only the common prefix).
+        let wanted: Vec<(usize, String)> = page
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match (&e.object, e.kind) {
+                (Some(o), _) if self.meta.head_of(o).is_none() => Some((i, o.key.clone())),
+                (None, Kind::Dir) => Some((i, format!("{}{}/", prefix, e.name))),
+                _ => None,
+            })
+            .collect();
+        let store = &self.store;
+        let heads: Vec<_> = futures::stream::iter(wanted)
+            .map(|(i, key)| async move { (i, store.head(&key).await, key) })
+            .buffer_unordered(LISTING_HEADS)
+            .collect()
+            .await;
+        for (i, result, key) in heads {
+            match result {
+                Ok(info) => {
+                    self.meta.put_head(&info);
+                    if page[i].kind == Kind::Dir {
+                        page[i].object = Some(info);
+                    }
+                }
+                Err(StoreError::NotFound) => {}
+                Err(e) => {
+                    tracing::debug!(key, error = %e, "HEAD for a listing failed; showing what the listing says")
+                }
+            }
+        }
+        for entry in page.iter_mut().filter(|e| e.kind != Kind::Dir) {
+            if let Some(head) = entry.object.as_ref().and_then(|o| self.meta.head_of(o)) {
+                if meta::is_symlink(&head) {
+                    entry.kind = Kind::Symlink;
+                }
+                entry.object = Some(head);
+            }
+        }
     }
 
     /// Opens a file; returns the handle and whether the kernel may keep the pages it cached
@@ -439,7 +570,12 @@ impl Fs {
             if write {
                 self.writable()?;
             }
-            self.stage(ino, &node.path, truncate).await?;
+            let start = if truncate {
+                Start::Truncated
+            } else {
+                Start::Existing
+            };
+            self.stage(ino, &node.path, start).await?;
             let fh = self.new_fh();
             lock(&self.files).insert(fh, Arc::new(OpenFile::Staged(ino)));
             return Ok((fh, true));
@@ -499,30 +635,48 @@ impl Fs {
         lock(&self.staged).get(&ino).cloned()
     }
 
-    /// Attributes of a file this mount is writing or has just written: it is new content, so
-    /// the mount's defaults and the current time.
-    fn written_attr(&self, ino: Ino, size: u64, etag: Option<String>) -> Attr {
-        Attr {
-            ino,
-            kind: Kind::File,
+    /// Attributes of a file this mount is writing or has just written, from the metadata it
+    /// is (or was) uploaded with.
+    fn written_attr(&self, ino: Ino, size: u64, etag: Option<String>, headers: &Metadata) -> Attr {
+        let info = ObjectInfo {
+            key: String::new(),
             size,
-            mtime: SystemTime::now(),
-            perm: self.cfg.file_mode,
-            uid: self.cfg.uid,
-            gid: self.cfg.gid,
+            last_modified: SystemTime::now(),
+            etag: String::new(),
+            metadata: headers.clone(),
+            storage_class: None,
+        };
+        Attr {
             etag,
+            ..file_attr(ino, &info, &self.cfg)
         }
     }
 
     async fn staged_attr(&self, ino: Ino) -> Option<Attr> {
         let staged = self.staged_of(ino)?;
-        let size = staged.lock().await.size();
-        Some(self.written_attr(ino, size, None))
+        let s = staged.lock().await;
+        Some(self.written_attr(ino, s.size(), None, &s.headers()))
     }
 
-    /// Takes a handle on the staging copy of `ino`, creating it (empty when truncating or
-    /// new, else a copy of the object) when no handle has one yet.
-    async fn stage(&self, ino: Ino, path: &str, truncate: bool) -> Result<StagedRef, FsError> {
+    /// Metadata for a new file: its mode and owner, s3fs-style.
+    fn new_file_headers(&self, perm: u16, uid: u32, gid: u32) -> Metadata {
+        let attr = Attr {
+            ino: Ino(0),
+            kind: Kind::File,
+            size: 0,
+            mtime: SystemTime::now(),
+            perm,
+            uid,
+            gid,
+            etag: None,
+        };
+        meta::attr_headers(&attr, &Metadata::new())
+    }
+
+    /// Takes a handle on the staging copy of `ino`, creating it when no handle has one yet:
+    /// empty when truncating or new, else a copy of the object.
+    async fn stage(&self, ino: Ino, path: &str, start: Start) -> Result<StagedRef, FsError> {
+        let truncate = !matches!(start, Start::Existing);
         if let Some(staged) = self.staged_of(ino) {
             let mut s = staged.lock().await;
             if truncate {
@@ -534,24 +688,28 @@ impl Fs {
         }
         let cache = self.writable()?.clone();
         let key = self.key_of(path);
-        let mut staged = if truncate {
-            Staged::empty(cache, key)?
-        } else {
-            match self.store.head(&key).await {
-                Ok(info) => {
-                    Staged::load(
-                        cache,
-                        key,
-                        self.store.as_ref(),
-                        info.size,
-                        &info.etag,
-                        self.cfg.read_part_size,
-                    )
-                    .await?
-                }
-                Err(StoreError::NotFound) => Staged::empty(cache, key)?,
-                Err(e) => return Err(e.into()),
+        let mut staged = match start {
+            Start::New(headers) => Staged::empty(cache, key, headers)?,
+            // O_TRUNC keeps the file's mode, owner and xattrs, as a local file would.
+            Start::Truncated => {
+                let headers = match self.meta.last_head(&key) {
+                    Some(info) => info.metadata,
+                    None => self.new_file_headers(self.cfg.file_mode, self.cfg.uid, self.cfg.gid),
+                };
+                Staged::empty(cache, key, headers)?
             }
+            Start::Existing => match self.store.head(&key).await {
+                Ok(info) => {
+                    self.meta.put_head(&info);
+                    Staged::load(cache, &info, self.store.as_ref(), self.cfg.read_part_size).await?
+                }
+                Err(StoreError::NotFound) => {
+                    let headers =
+                        self.new_file_headers(self.cfg.file_mode, self.cfg.uid, self.cfg.gid);
+                    Staged::empty(cache, key, headers)?
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         staged.handles = 1;
         let staged = Arc::new(tokio::sync::Mutex::new(staged));
@@ -575,12 +733,20 @@ impl Fs {
         }
     }
 
-    /// Creates `name` in `parent` and opens it for writing.
-    pub async fn create(&self, parent: Ino, name: &str) -> Result<(Attr, u64), FsError> {
+    /// Creates `name` in `parent` with permissions `perm` owned by `uid:gid`, and opens it
+    /// for writing.
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        perm: u16,
+        caller: namespace::Caller,
+    ) -> Result<(Attr, u64), FsError> {
         self.writable()?;
         let (_, path) = self.child(parent, name)?;
         let ino = lock(&self.inodes).remember(parent, Kind::File, &path);
-        self.stage(ino, &path, true).await?;
+        let headers = self.new_file_headers(perm, caller.uid, caller.gid);
+        self.stage(ino, &path, Start::New(headers)).await?;
         self.meta.forget_miss(parent, name);
         let fh = self.new_fh();
         lock(&self.files).insert(fh, Arc::new(OpenFile::Staged(ino)));
@@ -618,7 +784,12 @@ impl Fs {
             Some(staged) => staged.lock().await.truncate(size, &self.store)?,
             // truncate(2) on a path: no handle will flush it, so stage, change, upload now.
             None => {
-                let staged = self.stage(ino, &node.path, size == 0).await?;
+                let start = if size == 0 {
+                    Start::Truncated
+                } else {
+                    Start::Existing
+                };
+                let staged = self.stage(ino, &node.path, start).await?;
                 staged.lock().await.truncate(size, &self.store)?;
                 self.finish_handle(ino, true).await?;
             }
@@ -639,16 +810,19 @@ impl Fs {
             return Ok(());
         };
         let mut staged = staged.lock().await;
-        let size = staged.size();
-        if let Some(etag) = staged.upload(&self.store, self.cfg.write).await? {
-            self.uploaded(*ino, size, etag);
-        }
-        Ok(())
+        self.upload_staged(*ino, &mut staged).await
     }
 
-    fn uploaded(&self, ino: Ino, size: u64, etag: String) {
-        self.cached_etags.insert(ino, etag.clone());
-        self.meta.put_attr(self.written_attr(ino, size, Some(etag)));
+    /// Uploads a staging copy if it changed, and remembers what the bucket now holds.
+    async fn upload_staged(&self, ino: Ino, staged: &mut Staged) -> Result<(), FsError> {
+        let (size, headers) = (staged.size(), staged.headers());
+        if let Some(etag) = staged.upload(&self.store, self.cfg.write).await? {
+            self.cached_etags.insert(ino, etag.clone());
+            self.meta.forget_head(&staged.key);
+            self.meta
+                .put_attr(self.written_attr(ino, size, Some(etag), &headers));
+        }
+        Ok(())
     }
 
     /// Drops one handle of a staged file; the last one uploads what is still unsaved.
@@ -661,21 +835,13 @@ impl Fs {
         if s.handles > 0 {
             return Ok(());
         }
-        let size = s.size();
         let result = if upload {
-            s.upload(&self.store, self.cfg.write).await
+            self.upload_staged(ino, &mut s).await
         } else {
-            Ok(None)
+            Ok(())
         };
         lock(&self.staged).remove(&ino);
-        match result {
-            Ok(Some(etag)) => {
-                self.uploaded(ino, size, etag);
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        }
+        result
     }
 
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
@@ -717,112 +883,31 @@ impl Fs {
         Ok((dir, path))
     }
 
-    /// Removes a file (DeleteObject). An open file being written is discarded at its close.
-    pub async fn unlink(&self, parent: Ino, name: &str) -> Result<(), FsError> {
-        self.writable()?;
-        let (_, path) = self.child(parent, name)?;
-        let ino = lock(&self.inodes).peek(Kind::File, &path);
-        if let Some(staged) = self.staged_of(ino) {
-            staged.lock().await.discard();
-        }
-        self.store.delete_object(&self.key_of(&path)).await?;
-        self.meta.forget_attr(ino);
-        self.meta.put_miss(parent, name);
-        Ok(())
-    }
-
-    /// Creates a directory as a `dir/` marker object, so that it survives while empty.
-    pub async fn mkdir(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
-        self.writable()?;
-        let (_, path) = self.child(parent, name)?;
-        self.store
-            .put_object(&self.dir_prefix(&path), Bytes::new())
-            .await?;
-        let ino = lock(&self.inodes).remember(parent, Kind::Dir, &path);
-        self.meta.forget_miss(parent, name);
-        let attr = dir_attr(ino, None, &self.cfg);
-        self.meta.put_attr(attr.clone());
-        Ok(attr)
-    }
-
-    /// Removes an empty directory (its marker, if it has one).
-    pub async fn rmdir(&self, parent: Ino, name: &str) -> Result<(), FsError> {
-        self.writable()?;
-        let (_, path) = self.child(parent, name)?;
-        let prefix = self.dir_prefix(&path);
-        let page = self
-            .store
-            .list(ListRequest {
-                prefix: prefix.clone(),
-                delimited: true,
-                max_keys: 2,
-                continuation: None,
-            })
-            .await?;
-        if !page.prefixes.is_empty() || page.objects.iter().any(|o| o.key != prefix) {
-            return Err(FsError::NotEmpty);
-        }
-        self.store.delete_object(&prefix).await?;
-        let ino = lock(&self.inodes).peek(Kind::Dir, &path);
-        self.meta.forget_attr(ino);
-        self.meta.put_miss(parent, name);
-        Ok(())
-    }
-
-    /// Renames a file: CopyObject (user metadata kept) then DeleteObject of the source. With
-    /// `no_replace`, an existing target is an error. Directories arrive with their issue.
-    pub async fn rename(
-        &self,
-        parent: Ino,
-        name: &str,
-        new_parent: Ino,
-        new_name: &str,
-        no_replace: bool,
-    ) -> Result<(), FsError> {
-        self.writable()?;
-        let (_, from) = self.child(parent, name)?;
-        let (_, to) = self.child(new_parent, new_name)?;
-        let ino = {
-            let inodes = lock(&self.inodes);
-            let file = inodes.peek(Kind::File, &from);
-            if inodes.get(file).is_none() && inodes.get(inodes.peek(Kind::Dir, &from)).is_some() {
-                return Err(FsError::NotSupported);
-            }
-            file
-        };
-        let (from_key, to_key) = (self.key_of(&from), self.key_of(&to));
-        if no_replace {
-            match self.store.head(&to_key).await {
-                Ok(_) => return Err(FsError::Exists),
-                Err(StoreError::NotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        // A file being written goes up first, so that the copy has its latest bytes.
-        if let Some(staged) = self.staged_of(ino) {
-            let mut s = staged.lock().await;
-            let size = s.size();
-            if let Some(etag) = s.upload(&self.store, self.cfg.write).await? {
-                self.uploaded(ino, size, etag);
-            }
-            s.key = to_key.clone();
-        }
-        self.store.copy_object(&from_key, &to_key).await?;
-        self.store.delete_object(&from_key).await?;
-        lock(&self.inodes).move_to(ino, new_parent, &to);
-        self.meta.forget_attr(ino);
-        self.meta.put_miss(parent, name);
-        self.meta.forget_miss(new_parent, new_name);
-        Ok(())
-    }
-
-    /// Refuses a change pailfs does not make yet: `EROFS` on a read-only mount, `ENOTSUP`
-    /// otherwise (namespace changes and metadata arrive with their issue).
+    /// Refuses a change S3 cannot hold (device nodes, fifos): `EROFS` on a read-only mount,
+    /// `ENOTSUP` otherwise.
     pub fn refuse_change(&self) -> FsError {
         if self.writable().is_ok() {
             FsError::NotSupported
         } else {
             FsError::ReadOnly
+        }
+    }
+
+    /// Refuses a hard link: `EPERM` (the filesystem has none), `EROFS` when read-only.
+    pub fn refuse_link(&self) -> FsError {
+        match self.writable() {
+            Ok(_) => FsError::NotPermitted,
+            Err(e) => e,
+        }
+    }
+
+    /// access(2): writing needs a writable mount; permission bits are left to the kernel's
+    /// `default_permissions` when the mount asks for it.
+    pub fn check_access(&self, write: bool) -> Result<(), FsError> {
+        if write {
+            self.writable().map(|_| ())
+        } else {
+            Ok(())
         }
     }
 
@@ -855,5 +940,7 @@ impl Fs {
     }
 }
 
+#[cfg(test)]
+mod namespace_tests;
 #[cfg(test)]
 mod tests;

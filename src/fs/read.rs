@@ -119,6 +119,16 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// The object was renamed (copied, so maybe with a new ETag): read it at its new key.
+    pub fn moved(&mut self, key: String, etag: String) {
+        self.key = key;
+        self.etag = etag;
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     pub fn new(
         store: Arc<dyn ObjectStore>,
         budget: Arc<Semaphore>,

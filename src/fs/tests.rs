@@ -6,14 +6,19 @@ use super::*;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::MemoryStore;
 use crate::store::RequestKind;
+use namespace::caller;
 
-struct Rig {
-    mem: Arc<MemoryStore>,
-    store: Arc<Instrumented>,
-    fs: Fs,
+pub(super) struct Rig {
+    pub mem: Arc<MemoryStore>,
+    pub store: Arc<Instrumented>,
+    pub fs: Fs,
 }
 
 fn rig(prefix: &str) -> Rig {
+    rig_with(prefix, FsConfig::default())
+}
+
+fn rig_with(prefix: &str, cfg: FsConfig) -> Rig {
     let mem = Arc::new(MemoryStore::new());
     let store = Arc::new(Instrumented::new(mem.clone()));
     let fs = Fs::new(
@@ -22,18 +27,18 @@ fn rig(prefix: &str) -> Rig {
         prefix.to_string(),
         FsConfig {
             list_page_size: 100,
-            ..FsConfig::default()
+            ..cfg
         },
     );
     Rig { mem, store, fs }
 }
 
 impl Rig {
-    fn count(&self, kind: RequestKind) -> u64 {
+    pub fn count(&self, kind: RequestKind) -> u64 {
         self.store.counters().count(kind)
     }
 
-    async fn list(&self, ino: Ino, plus: bool) -> Vec<(String, Attr)> {
+    pub async fn list(&self, ino: Ino, plus: bool) -> Vec<(String, Attr)> {
         let fh = self.fs.opendir(ino).unwrap();
         let mut out = Vec::new();
         let mut offset = 0;
@@ -56,7 +61,7 @@ impl Rig {
         out
     }
 
-    async fn read_all(&self, ino: Ino) -> Vec<u8> {
+    pub async fn read_all(&self, ino: Ino) -> Vec<u8> {
         let (fh, _) = self.fs.open(ino, false, false).await.unwrap();
         let mut out = Vec::new();
         loop {
@@ -76,8 +81,41 @@ impl Rig {
 }
 
 #[tokio::test]
-async fn ls_l_of_a_large_directory_costs_listing_pages_and_no_head() {
+async fn ls_l_of_a_large_directory_heads_each_file_once() {
     let r = rig("");
+    for i in 0..300 {
+        r.mem.put(&format!("big/f{i:04}"), vec![1u8; i % 7]);
+    }
+    let dir = r.fs.lookup(Ino::ROOT, "big").await.unwrap();
+    let heads = r.count(RequestKind::Head);
+    assert_eq!(r.list(dir.ino, true).await.len(), 302);
+    assert_eq!(r.count(RequestKind::Head) - heads, 300, "one HEAD per file");
+    let heads = r.count(RequestKind::Head);
+    assert_eq!(r.list(dir.ino, true).await.len(), 302);
+    assert_eq!(
+        r.count(RequestKind::Head) - heads,
+        0,
+        "unchanged objects are not asked again"
+    );
+    r.mem.put("big/f0007", "changed");
+    let entries = r.list(dir.ino, true).await;
+    assert_eq!(
+        r.count(RequestKind::Head) - heads,
+        1,
+        "only the changed one"
+    );
+    assert_eq!(entries.iter().find(|e| e.0 == "f0007").unwrap().1.size, 7);
+}
+
+#[tokio::test]
+async fn ls_l_with_fast_listings_costs_listing_pages_and_no_head() {
+    let r = rig_with(
+        "",
+        FsConfig {
+            listing_heads: false,
+            ..FsConfig::default()
+        },
+    );
     for i in 0..1000 {
         r.mem.put(&format!("big/f{i:04}"), vec![1u8; i % 7]);
     }
@@ -253,12 +291,16 @@ async fn store_errors_become_errnos() {
 
 // ---- writing ----
 
-struct WriteRig {
-    rig: Rig,
-    dir: tempfile::TempDir,
+pub(super) struct WriteRig {
+    pub rig: Rig,
+    pub dir: tempfile::TempDir,
 }
 
-fn write_rig(cache_cap: u64) -> WriteRig {
+pub(super) fn write_rig(cache_cap: u64) -> WriteRig {
+    write_rig_with(cache_cap, FsConfig::default())
+}
+
+pub(super) fn write_rig_with(cache_cap: u64, cfg: FsConfig) -> WriteRig {
     let dir = tempfile::tempdir().unwrap();
     let mem = Arc::new(MemoryStore::new());
     let store = Arc::new(Instrumented::new(mem.clone()));
@@ -272,7 +314,7 @@ fn write_rig(cache_cap: u64) -> WriteRig {
                 part_size: write::MIN_PART_SIZE,
                 upload_concurrency: 2,
             },
-            ..FsConfig::default()
+            ..cfg
         },
     )
     .with_cache(cache);
@@ -312,7 +354,12 @@ impl WriteRig {
 #[tokio::test]
 async fn a_small_new_file_is_one_put_at_close() {
     let w = write_rig(1 << 30);
-    let (attr, fh) = w.rig.fs.create(Ino::ROOT, "note.txt").await.unwrap();
+    let (attr, fh) = w
+        .rig
+        .fs
+        .create(Ino::ROOT, "note.txt", 0o644, caller())
+        .await
+        .unwrap();
     w.rig.fs.write(fh, 0, b"hello ").await.unwrap();
     w.rig.fs.write(fh, 6, b"world").await.unwrap();
     assert_eq!(
@@ -337,7 +384,12 @@ async fn a_small_new_file_is_one_put_at_close() {
 #[tokio::test]
 async fn an_empty_new_file_is_created_too() {
     let w = write_rig(1 << 30);
-    let (_, fh) = w.rig.fs.create(Ino::ROOT, "empty").await.unwrap();
+    let (_, fh) = w
+        .rig
+        .fs
+        .create(Ino::ROOT, "empty", 0o644, caller())
+        .await
+        .unwrap();
     w.rig.fs.flush(fh).await.unwrap();
     w.rig.fs.release(fh).await.unwrap();
     assert_eq!(w.rig.mem.content("empty").as_deref(), Some(&b""[..]));
@@ -347,7 +399,12 @@ async fn an_empty_new_file_is_created_too() {
 async fn a_large_file_goes_up_in_parts_and_byte_exact() {
     let w = write_rig(1 << 30);
     let data = model_bytes(12 * 1024 * 1024 + 3, 7);
-    let (_, fh) = w.rig.fs.create(Ino::ROOT, "big.bin").await.unwrap();
+    let (_, fh) = w
+        .rig
+        .fs
+        .create(Ino::ROOT, "big.bin", 0o644, caller())
+        .await
+        .unwrap();
     w.write_all(fh, &data).await;
     w.rig.fs.flush(fh).await.unwrap();
     w.rig.fs.release(fh).await.unwrap();
@@ -448,7 +505,12 @@ async fn random_writes_and_truncates_match_a_model() {
 async fn a_failed_upload_fails_close_keeps_the_bytes_and_leaves_no_parts() {
     let w = write_rig(1 << 30);
     let data = model_bytes(11 * 1024 * 1024, 9);
-    let (_, fh) = w.rig.fs.create(Ino::ROOT, "precious.bin").await.unwrap();
+    let (_, fh) = w
+        .rig
+        .fs
+        .create(Ino::ROOT, "precious.bin", 0o644, caller())
+        .await
+        .unwrap();
     w.write_all(fh, &data).await;
     w.rig.store.fail_nth(
         RequestKind::UploadPart,
@@ -471,7 +533,12 @@ async fn a_failed_upload_fails_close_keeps_the_bytes_and_leaves_no_parts() {
 #[tokio::test]
 async fn a_full_cache_refuses_writes_with_enospc() {
     let w = write_rig(64 * 1024);
-    let (_, fh) = w.rig.fs.create(Ino::ROOT, "f").await.unwrap();
+    let (_, fh) = w
+        .rig
+        .fs
+        .create(Ino::ROOT, "f", 0o644, caller())
+        .await
+        .unwrap();
     w.rig.fs.write(fh, 0, &[1u8; 60 * 1024]).await.unwrap();
     let err = w
         .rig
@@ -489,7 +556,12 @@ async fn a_full_cache_refuses_writes_with_enospc() {
 async fn sequential_writes_upload_parts_before_close() {
     let w = write_rig(1 << 30);
     let data = model_bytes(22 * 1024 * 1024, 3);
-    let (_, fh) = w.rig.fs.create(Ino::ROOT, "stream.bin").await.unwrap();
+    let (_, fh) = w
+        .rig
+        .fs
+        .create(Ino::ROOT, "stream.bin", 0o644, caller())
+        .await
+        .unwrap();
     w.write_all(fh, &data).await;
     let early = w.rig.count(RequestKind::UploadPart);
     assert!(early >= 2, "parts went up while writing ({early})");
@@ -508,7 +580,12 @@ async fn sequential_writes_upload_parts_before_close() {
 async fn writing_back_into_uploaded_parts_falls_back_to_a_whole_upload() {
     let w = write_rig(1 << 30);
     let mut data = model_bytes(22 * 1024 * 1024, 4);
-    let (_, fh) = w.rig.fs.create(Ino::ROOT, "patched.bin").await.unwrap();
+    let (_, fh) = w
+        .rig
+        .fs
+        .create(Ino::ROOT, "patched.bin", 0o644, caller())
+        .await
+        .unwrap();
     w.write_all(fh, &data).await;
     w.rig.fs.write(fh, 100, b"PATCH").await.unwrap();
     data[100..105].copy_from_slice(b"PATCH");
@@ -536,7 +613,12 @@ async fn a_part_failing_mid_stream_still_ends_with_the_right_object() {
     w.rig
         .store
         .fail_nth(RequestKind::UploadPart, 2, StoreError::Timeout);
-    let (_, fh) = w.rig.fs.create(Ino::ROOT, "flaky.bin").await.unwrap();
+    let (_, fh) = w
+        .rig
+        .fs
+        .create(Ino::ROOT, "flaky.bin", 0o644, caller())
+        .await
+        .unwrap();
     w.write_all(fh, &data).await;
     w.rig.fs.flush(fh).await.unwrap();
     w.rig.fs.release(fh).await.unwrap();
@@ -546,7 +628,12 @@ async fn a_part_failing_mid_stream_still_ends_with_the_right_object() {
 #[tokio::test]
 async fn a_file_deleted_while_being_written_does_not_come_back_at_close() {
     let w = write_rig(1 << 30);
-    let (_, fh) = w.rig.fs.create(Ino::ROOT, "tmp.part").await.unwrap();
+    let (_, fh) = w
+        .rig
+        .fs
+        .create(Ino::ROOT, "tmp.part", 0o644, caller())
+        .await
+        .unwrap();
     w.rig.fs.write(fh, 0, b"scratch").await.unwrap();
     w.rig.fs.unlink(Ino::ROOT, "tmp.part").await.unwrap();
     w.rig.fs.flush(fh).await.unwrap();

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::error::FsError;
-use crate::store::{ByteRange, ObjectStore, StoreError, UploadedPart};
+use crate::store::{ByteRange, Metadata, ObjectStore, StoreError, UploadedPart};
 
 /// Largest number of parts S3 accepts in one multipart upload.
 const MAX_PARTS: u64 = 10_000;
@@ -143,6 +143,11 @@ pub struct Staged {
     fresh: bool,
     streaming: Option<StreamingUpload>,
     pub handles: usize,
+    /// User metadata the object is uploaded with (mode, owner, xattrs…); `mtime` is set from
+    /// `modified` at each upload.
+    pub metadata: Metadata,
+    /// Last change of the content, or the time a program set with utimensat.
+    pub modified: std::time::SystemTime,
 }
 
 impl Drop for Staged {
@@ -163,8 +168,9 @@ fn io_error(e: std::io::Error) -> FsError {
 }
 
 impl Staged {
-    /// An empty staging file (a new file, or one opened with O_TRUNC).
-    pub fn empty(cache: Arc<CacheDir>, key: String) -> Result<Staged, FsError> {
+    /// An empty staging file (a new file, or one opened with O_TRUNC), to be uploaded with
+    /// `metadata`.
+    pub fn empty(cache: Arc<CacheDir>, key: String, metadata: Metadata) -> Result<Staged, FsError> {
         let n = cache.next.fetch_add(1, Ordering::Relaxed);
         let path = cache.staging.join(format!("{}-{n}", std::process::id()));
         let file = std::fs::OpenOptions::new()
@@ -186,19 +192,33 @@ impl Staged {
             fresh: true,
             streaming: None,
             handles: 0,
+            metadata,
+            modified: std::time::SystemTime::now(),
         })
+    }
+
+    /// The metadata headers for an upload now: `metadata` with the current `mtime`.
+    pub fn headers(&self) -> Metadata {
+        let mut headers = self.metadata.clone();
+        let secs = self
+            .modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        headers.insert("mtime".into(), secs.to_string());
+        headers
     }
 
     /// A staging copy of the object as it is in the bucket (for appends and in-place edits).
     pub async fn load(
         cache: Arc<CacheDir>,
-        key: String,
+        info: &crate::store::ObjectInfo,
         store: &dyn ObjectStore,
-        size: u64,
-        etag: &str,
         piece: u64,
     ) -> Result<Staged, FsError> {
-        let mut staged = Staged::empty(cache, key)?;
+        let (size, etag) = (info.size, info.etag.as_str());
+        let mut staged = Staged::empty(cache, info.key.clone(), info.metadata.clone())?;
+        staged.modified = super::meta::file_mtime(info);
         staged.grow_to(size)?;
         let mut offset = 0;
         while offset < size {
@@ -253,6 +273,7 @@ impl Staged {
         self.file.write_all_at(data, offset).map_err(io_error)?;
         self.size = self.size.max(end);
         self.dirty = true;
+        self.modified = std::time::SystemTime::now();
         Ok(data.len() as u32)
     }
 
@@ -279,7 +300,7 @@ impl Staged {
             return;
         }
         if self.streaming.is_none() {
-            match store.create_multipart(&self.key).await {
+            match store.create_multipart(&self.key, &self.headers()).await {
                 Ok(id) => {
                     self.streaming = Some(StreamingUpload {
                         id,
@@ -409,6 +430,7 @@ impl Staged {
         self.file.set_len(size).map_err(io_error)?;
         self.size = size;
         self.dirty = true;
+        self.modified = std::time::SystemTime::now();
         Ok(())
     }
 
@@ -430,7 +452,10 @@ impl Staged {
         }
         let result = match self.streaming.take() {
             Some(stream) => self.finish_streaming(stream, store, tuning).await,
-            None => upload_file(store, &self.key, &self.file, self.size, tuning).await,
+            None => {
+                let headers = self.headers();
+                upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await
+            }
         };
         // Whatever happened, the next change starts from a known state: a whole-file upload.
         self.fresh = false;
@@ -485,13 +510,16 @@ async fn upload_file(
     key: &str,
     file: &std::fs::File,
     size: u64,
+    metadata: &Metadata,
     tuning: WriteTuning,
 ) -> Result<String, StoreError> {
     let part = part_size_for(size, tuning.part_size);
     if size <= part {
-        return store.put_object(key, read_piece(file, 0, size)?).await;
+        return store
+            .put_object(key, read_piece(file, 0, size)?, metadata)
+            .await;
     }
-    let upload_id = store.create_multipart(key).await?;
+    let upload_id = store.create_multipart(key, metadata).await?;
     let finished = match upload_range(store, key, &upload_id, file, 0, size, part, 1, tuning).await
     {
         Ok(parts) => store.complete_multipart(key, &upload_id, &parts).await,
@@ -502,7 +530,7 @@ async fn upload_file(
 
 /// Passes `result` through; when it is a failure, first aborts the upload so that no parts
 /// stay behind (and billed).
-async fn abort_if_failed(
+pub async fn abort_if_failed(
     store: &Arc<dyn ObjectStore>,
     key: &str,
     upload_id: &str,

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ByteRange, ListPage, ListRequest, ObjectInfo, ObjectStore, RequestKind, StoreError,
+    ByteRange, ListPage, ListRequest, Metadata, ObjectInfo, ObjectStore, RequestKind, StoreError,
     UploadedPart,
 };
 
@@ -129,10 +129,15 @@ impl ObjectStore for Instrumented {
         self.finish(self.inner.list(request).await)
     }
 
-    async fn put_object(&self, key: &str, body: Bytes) -> Result<String, StoreError> {
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+    ) -> Result<String, StoreError> {
         self.begin(RequestKind::Put)?;
         let len = body.len() as u64;
-        let result = self.finish(self.inner.put_object(key, body).await);
+        let result = self.finish(self.inner.put_object(key, body, metadata).await);
         if result.is_ok() {
             self.counters
                 .bytes_written
@@ -146,14 +151,35 @@ impl ObjectStore for Instrumented {
         self.finish(self.inner.delete_object(key).await)
     }
 
-    async fn copy_object(&self, from: &str, to: &str) -> Result<(), StoreError> {
+    async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        metadata: Option<&Metadata>,
+    ) -> Result<String, StoreError> {
         self.begin(RequestKind::Copy)?;
-        self.finish(self.inner.copy_object(from, to).await)
+        self.finish(self.inner.copy_object(from, to, metadata).await)
     }
 
-    async fn create_multipart(&self, key: &str) -> Result<String, StoreError> {
+    async fn create_multipart(&self, key: &str, metadata: &Metadata) -> Result<String, StoreError> {
         self.begin(RequestKind::CreateMultipart)?;
-        self.finish(self.inner.create_multipart(key).await)
+        self.finish(self.inner.create_multipart(key, metadata).await)
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        source: &str,
+        range: ByteRange,
+    ) -> Result<String, StoreError> {
+        self.begin(RequestKind::PartCopy)?;
+        self.finish(
+            self.inner
+                .upload_part_copy(key, upload_id, number, source, range)
+                .await,
+        )
     }
 
     async fn upload_part(

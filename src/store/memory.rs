@@ -7,7 +7,9 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ByteRange, ListPage, ListRequest, ObjectInfo, ObjectStore, StoreError, UploadedPart};
+use super::{
+    ByteRange, ListPage, ListRequest, Metadata, ObjectInfo, ObjectStore, StoreError, UploadedPart,
+};
 
 #[derive(Clone, Debug)]
 struct MemObject {
@@ -17,8 +19,8 @@ struct MemObject {
     metadata: BTreeMap<String, String>,
 }
 
-/// A multipart upload in progress: its key and parts by number.
-type Upload = (String, BTreeMap<u32, Bytes>);
+/// A multipart upload in progress: its key, parts by number, and the metadata it will carry.
+type Upload = (String, BTreeMap<u32, Bytes>, Metadata);
 
 /// Objects kept in a sorted map, so listings come out in S3's byte-wise key order.
 #[derive(Default)]
@@ -62,6 +64,11 @@ impl MemoryStore {
         self.uploads.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// The user metadata of `key`, if it exists.
+    pub fn metadata(&self, key: &str) -> Option<Metadata> {
+        self.lock().get(key).map(|o| o.metadata.clone())
+    }
+
     /// The content of `key`, if it exists.
     pub fn content(&self, key: &str) -> Option<Bytes> {
         self.lock().get(key).map(|o| o.data.clone())
@@ -88,6 +95,7 @@ impl MemoryStore {
             } else {
                 BTreeMap::new()
             },
+            storage_class: None,
         }
     }
 }
@@ -159,8 +167,13 @@ impl ObjectStore for MemoryStore {
         Ok(page)
     }
 
-    async fn put_object(&self, key: &str, body: Bytes) -> Result<String, StoreError> {
-        self.put(key, body);
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+    ) -> Result<String, StoreError> {
+        self.put_with_metadata(key, body, metadata.clone());
         Ok(self
             .lock()
             .get(key)
@@ -173,20 +186,54 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
-    async fn copy_object(&self, from: &str, to: &str) -> Result<(), StoreError> {
+    async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        metadata: Option<&Metadata>,
+    ) -> Result<String, StoreError> {
         let source = self.lock().get(from).cloned().ok_or(StoreError::NotFound)?;
-        self.put_with_metadata(to, source.data, source.metadata);
-        Ok(())
+        let metadata = metadata.cloned().unwrap_or(source.metadata);
+        self.put_object(to, source.data, &metadata).await
     }
 
-    async fn create_multipart(&self, key: &str) -> Result<String, StoreError> {
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        source: &str,
+        range: ByteRange,
+    ) -> Result<String, StoreError> {
+        let data = self.lock().get(source).map(|o| o.data.clone());
+        let data = data.ok_or(StoreError::NotFound)?;
+        if range.end > data.len() as u64 || range.is_empty() {
+            return Err(StoreError::Other(
+                "InvalidRange: copy range outside the source".into(),
+            ));
+        }
+        let body = data.slice(range.start as usize..range.end as usize);
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        match uploads.get_mut(upload_id) {
+            Some((k, parts, _)) if k == key => {
+                parts.insert(number, body);
+                Ok(format!("\"copy{number}\""))
+            }
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    async fn create_multipart(&self, key: &str, metadata: &Metadata) -> Result<String, StoreError> {
         let id = format!(
             "upload-{}",
             self.versions
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
-        uploads.insert(id.clone(), (key.to_string(), BTreeMap::new()));
+        uploads.insert(
+            id.clone(),
+            (key.to_string(), BTreeMap::new(), metadata.clone()),
+        );
         Ok(id)
     }
 
@@ -199,7 +246,7 @@ impl ObjectStore for MemoryStore {
     ) -> Result<String, StoreError> {
         let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
         match uploads.get_mut(upload_id) {
-            Some((k, parts)) if k == key => {
+            Some((k, parts, _)) if k == key => {
                 parts.insert(number, body);
                 Ok(format!("\"part{number}\""))
             }
@@ -213,7 +260,7 @@ impl ObjectStore for MemoryStore {
         upload_id: &str,
         parts: &[UploadedPart],
     ) -> Result<String, StoreError> {
-        let (k, stored) = {
+        let (k, stored, metadata) = {
             let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
             uploads.remove(upload_id).ok_or(StoreError::NotFound)?
         };
@@ -227,7 +274,7 @@ impl ObjectStore for MemoryStore {
             })?;
             whole.extend_from_slice(data);
         }
-        self.put_object(key, Bytes::from(whole)).await
+        self.put_object(key, Bytes::from(whole), &metadata).await
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {

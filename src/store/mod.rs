@@ -23,8 +23,13 @@ pub struct ObjectInfo {
     pub etag: String,
     /// User metadata (`x-amz-meta-*`) with the prefix removed and names lower-cased.
     /// Listings never carry it, so it is empty for listed objects.
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
+    /// The storage class, when the server names one (HEAD omits it for STANDARD).
+    pub storage_class: Option<String>,
 }
+
+/// User metadata: `x-amz-meta-*` names (prefix removed, lower case) and their values.
+pub type Metadata = BTreeMap<String, String>;
 
 /// One ListObjectsV2 request.
 #[derive(Clone, Debug, Default)]
@@ -79,10 +84,11 @@ pub enum RequestKind {
     AbortMultipart,
     Delete,
     Copy,
+    PartCopy,
 }
 
 impl RequestKind {
-    pub const ALL: [RequestKind; 10] = [
+    pub const ALL: [RequestKind; 11] = [
         RequestKind::Head,
         RequestKind::List,
         RequestKind::Get,
@@ -93,6 +99,7 @@ impl RequestKind {
         RequestKind::AbortMultipart,
         RequestKind::Delete,
         RequestKind::Copy,
+        RequestKind::PartCopy,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -106,6 +113,7 @@ impl RequestKind {
             RequestKind::AbortMultipart => "MPU_ABORT",
             RequestKind::Delete => "DELETE",
             RequestKind::Copy => "COPY",
+            RequestKind::PartCopy => "MPU_PART_COPY",
         }
     }
 }
@@ -167,11 +175,27 @@ pub trait ObjectStore: Send + Sync + 'static {
         buffer: bytes::BytesMut,
     ) -> Result<Bytes, StoreError>;
 
-    /// Stores `body` as `key` in one request; returns the new ETag.
-    async fn put_object(&self, key: &str, body: Bytes) -> Result<String, StoreError>;
+    /// Stores `body` as `key` in one request, with `metadata`; returns the new ETag.
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+    ) -> Result<String, StoreError>;
 
-    /// Starts a multipart upload of `key`; returns its upload id.
-    async fn create_multipart(&self, key: &str) -> Result<String, StoreError>;
+    /// Starts a multipart upload of `key` that will carry `metadata`; returns its upload id.
+    async fn create_multipart(&self, key: &str, metadata: &Metadata) -> Result<String, StoreError>;
+
+    /// Makes `range` of the object `source` part `number` of an upload (UploadPartCopy: the
+    /// bytes never leave the server); returns the part's ETag.
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        source: &str,
+        range: ByteRange,
+    ) -> Result<String, StoreError>;
 
     /// Uploads part `number` (1-based) of an upload; returns the part's ETag.
     async fn upload_part(
@@ -196,8 +220,15 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Removes `key` (succeeds when it did not exist).
     async fn delete_object(&self, key: &str) -> Result<(), StoreError>;
 
-    /// Copies `from` to `to` inside the bucket, user metadata included (up to 5 GiB).
-    async fn copy_object(&self, from: &str, to: &str) -> Result<(), StoreError>;
+    /// Copies `from` to `to` inside the bucket (up to 5 GiB), keeping the user metadata, or
+    /// replacing it with `metadata` when given (`from == to` then updates metadata in place).
+    /// Returns the new object's ETag.
+    async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        metadata: Option<&Metadata>,
+    ) -> Result<String, StoreError>;
 
     /// `get_range_into` with a fresh buffer.
     async fn get_range(

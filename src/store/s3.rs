@@ -17,7 +17,9 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
 
-use super::{ByteRange, ListPage, ListRequest, ObjectInfo, ObjectStore, StoreError, UploadedPart};
+use super::{
+    ByteRange, ListPage, ListRequest, Metadata, ObjectInfo, ObjectStore, StoreError, UploadedPart,
+};
 
 /// Where credentials come from.
 #[derive(Clone, Debug)]
@@ -68,6 +70,11 @@ pub struct S3Store {
 const FALLBACK_REGION: &str = "us-east-1";
 
 impl S3Store {
+    /// `x-amz-copy-source` for a key of this bucket.
+    fn copy_source(&self, key: &str) -> String {
+        format!("{}/{}", self.bucket, percent_encode_key(key))
+    }
+
     /// Builds the client and resolves credentials once, so that a missing or broken credential
     /// source is reported before anything is mounted.
     pub async fn connect(settings: &S3Settings) -> Result<S3Store, StoreError> {
@@ -338,6 +345,7 @@ impl ObjectStore for S3Store {
             last_modified: to_system_time(out.last_modified()),
             etag: out.e_tag().unwrap_or_default().to_string(),
             metadata,
+            storage_class: out.storage_class().map(|c| c.as_str().to_string()),
         })
     }
 
@@ -365,6 +373,7 @@ impl ObjectStore for S3Store {
                     last_modified: to_system_time(o.last_modified()),
                     etag: o.e_tag().unwrap_or_default().to_string(),
                     metadata: Default::default(),
+                    storage_class: o.storage_class().map(|c| c.as_str().to_string()),
                 })
             })
             .collect();
@@ -385,12 +394,18 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn put_object(&self, key: &str, body: Bytes) -> Result<String, StoreError> {
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &Metadata,
+    ) -> Result<String, StoreError> {
         let out = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_metadata(metadata_or_none(metadata))
             .body(aws_sdk_s3::primitives::ByteStream::from(body))
             .send()
             .await
@@ -409,24 +424,65 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    async fn copy_object(&self, from: &str, to: &str) -> Result<(), StoreError> {
-        self.client
+    async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        metadata: Option<&Metadata>,
+    ) -> Result<String, StoreError> {
+        let mut call = self
+            .client
             .copy_object()
             .bucket(&self.bucket)
             .key(to)
-            .copy_source(format!("{}/{}", self.bucket, percent_encode_key(from)))
+            .copy_source(self.copy_source(from));
+        if let Some(metadata) = metadata {
+            call = call
+                .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+                .set_metadata(metadata_or_none(metadata));
+        }
+        let out = call.send().await.map_err(classify)?;
+        Ok(out
+            .copy_object_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        source: &str,
+        range: ByteRange,
+    ) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .copy_source(self.copy_source(source))
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
             .send()
             .await
             .map_err(classify)?;
-        Ok(())
+        Ok(out
+            .copy_part_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or_default()
+            .to_string())
     }
 
-    async fn create_multipart(&self, key: &str) -> Result<String, StoreError> {
+    async fn create_multipart(&self, key: &str, metadata: &Metadata) -> Result<String, StoreError> {
         let out = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
+            .set_metadata(metadata_or_none(metadata))
             .send()
             .await
             .map_err(classify)?;
@@ -534,6 +590,20 @@ impl ObjectStore for S3Store {
             buffer.extend_from_slice(&chunk);
         }
         Ok(buffer.freeze())
+    }
+}
+
+/// The SDK's form of user metadata; `None` when there is none, so no empty header is sent.
+fn metadata_or_none(metadata: &Metadata) -> Option<std::collections::HashMap<String, String>> {
+    if metadata.is_empty() {
+        None
+    } else {
+        Some(
+            metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
     }
 }
 

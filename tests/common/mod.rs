@@ -521,3 +521,81 @@ impl Drop for TlsFront {
         let _ = self.child.wait();
     }
 }
+
+/// s3fs (the Debian package) mounted on a test bucket, for compatibility tests: what one tool
+/// writes, the other must read. Unmounted (and its process ended) on drop.
+pub struct S3fs {
+    pub path: PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl S3fs {
+    pub fn mount(bucket: &str) -> S3fs {
+        let g = garage();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).expect("mountpoint");
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, format!("{}:{}\n", g.key_id, g.secret)).expect("passwd");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let child = Command::new("s3fs")
+            .arg(bucket)
+            .arg(&path)
+            .arg("-f")
+            .arg("-o")
+            .arg(format!(
+                "url={},use_path_request_style,endpoint=garage,passwd_file={},use_xattr",
+                g.endpoint,
+                passwd.display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3fs is installed by scripts/install-deps.sh");
+        let mut s3fs = S3fs {
+            path,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(&s3fs.path) {
+            if let Ok(Some(status)) = s3fs.child.try_wait() {
+                panic!("s3fs exited: {status}");
+            }
+            assert!(Instant::now() < deadline, "s3fs did not mount");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s3fs
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Unmounts and waits for s3fs to finish its uploads and exit.
+    pub fn unmount(&mut self) {
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.path)
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3fs {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}

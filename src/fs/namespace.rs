@@ -1,0 +1,548 @@
+//! Changes to the tree and to attributes: unlink, mkdir, rmdir, rename (files and whole
+//! directories), symlinks, and chmod/chown/utimensat stored as s3fs-style metadata.
+//!
+//! S3 has no rename and no in-place metadata update: both are CopyObject (UploadPartCopy
+//! above the single-copy limit), followed by a delete for a rename.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::error::FsError;
+use super::inode::Ino;
+use super::meta::{apply_change, attr_headers, dir_attr, file_attr, AttrChange};
+use super::write::{abort_if_failed, part_size_for};
+use super::{lock, Attr, Fs, Kind, OpenFile};
+use crate::store::{ByteRange, ListRequest, Metadata, StoreError, UploadedPart};
+
+/// Objects copied at once by a directory rename.
+const RENAME_CONCURRENCY: usize = 16;
+
+/// What the caller (the kernel request) is: new objects are owned by it.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Fs {
+    /// Removes a file (DeleteObject). An open file being written is discarded at its close.
+    pub async fn unlink(&self, parent: Ino, name: &str) -> Result<(), FsError> {
+        self.writable()?;
+        let (_, path) = self.child(parent, name)?;
+        let ino = lock(&self.inodes).peek(Kind::File, &path);
+        if let Some(staged) = self.staged_of(ino) {
+            staged.lock().await.discard();
+        }
+        let key = self.key_of(&path);
+        self.store.delete_object(&key).await?;
+        self.meta.forget_attr(ino);
+        self.meta.forget_head(&key);
+        self.meta.put_miss(parent, name);
+        Ok(())
+    }
+
+    /// Creates a directory as a `dir/` marker object (carrying its mode and owner), so that
+    /// it survives while empty.
+    pub async fn mkdir(
+        &self,
+        parent: Ino,
+        name: &str,
+        perm: u16,
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
+        self.writable()?;
+        let (_, path) = self.child(parent, name)?;
+        let ino = lock(&self.inodes).peek(Kind::Dir, &path);
+        let attr = Attr {
+            perm,
+            uid: caller.uid,
+            gid: caller.gid,
+            mtime: std::time::SystemTime::now(),
+            ..dir_attr(ino, None, &self.cfg)
+        };
+        self.store
+            .put_object(
+                &self.dir_prefix(&path),
+                Bytes::new(),
+                &attr_headers(&attr, &Metadata::new()),
+            )
+            .await?;
+        lock(&self.inodes).remember(parent, Kind::Dir, &path);
+        self.meta.forget_miss(parent, name);
+        self.meta.put_attr(attr.clone());
+        Ok(attr)
+    }
+
+    /// Removes an empty directory (its marker, if it has one).
+    pub async fn rmdir(&self, parent: Ino, name: &str) -> Result<(), FsError> {
+        self.writable()?;
+        let (_, path) = self.child(parent, name)?;
+        let prefix = self.dir_prefix(&path);
+        let page = self
+            .store
+            .list(ListRequest {
+                prefix: prefix.clone(),
+                delimited: true,
+                max_keys: 2,
+                continuation: None,
+            })
+            .await?;
+        if !page.prefixes.is_empty() || page.objects.iter().any(|o| o.key != prefix) {
+            return Err(FsError::NotEmpty);
+        }
+        self.store.delete_object(&prefix).await?;
+        let ino = lock(&self.inodes).peek(Kind::Dir, &path);
+        self.meta.forget_attr(ino);
+        self.meta.put_miss(parent, name);
+        Ok(())
+    }
+
+    /// Creates a symbolic link the way s3fs stores one: an object whose content is the target
+    /// and whose mode says S_IFLNK, so that either tool reads the other's links.
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &str,
+        target: &str,
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
+        self.writable()?;
+        let (_, path) = self.child(parent, name)?;
+        if target.is_empty() || target.len() > 4096 {
+            return Err(FsError::Invalid);
+        }
+        let ino = lock(&self.inodes).peek(Kind::Symlink, &path);
+        let mut attr = Attr {
+            ino,
+            kind: Kind::Symlink,
+            size: target.len() as u64,
+            mtime: std::time::SystemTime::now(),
+            perm: 0o777,
+            uid: caller.uid,
+            gid: caller.gid,
+            etag: None,
+        };
+        let etag = self
+            .store
+            .put_object(
+                &self.key_of(&path),
+                Bytes::copy_from_slice(target.as_bytes()),
+                &attr_headers(&attr, &Metadata::new()),
+            )
+            .await?;
+        attr.etag = Some(etag);
+        lock(&self.inodes).remember(parent, Kind::Symlink, &path);
+        self.meta.forget_miss(parent, name);
+        self.meta.put_attr(attr.clone());
+        Ok(attr)
+    }
+
+    /// The target of a symbolic link.
+    pub async fn readlink(&self, ino: Ino) -> Result<Bytes, FsError> {
+        let attr = self.getattr(ino).await?;
+        if attr.kind != Kind::Symlink {
+            return Err(FsError::Invalid);
+        }
+        let node = self.node(ino)?;
+        let data = self
+            .store
+            .get_range(
+                &self.key_of(&node.path),
+                ByteRange::new(0, attr.size),
+                attr.etag.as_deref(),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::PreconditionFailed => FsError::Changed,
+                other => other.into(),
+            })?;
+        Ok(data)
+    }
+
+    /// chmod, chown, utimensat: stored as s3fs's metadata headers.
+    pub async fn set_attr(&self, ino: Ino, change: AttrChange) -> Result<Attr, FsError> {
+        self.writable()?;
+        if change.is_empty() {
+            return self.getattr(ino).await;
+        }
+        self.edit_metadata(ino, &|current, headers| {
+            let new = apply_change(current, &change, headers);
+            *headers = attr_headers(&new, headers);
+            Ok(new)
+        })
+        .await
+    }
+
+    /// Changes the user metadata of a file, symlink or directory with `edit` (which gets the
+    /// current attributes and headers, and returns the new attributes), by copying the object
+    /// onto itself with the new metadata (no data moves). A file being written takes the
+    /// change into its coming upload instead; a directory keeps it on its marker (made if
+    /// missing).
+    pub(super) async fn edit_metadata(
+        &self,
+        ino: Ino,
+        edit: &(dyn Fn(&Attr, &mut Metadata) -> Result<Attr, FsError> + Send + Sync),
+    ) -> Result<Attr, FsError> {
+        let node = self.node(ino)?;
+        if let Some(staged) = self.staged_of(ino) {
+            let mut s = staged.lock().await;
+            let current = self.written_attr(ino, s.size(), None, &s.headers());
+            let mut headers = s.metadata.clone();
+            let new = edit(&current, &mut headers)?;
+            s.metadata = headers;
+            if new.mtime != current.mtime {
+                s.modified = new.mtime;
+            }
+            if !s.is_dirty() {
+                // Nothing to upload at close: the bucket's object takes the change now.
+                let key = s.key.clone();
+                self.copy_whole(&key, &key, s.size(), Some(&s.headers()))
+                    .await?;
+                self.meta.forget_head(&key);
+            }
+            return Ok(self.written_attr(ino, s.size(), None, &s.headers()));
+        }
+        let (key, marker_of_dir) = match node.kind {
+            Kind::Dir if node.path.is_empty() && self.prefix.is_empty() => {
+                // The bucket's root has no object to carry metadata.
+                return Err(FsError::NotPermitted);
+            }
+            Kind::Dir => (self.dir_prefix(&node.path), true),
+            Kind::File | Kind::Symlink => (self.key_of(&node.path), false),
+        };
+        let info = match self.store.head(&key).await {
+            Ok(info) => Some(info),
+            Err(StoreError::NotFound) if marker_of_dir => None,
+            Err(e) => return Err(e.into()),
+        };
+        let current = match (&info, marker_of_dir) {
+            (_, true) => dir_attr(ino, info.as_ref(), &self.cfg),
+            (Some(info), false) => file_attr(ino, info, &self.cfg),
+            (None, false) => return Err(FsError::NotFound),
+        };
+        let mut headers = info
+            .as_ref()
+            .map(|i| i.metadata.clone())
+            .unwrap_or_default();
+        let mut new = edit(&current, &mut headers)?;
+        let etag = match &info {
+            Some(info) => {
+                self.copy_whole(&key, &key, info.size, Some(&headers))
+                    .await?
+            }
+            // An implicit directory gets a marker to hold its attributes.
+            None => self.store.put_object(&key, Bytes::new(), &headers).await?,
+        };
+        if !marker_of_dir {
+            new.etag = Some(etag.clone());
+            self.cached_etags.insert(ino, etag);
+        }
+        self.meta.forget_head(&key);
+        self.meta.put_attr(new.clone());
+        Ok(new)
+    }
+
+    /// Copies one object (CopyObject up to the single-copy limit, UploadPartCopy parts above
+    /// it), keeping its metadata or replacing it with `metadata`. Returns the new ETag.
+    pub(super) async fn copy_whole(
+        &self,
+        from: &str,
+        to: &str,
+        size: u64,
+        metadata: Option<&Metadata>,
+    ) -> Result<String, FsError> {
+        if size <= self.cfg.copy_limit {
+            return Ok(self.store.copy_object(from, to, metadata).await?);
+        }
+        let metadata = match metadata {
+            Some(m) => m.clone(),
+            None => self.store.head(from).await?.metadata,
+        };
+        let part = part_size_for(size, self.cfg.copy_part_size);
+        let upload_id = self.store.create_multipart(to, &metadata).await?;
+        let store = &self.store;
+        let upload = upload_id.as_str();
+        let parts: Result<Vec<UploadedPart>, StoreError> =
+            futures::stream::iter(0..size.div_ceil(part))
+                .map(|i| async move {
+                    let range = ByteRange::new(i * part, size.min((i + 1) * part));
+                    let number = i as u32 + 1;
+                    let etag = store
+                        .upload_part_copy(to, upload, number, from, range)
+                        .await?;
+                    Ok(UploadedPart { number, etag })
+                })
+                .buffered(self.cfg.write.upload_concurrency.max(1))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect();
+        let finished = match parts {
+            Ok(parts) => self.store.complete_multipart(to, &upload_id, &parts).await,
+            Err(e) => Err(e),
+        };
+        Ok(abort_if_failed(&self.store, to, &upload_id, finished).await?)
+    }
+
+    /// Points open readers of `ino` (or of keys below a renamed directory) at the new key.
+    async fn move_readers(&self, moved: &std::collections::HashMap<String, (String, String)>) {
+        let readers: Vec<_> = lock(&self.files)
+            .values()
+            .filter(|f| matches!(f.as_ref(), OpenFile::Object(_)))
+            .cloned()
+            .collect();
+        for file in readers {
+            if let OpenFile::Object(reader) = file.as_ref() {
+                let mut reader = reader.lock().await;
+                if let Some((key, etag)) = moved.get(reader.key()) {
+                    reader.moved(key.clone(), etag.clone());
+                }
+            }
+        }
+    }
+
+    /// Renames a file (CopyObject, metadata kept, then DeleteObject) or a directory (every
+    /// object below it, the same way). With `no_replace`, an existing target is an error.
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &str,
+        new_parent: Ino,
+        new_name: &str,
+        no_replace: bool,
+    ) -> Result<(), FsError> {
+        self.writable()?;
+        let (_, from) = self.child(parent, name)?;
+        let (_, to) = self.child(new_parent, new_name)?;
+        let (ino, is_dir) = {
+            let inodes = lock(&self.inodes);
+            let file = inodes.peek(Kind::File, &from);
+            let dir = inodes.peek(Kind::Dir, &from);
+            if inodes.get(file).is_none() && inodes.get(dir).is_some() {
+                (dir, true)
+            } else {
+                (file, false)
+            }
+        };
+        if is_dir {
+            self.rename_dir(ino, &from, &to, no_replace).await?;
+        } else {
+            self.rename_file(ino, &from, &to, no_replace).await?;
+            lock(&self.inodes).move_to(ino, new_parent, &to);
+        }
+        if is_dir {
+            let moved = {
+                let mut inodes = lock(&self.inodes);
+                inodes.move_to(ino, new_parent, &to);
+                inodes.move_tree(&from, &to)
+            };
+            // Copies may carry new ETags: attributes are asked again.
+            for moved in moved {
+                self.meta.forget_attr(moved);
+            }
+        }
+        self.meta.forget_attr(ino);
+        self.meta.put_miss(parent, name);
+        self.meta.forget_miss(new_parent, new_name);
+        Ok(())
+    }
+
+    async fn rename_file(
+        &self,
+        ino: Ino,
+        from: &str,
+        to: &str,
+        no_replace: bool,
+    ) -> Result<(), FsError> {
+        let (from_key, to_key) = (self.key_of(from), self.key_of(to));
+        if no_replace {
+            match self.store.head(&to_key).await {
+                Ok(_) => return Err(FsError::Exists),
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // A file being written goes up first, so that the copy has its latest bytes.
+        if let Some(staged) = self.staged_of(ino) {
+            let mut s = staged.lock().await;
+            self.upload_staged(ino, &mut s).await?;
+            s.key = to_key.clone();
+        }
+        let size = self.getattr(ino).await?.size;
+        let etag = self.copy_whole(&from_key, &to_key, size, None).await?;
+        self.store.delete_object(&from_key).await?;
+        self.meta.forget_head(&from_key);
+        let moved = std::collections::HashMap::from([(from_key, (to_key, etag))]);
+        self.move_readers(&moved).await;
+        Ok(())
+    }
+
+    /// Moves every object below `from` to `to`, each one copied then deleted, several at
+    /// once. If it stops halfway, every object is still at its old or its new place (never
+    /// neither) and the log says how to finish.
+    async fn rename_dir(
+        &self,
+        dir_ino: Ino,
+        from: &str,
+        to: &str,
+        no_replace: bool,
+    ) -> Result<(), FsError> {
+        let (from_prefix, to_prefix) = (self.dir_prefix(from), self.dir_prefix(to));
+        if to_prefix.starts_with(&from_prefix) {
+            return Err(FsError::Invalid);
+        }
+        let target = self
+            .store
+            .list(ListRequest {
+                prefix: to_prefix.clone(),
+                delimited: true,
+                max_keys: 2,
+                continuation: None,
+            })
+            .await?;
+        if !target.prefixes.is_empty() || target.objects.iter().any(|o| o.key != to_prefix) {
+            return Err(FsError::NotEmpty);
+        }
+        if no_replace && !target.objects.is_empty() {
+            return Err(FsError::Exists);
+        }
+        match self.store.head(&self.key_of(to)).await {
+            Ok(_) => return Err(FsError::NotDir),
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let objects = self.objects_below(&from_prefix, from).await?;
+        if objects.is_empty() && lock(&self.staged).is_empty() {
+            return Err(FsError::NotFound);
+        }
+        // Files being written below go up first; they upload to their new keys afterwards.
+        let staged: Vec<_> = lock(&self.staged)
+            .iter()
+            .map(|(ino, s)| (*ino, s.clone()))
+            .collect();
+        let mut moving_staged = Vec::new();
+        for (ino, staged) in staged {
+            let mut s = staged.lock().await;
+            if s.key.starts_with(&from_prefix) {
+                self.upload_staged(ino, &mut s).await?;
+                drop(s);
+                moving_staged.push(staged);
+            }
+        }
+        // Listed again after those uploads, so a file created just now moves too.
+        let objects = if moving_staged.is_empty() {
+            objects
+        } else {
+            self.objects_below(&from_prefix, from).await?
+        };
+        let total = objects.len();
+        let stop = AtomicBool::new(false);
+        let done = AtomicUsize::new(0);
+        let moves = futures::stream::iter(objects)
+            .map(|(key, size)| {
+                let new_key = format!("{to_prefix}{}", &key[from_prefix.len()..]);
+                let (stop, done) = (&stop, &done);
+                async move {
+                    if stop.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    let moved = async {
+                        let etag = self.copy_whole(&key, &new_key, size, None).await?;
+                        self.store.delete_object(&key).await?;
+                        Ok::<_, FsError>(etag)
+                    }
+                    .await;
+                    match moved {
+                        Ok(etag) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            Some(Ok((key, (new_key, etag))))
+                        }
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            Some(Err((key, e)))
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(RENAME_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        let mut moved = std::collections::HashMap::new();
+        let mut failure = None;
+        for result in moves.into_iter().flatten() {
+            match result {
+                Ok((key, target)) => {
+                    moved.insert(key, target);
+                }
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        for key in moved.keys() {
+            self.meta.forget_head(key);
+        }
+        self.move_readers(&moved).await;
+        if let Some((key, error)) = failure {
+            let done = done.load(Ordering::Relaxed);
+            tracing::error!(
+                from = %from_prefix,
+                to = %to_prefix,
+                moved = done,
+                left = total - done,
+                failed_key = %key,
+                %error,
+                "directory rename stopped halfway: every object is either still below the old \
+                 name or already below the new one, none is lost. To finish, move what is left \
+                 (e.g. `cp -a OLD/. NEW/ && rm -r OLD` inside the mount)"
+            );
+            return Err(error);
+        }
+        for staged in moving_staged {
+            let mut s = staged.lock().await;
+            if let Some(rest) = s.key.strip_prefix(&from_prefix) {
+                s.key = format!("{to_prefix}{rest}");
+            }
+        }
+        tracing::debug!(from = %from_prefix, to = %to_prefix, objects = total, ino = dir_ino.0, "directory renamed");
+        Ok(())
+    }
+
+    /// Every object below `prefix` (key, size), refusing with EXDEV above the rename limit.
+    async fn objects_below(&self, prefix: &str, path: &str) -> Result<Vec<(String, u64)>, FsError> {
+        let mut objects = Vec::new();
+        let mut continuation = None;
+        loop {
+            let page = self
+                .store
+                .list(ListRequest {
+                    prefix: prefix.to_string(),
+                    delimited: false,
+                    max_keys: 1000,
+                    continuation,
+                })
+                .await?;
+            objects.extend(page.objects.into_iter().map(|o| (o.key, o.size)));
+            let limit = self.cfg.max_dir_rename_objects;
+            if objects.len() as u64 > limit {
+                tracing::warn!(
+                    directory = path,
+                    limit,
+                    "directory rename refused: it holds more objects than --max-dir-rename-objects \
+                     ({limit}); answered EXDEV, so `mv` copies and deletes file by file instead. \
+                     Raise the limit to let pailfs move it with server-side copies."
+                );
+                return Err(FsError::CrossDevice);
+            }
+            match page.next {
+                Some(token) => continuation = Some(token),
+                None => return Ok(objects),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) fn caller() -> Caller {
+    Caller { uid: 0, gid: 0 }
+}

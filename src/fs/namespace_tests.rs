@@ -1,0 +1,353 @@
+//! Tests of namespace and metadata changes on the in-memory store.
+
+use super::meta::AttrChange;
+use super::namespace::caller;
+use super::tests::{write_rig, write_rig_with};
+use super::*;
+use crate::store::RequestKind;
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test]
+async fn chmod_chown_and_touch_are_stored_as_s3fs_headers_without_moving_data() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    w.rig.mem.put("doc.txt", "content");
+    let a = fs.lookup(Ino::ROOT, "doc.txt").await.unwrap();
+    assert_eq!(a.perm, 0o644, "no metadata: the mount's default");
+    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    let changed = fs
+        .set_attr(
+            a.ino,
+            AttrChange {
+                perm: Some(0o600),
+                uid: Some(1234),
+                gid: Some(99),
+                mtime: Some(when),
+                ..AttrChange::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((changed.perm, changed.uid, changed.gid), (0o600, 1234, 99));
+    let meta = w.rig.mem.metadata("doc.txt").unwrap();
+    assert_eq!(
+        meta["mode"],
+        (0o100600).to_string(),
+        "whole st_mode, decimal"
+    );
+    assert_eq!(meta["uid"], "1234");
+    assert_eq!(meta["mtime"], "1500000000");
+    assert_eq!(
+        w.rig.mem.content("doc.txt").as_deref(),
+        Some(&b"content"[..])
+    );
+    assert_eq!(w.rig.count(RequestKind::Copy), 1, "one copy onto itself");
+    assert_eq!(w.rig.count(RequestKind::Put), 0, "no data uploaded");
+    // What a fresh mount (or s3fs) reads back.
+    let fresh = write_rig(1 << 30);
+    fresh
+        .rig
+        .mem
+        .put_with_metadata("doc.txt", "content", meta.clone());
+    let back = fresh.rig.fs.lookup(Ino::ROOT, "doc.txt").await.unwrap();
+    assert_eq!((back.perm, back.uid, back.gid), (0o600, 1234, 99));
+    assert_eq!(secs(back.mtime), 1_500_000_000);
+}
+
+#[tokio::test]
+async fn new_files_and_directories_carry_mode_and_owner() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    let who = namespace::Caller { uid: 42, gid: 43 };
+    let (_, fh) = fs.create(Ino::ROOT, "f", 0o640, who).await.unwrap();
+    fs.write(fh, 0, b"x").await.unwrap();
+    fs.release(fh).await.unwrap();
+    let meta = w.rig.mem.metadata("f").unwrap();
+    assert_eq!(meta["mode"], (0o100640).to_string());
+    assert_eq!((meta["uid"].as_str(), meta["gid"].as_str()), ("42", "43"));
+    let d = fs.mkdir(Ino::ROOT, "d", 0o700, who).await.unwrap();
+    assert_eq!(d.perm, 0o700);
+    let meta = w.rig.mem.metadata("d/").unwrap();
+    assert_eq!(meta["mode"], (0o040700).to_string());
+    // A rewrite keeps mode and owner, as a local file would.
+    let f = fs.lookup(Ino::ROOT, "f").await.unwrap();
+    let (fh, _) = fs.open(f.ino, true, true).await.unwrap();
+    fs.write(fh, 0, b"new").await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(
+        w.rig.mem.metadata("f").unwrap()["mode"],
+        (0o100640).to_string()
+    );
+    assert_eq!(w.rig.mem.content("f").as_deref(), Some(&b"new"[..]));
+}
+
+#[tokio::test]
+async fn chmod_of_a_file_being_written_goes_up_with_it() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    let (a, fh) = fs.create(Ino::ROOT, "s.sh", 0o644, caller()).await.unwrap();
+    fs.write(fh, 0, b"#!/bin/sh\n").await.unwrap();
+    let changed = fs
+        .set_attr(
+            a.ino,
+            AttrChange {
+                perm: Some(0o755),
+                ..AttrChange::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.perm, 0o755);
+    assert_eq!(w.rig.count(RequestKind::Copy), 0, "nothing to copy yet");
+    fs.release(fh).await.unwrap();
+    assert_eq!(
+        w.rig.mem.metadata("s.sh").unwrap()["mode"],
+        (0o100755).to_string()
+    );
+}
+
+#[tokio::test]
+async fn symlinks_are_stored_and_read_the_s3fs_way() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    let link = fs
+        .symlink(Ino::ROOT, "latest", "releases/v2.tar", caller())
+        .await
+        .unwrap();
+    assert_eq!(link.kind, Kind::Symlink);
+    assert_eq!(
+        w.rig.mem.content("latest").as_deref(),
+        Some(&b"releases/v2.tar"[..])
+    );
+    assert_eq!(w.rig.mem.metadata("latest").unwrap()["mode"], "41471");
+    assert_eq!(
+        &fs.readlink(link.ino).await.unwrap()[..],
+        b"releases/v2.tar"
+    );
+    // A link made by s3fs, seen by a fresh mount: in the listing and on lookup.
+    let fresh = write_rig(1 << 30);
+    let meta = w.rig.mem.metadata("latest").unwrap();
+    fresh.rig.mem.put_with_metadata("ln", "target", meta);
+    fresh.rig.mem.put("plain", "data");
+    let listed = fresh.rig.list(Ino::ROOT, true).await;
+    let kind = |n: &str| listed.iter().find(|e| e.0 == n).unwrap().1.kind;
+    assert_eq!((kind("ln"), kind("plain")), (Kind::Symlink, Kind::File));
+    let ln = fresh.rig.fs.lookup(Ino::ROOT, "ln").await.unwrap();
+    assert_eq!(&fresh.rig.fs.readlink(ln.ino).await.unwrap()[..], b"target");
+    let plain = fresh.rig.fs.lookup(Ino::ROOT, "plain").await.unwrap();
+    assert_eq!(
+        fresh.rig.fs.readlink(plain.ino).await.unwrap_err().errno(),
+        libc::EINVAL
+    );
+}
+
+#[tokio::test]
+async fn a_directory_rename_moves_every_object_and_keeps_inodes() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    for key in ["src/", "src/a", "src/sub/b", "src/sub/c/d", "srcx"] {
+        w.rig.mem.put(key, key.to_string());
+    }
+    let src = fs.lookup(Ino::ROOT, "src").await.unwrap();
+    let sub = fs.lookup(src.ino, "sub").await.unwrap();
+    let b = fs.lookup(sub.ino, "b").await.unwrap();
+    fs.rename(Ino::ROOT, "src", Ino::ROOT, "dst", false)
+        .await
+        .unwrap();
+    for key in ["dst/", "dst/a", "dst/sub/b", "dst/sub/c/d"] {
+        let old = key.replacen("dst", "src", 1);
+        assert_eq!(
+            w.rig.mem.content(key).as_deref(),
+            Some(old.as_bytes()),
+            "{key} moved"
+        );
+        assert_eq!(w.rig.mem.content(&old), None, "{old} removed");
+    }
+    assert_eq!(w.rig.mem.content("srcx").as_deref(), Some(&b"srcx"[..]));
+    // The kernel's inode numbers stay valid below the new name.
+    assert_eq!(fs.getattr(b.ino).await.unwrap().size, 9);
+    assert_eq!(w.rig.read_all(b.ino).await, b"src/sub/b");
+    let again = fs.lookup(Ino::ROOT, "dst").await.unwrap();
+    assert_eq!(again.ino, src.ino);
+}
+
+#[tokio::test]
+async fn an_interrupted_directory_rename_loses_nothing() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    let keys: Vec<String> = (0..40).map(|i| format!("big/f{i:02}")).collect();
+    for key in &keys {
+        w.rig.mem.put(key, key.clone());
+    }
+    fs.lookup(Ino::ROOT, "big").await.unwrap();
+    w.rig.store.fail_nth(
+        RequestKind::Copy,
+        17,
+        crate::store::StoreError::Unreachable("test".into()),
+    );
+    let err = fs
+        .rename(Ino::ROOT, "big", Ino::ROOT, "moved", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::EHOSTUNREACH);
+    let mut at_one_place = 0;
+    for key in &keys {
+        let new = key.replacen("big", "moved", 1);
+        let (old_there, new_there) = (
+            w.rig.mem.content(key).is_some(),
+            w.rig.mem.content(&new).is_some(),
+        );
+        assert!(old_there || new_there, "{key} is somewhere");
+        if old_there != new_there {
+            at_one_place += 1;
+        }
+    }
+    assert_eq!(at_one_place, keys.len(), "no object is in both places");
+}
+
+#[tokio::test]
+async fn a_directory_above_the_rename_limit_answers_exdev() {
+    let w = write_rig_with(
+        1 << 30,
+        FsConfig {
+            max_dir_rename_objects: 5,
+            ..FsConfig::default()
+        },
+    );
+    for i in 0..6 {
+        w.rig.mem.put(&format!("d/{i}"), "x");
+    }
+    w.rig.fs.lookup(Ino::ROOT, "d").await.unwrap();
+    let err = w
+        .rig
+        .fs
+        .rename(Ino::ROOT, "d", Ino::ROOT, "e", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::EXDEV);
+    assert_eq!(w.rig.count(RequestKind::Copy), 0, "nothing was moved");
+}
+
+#[tokio::test]
+async fn renaming_onto_a_non_empty_directory_is_refused() {
+    let w = write_rig(1 << 30);
+    w.rig.mem.put("a/x", "1");
+    w.rig.mem.put("b/y", "2");
+    w.rig.fs.lookup(Ino::ROOT, "a").await.unwrap();
+    let err = w
+        .rig
+        .fs
+        .rename(Ino::ROOT, "a", Ino::ROOT, "b", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::ENOTEMPTY);
+}
+
+#[tokio::test]
+async fn objects_above_the_copy_limit_are_copied_in_parts() {
+    let w = write_rig_with(
+        1 << 30,
+        FsConfig {
+            copy_limit: 6 << 20,
+            copy_part_size: 5 << 20,
+            ..FsConfig::default()
+        },
+    );
+    let data: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let mut meta = crate::store::Metadata::new();
+    meta.insert("mode".into(), (0o100600).to_string());
+    w.rig.mem.put_with_metadata("huge.bin", data.clone(), meta);
+    w.rig.fs.lookup(Ino::ROOT, "huge.bin").await.unwrap();
+    w.rig
+        .fs
+        .rename(Ino::ROOT, "huge.bin", Ino::ROOT, "moved.bin", false)
+        .await
+        .unwrap();
+    assert_eq!(w.rig.count(RequestKind::Copy), 0);
+    assert_eq!(w.rig.count(RequestKind::PartCopy), 3, "5 + 5 + 2 MiB");
+    assert_eq!(w.rig.mem.content("moved.bin").as_deref(), Some(&data[..]));
+    assert_eq!(
+        w.rig.mem.metadata("moved.bin").unwrap()["mode"],
+        (0o100600).to_string(),
+        "metadata kept"
+    );
+    assert_eq!(w.rig.mem.open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn xattrs_are_stored_in_metadata_within_the_budget() {
+    let w = write_rig_with(
+        1 << 30,
+        FsConfig {
+            xattrs: true,
+            ..FsConfig::default()
+        },
+    );
+    let fs = &w.rig.fs;
+    w.rig.mem.put("f", "data");
+    let f = fs.lookup(Ino::ROOT, "f").await.unwrap();
+    use xattr::SetMode;
+    fs.setxattr(f.ino, "user.origin", b"camera 1", SetMode::Any)
+        .await
+        .unwrap();
+    assert_eq!(
+        fs.getxattr(f.ino, "user.origin").await.unwrap(),
+        b"camera 1"
+    );
+    assert_eq!(
+        fs.setxattr(f.ino, "user.origin", b"x", SetMode::Create)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+    let names = fs.listxattr(f.ino).await.unwrap();
+    assert!(names.contains(&"user.origin".to_string()));
+    assert!(names.contains(&"user.s3.etag".to_string()));
+    assert_eq!(fs.getxattr(f.ino, "user.s3.key").await.unwrap(), b"f");
+    assert_eq!(
+        fs.getxattr(f.ino, "user.s3.storage_class").await.unwrap(),
+        b"STANDARD"
+    );
+    assert_eq!(
+        fs.getxattr(f.ino, "security.selinux")
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENODATA
+    );
+    assert_eq!(
+        fs.setxattr(f.ino, "user.big", &[7u8; 3000], SetMode::Any)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::E2BIG
+    );
+    assert_eq!(
+        fs.setxattr(f.ino, "user.s3.etag", b"x", SetMode::Any)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EPERM
+    );
+    fs.removexattr(f.ino, "user.origin").await.unwrap();
+    assert_eq!(
+        fs.getxattr(f.ino, "user.origin").await.unwrap_err().errno(),
+        libc::ENODATA
+    );
+    assert_eq!(w.rig.mem.content("f").as_deref(), Some(&b"data"[..]));
+}
+
+#[tokio::test]
+async fn xattrs_are_off_unless_asked_for() {
+    let w = write_rig(1 << 30);
+    w.rig.mem.put("f", "data");
+    let f = w.rig.fs.lookup(Ino::ROOT, "f").await.unwrap();
+    let heads = w.rig.count(RequestKind::Head);
+    let err = w.rig.fs.getxattr(f.ino, "user.x").await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOSYS);
+    assert_eq!(w.rig.count(RequestKind::Head), heads, "no request sent");
+}
