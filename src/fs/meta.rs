@@ -101,6 +101,13 @@ fn meta_number(info: &ObjectInfo, name: &str) -> Option<u64> {
     whole.trim().parse().ok()
 }
 
+/// Whether an object carries attribute metadata (s3fs's or pailfs's headers).
+pub fn has_attr_headers(info: &ObjectInfo) -> bool {
+    ["mode", "uid", "gid", "mtime"]
+        .iter()
+        .any(|h| info.metadata.contains_key(*h))
+}
+
 /// Whether an object is a symbolic link stored the s3fs way (its mode says S_IFLNK; its
 /// content is the target).
 pub fn is_symlink(info: &ObjectInfo) -> bool {

@@ -181,6 +181,8 @@ pub struct Fs {
 
 /// HEADs in flight while completing one listing page.
 const LISTING_HEADS: usize = 32;
+/// Entries of a listing page HEADed first, to learn whether the page carries metadata.
+const LISTING_SAMPLE: usize = 8;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section here is a few map operations that leave the map consistent even
@@ -510,12 +512,13 @@ impl Fs {
 
     /// Replaces what a listing says about files by what a HEAD says (metadata included),
     /// sending HEADs only for objects new or changed since the last one, several at a time.
-    /// A failed HEAD leaves the listing's answer: it still has size and mtime.
+    /// A page first HEADs a small sample: when neither the sample nor what the memo knows of
+    /// the page carries attribute metadata (a bucket written by plain S3 clients), the rest
+    /// keeps the listing's answer, so such listings stay at listing cost.
     async fn complete_with_heads(&self, prefix: &str, page: &mut [dir::ListedEntry]) {
-        use futures::StreamExt;
         // Files: only objects new or changed since their last HEAD. Directories: their
         // marker, if any (a listing shows only the common prefix).
-        let wanted: Vec<(usize, String)> = page
+        let mut wanted: Vec<(usize, String)> = page
             .iter()
             .enumerate()
             .filter_map(|(i, e)| match (&e.object, e.kind) {
@@ -524,15 +527,49 @@ impl Fs {
                 _ => None,
             })
             .collect();
+        let known_metadata = page
+            .iter()
+            .filter_map(|e| e.object.as_ref())
+            .filter_map(|o| self.meta.head_of(o))
+            .any(|h| meta::has_attr_headers(&h));
+        let rest = if known_metadata || wanted.len() <= LISTING_SAMPLE {
+            Vec::new()
+        } else {
+            wanted.split_off(LISTING_SAMPLE)
+        };
+        let sample_has_metadata = self.head_entries(page, wanted).await;
+        if !rest.is_empty() && sample_has_metadata {
+            self.head_entries(page, rest).await;
+        }
+        for entry in page.iter_mut().filter(|e| e.kind != Kind::Dir) {
+            if let Some(head) = entry.object.as_ref().and_then(|o| self.meta.head_of(o)) {
+                if meta::is_symlink(&head) {
+                    entry.kind = Kind::Symlink;
+                }
+                entry.object = Some(head);
+            }
+        }
+    }
+
+    /// HEADs `wanted` (entry index, key) of a listing page; returns whether any answer
+    /// carried attribute metadata.
+    async fn head_entries(
+        &self,
+        page: &mut [dir::ListedEntry],
+        wanted: Vec<(usize, String)>,
+    ) -> bool {
+        use futures::StreamExt;
         let store = &self.store;
         let heads: Vec<_> = futures::stream::iter(wanted)
             .map(|(i, key)| async move { (i, store.head(&key).await, key) })
             .buffer_unordered(LISTING_HEADS)
             .collect()
             .await;
+        let mut any_metadata = false;
         for (i, result, key) in heads {
             match result {
                 Ok(info) => {
+                    any_metadata |= meta::has_attr_headers(&info);
                     self.meta.put_head(&info);
                     if page[i].kind == Kind::Dir {
                         page[i].object = Some(info);
@@ -544,14 +581,7 @@ impl Fs {
                 }
             }
         }
-        for entry in page.iter_mut().filter(|e| e.kind != Kind::Dir) {
-            if let Some(head) = entry.object.as_ref().and_then(|o| self.meta.head_of(o)) {
-                if meta::is_symlink(&head) {
-                    entry.kind = Kind::Symlink;
-                }
-                entry.object = Some(head);
-            }
-        }
+        any_metadata
     }
 
     /// Opens a file; returns the handle and whether the kernel may keep the pages it cached

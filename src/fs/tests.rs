@@ -81,10 +81,13 @@ impl Rig {
 }
 
 #[tokio::test]
-async fn ls_l_of_a_large_directory_heads_each_file_once() {
+async fn ls_l_of_a_directory_with_metadata_heads_each_file_once() {
     let r = rig("");
+    let mut meta = crate::store::Metadata::new();
+    meta.insert("mode".into(), "33216".into());
     for i in 0..300 {
-        r.mem.put(&format!("big/f{i:04}"), vec![1u8; i % 7]);
+        r.mem
+            .put_with_metadata(&format!("big/f{i:04}"), vec![1u8; i % 7], meta.clone());
     }
     let dir = r.fs.lookup(Ino::ROOT, "big").await.unwrap();
     let heads = r.count(RequestKind::Head);
@@ -97,14 +100,33 @@ async fn ls_l_of_a_large_directory_heads_each_file_once() {
         0,
         "unchanged objects are not asked again"
     );
-    r.mem.put("big/f0007", "changed");
+    r.mem.put_with_metadata("big/f0007", "changed", meta);
     let entries = r.list(dir.ino, true).await;
     assert_eq!(
         r.count(RequestKind::Head) - heads,
         1,
         "only the changed one"
     );
-    assert_eq!(entries.iter().find(|e| e.0 == "f0007").unwrap().1.size, 7);
+    let f7 = &entries.iter().find(|e| e.0 == "f0007").unwrap().1;
+    assert_eq!((f7.size, f7.perm), (7, 0o700));
+}
+
+#[tokio::test]
+async fn ls_l_of_a_directory_without_metadata_heads_a_sample_only() {
+    let r = rig("");
+    for i in 0..300 {
+        r.mem.put(&format!("plain/f{i:04}"), "x");
+    }
+    let dir = r.fs.lookup(Ino::ROOT, "plain").await.unwrap();
+    let heads = r.count(RequestKind::Head);
+    let entries = r.list(dir.ino, true).await;
+    assert_eq!(entries.len(), 302);
+    assert_eq!(
+        r.count(RequestKind::Head) - heads,
+        3 * LISTING_SAMPLE as u64,
+        "a sample per page of 100"
+    );
+    assert!(entries[2..].iter().all(|e| e.1.perm == 0o644));
 }
 
 #[tokio::test]

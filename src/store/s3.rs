@@ -330,7 +330,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| needs(classify(e), "s3:GetObject"))?;
         let metadata = out
             .metadata()
             .map(|m| {
@@ -362,7 +362,10 @@ impl ObjectStore for S3Store {
         if let Some(token) = &request.continuation {
             call = call.continuation_token(token);
         }
-        let out = call.send().await.map_err(classify)?;
+        let out = call
+            .send()
+            .await
+            .map_err(|e| needs(classify(e), "s3:ListBucket"))?;
         let objects = out
             .contents()
             .iter()
@@ -409,7 +412,7 @@ impl ObjectStore for S3Store {
             .body(aws_sdk_s3::primitives::ByteStream::from(body))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| needs(classify(e), "s3:PutObject"))?;
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
@@ -420,7 +423,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| needs(classify(e), "s3:DeleteObject"))?;
         Ok(())
     }
 
@@ -441,7 +444,10 @@ impl ObjectStore for S3Store {
                 .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
                 .set_metadata(metadata_or_none(metadata));
         }
-        let out = call.send().await.map_err(classify)?;
+        let out = call
+            .send()
+            .await
+            .map_err(|e| needs(classify(e), "s3:GetObject on the source and s3:PutObject"))?;
         Ok(out
             .copy_object_result()
             .and_then(|r| r.e_tag())
@@ -468,7 +474,7 @@ impl ObjectStore for S3Store {
             .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| needs(classify(e), "s3:GetObject on the source and s3:PutObject"))?;
         Ok(out
             .copy_part_result()
             .and_then(|r| r.e_tag())
@@ -485,7 +491,7 @@ impl ObjectStore for S3Store {
             .set_metadata(metadata_or_none(metadata))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| needs(classify(e), "s3:PutObject"))?;
         out.upload_id()
             .map(str::to_string)
             .ok_or_else(|| StoreError::Other("the server returned no upload id".into()))
@@ -508,7 +514,7 @@ impl ObjectStore for S3Store {
             .body(aws_sdk_s3::primitives::ByteStream::from(body))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| needs(classify(e), "s3:PutObject"))?;
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
@@ -541,7 +547,7 @@ impl ObjectStore for S3Store {
             .multipart_upload(completed)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| needs(classify(e), "s3:PutObject"))?;
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
@@ -553,7 +559,7 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| needs(classify(e), "s3:AbortMultipartUpload"))?;
         Ok(())
     }
 
@@ -576,7 +582,10 @@ impl ObjectStore for S3Store {
         if let Some(etag) = if_match {
             call = call.if_match(etag);
         }
-        let out = call.send().await.map_err(classify)?;
+        let out = call
+            .send()
+            .await
+            .map_err(|e| needs(classify(e), "s3:GetObject"))?;
         // Stream into one buffer of the final size: collecting chunks and then joining them
         // would hold every part twice and copy it once more.
         let mut body = out.body;
@@ -590,6 +599,16 @@ impl ObjectStore for S3Store {
             buffer.extend_from_slice(&chunk);
         }
         Ok(buffer.freeze())
+    }
+}
+
+/// Names the permission a refused request needed, so the log says what to grant.
+fn needs(error: StoreError, permission: &str) -> StoreError {
+    match error {
+        StoreError::AccessDenied(text) => {
+            StoreError::AccessDenied(format!("{text} (the access key needs {permission})"))
+        }
+        other => other,
     }
 }
 
