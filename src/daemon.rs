@@ -155,6 +155,45 @@ fn set_kernel_read_ahead(cfg: &MountConfig) {
     }
 }
 
+/// Ends a FUSE connection that programs still hold open after a lazy unmount (root only):
+/// their next calls fail, and the session ends.
+fn abort_connection(device: Option<&str>) {
+    let Some(minor) = device.and_then(|d| d.split(':').nth(1)) else {
+        return;
+    };
+    let knob = format!("/sys/fs/fuse/connections/{minor}/abort");
+    match std::fs::write(&knob, "1") {
+        Ok(()) => tracing::info!(
+            "files were still held open; the FUSE connection was aborted after their uploads"
+        ),
+        Err(e) => tracing::debug!(%knob, error = %e, "could not abort the FUSE connection"),
+    }
+}
+
+/// Uploads what files still open for writing hold, before the daemon goes away.
+async fn finish_uploads(fs: &Fs, why: &str) {
+    let pending = fs.pending_uploads();
+    if pending == 0 {
+        return;
+    }
+    tracing::info!(
+        files = pending,
+        why,
+        "finishing uploads of files still open for writing"
+    );
+    let (done, failed) = fs.finish_pending_uploads().await;
+    if failed > 0 {
+        tracing::error!(
+            uploaded = done,
+            failed,
+            why,
+            "some files could not be uploaded before exit; their bytes are in the recovery directory (see the upload errors above)"
+        );
+    } else {
+        tracing::info!(uploaded = done, why, "pending uploads finished");
+    }
+}
+
 /// Daemon side (or `--foreground`): check, connect, mount, serve until unmounted or signalled.
 pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), String> {
     startup::check_mountpoint(&cfg.mountpoint, cfg.allow_non_empty)?;
@@ -168,11 +207,16 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         .block_on(S3Store::connect(&cfg.s3))
         .map_err(|e| startup::explain(&e, &cfg, cfg.s3.region.as_deref().unwrap_or("?")))?;
     let region = s3.region().to_string();
+    // The start-up check fails fast (two attempts): a wrong endpoint is reported in seconds,
+    // while requests of the running mount ride out throttling and short outages.
+    let non_empty = runtime
+        .block_on(startup::check_bucket(
+            &s3.with_attempts(2),
+            &cfg.location.prefix,
+        ))
+        .map_err(|e| startup::explain(&e, &cfg, &region))?;
     let instrumented = Arc::new(Instrumented::new(Arc::new(s3)));
     let store: Arc<dyn ObjectStore> = instrumented.clone();
-    let non_empty = runtime
-        .block_on(startup::check_bucket(store.as_ref(), &cfg.location.prefix))
-        .map_err(|e| startup::explain(&e, &cfg, &region))?;
     if !non_empty && !cfg.location.prefix.is_empty() {
         tracing::warn!(
             prefix = %cfg.location.prefix,
@@ -232,6 +276,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
     })?;
     let mut unmounter = session.unmount_callable();
     set_kernel_read_ahead(&cfg);
+    let device = startup::mount_device(&cfg.mountpoint);
     let _control = crate::control::serve(
         crate::control::MountInfo {
             mountpoint: cfg.mountpoint.clone(),
@@ -268,6 +313,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         );
     }
     let mountpoint = cfg.mountpoint.clone();
+    let fs_for_signal = fs.clone();
     let outcome = runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -284,6 +330,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
             }
         };
         if let Some(sig) = signalled {
+            finish_uploads(&fs_for_signal, sig).await;
             tracing::info!(signal = sig, "unmounting");
             if let Err(e) = unmounter.unmount() {
                 tracing::warn!(error = %e, "unmount failed (busy?); detaching lazily");
@@ -293,17 +340,20 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
                     .arg(&mountpoint)
                     .status();
             }
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), ended).await;
+            // A lazy detach leaves the session up while programs hold files open; their data
+            // is already uploaded, so after a grace period the connection is aborted (or,
+            // without fusectl, ends with this process closing /dev/fuse).
+            let grace = std::time::Duration::from_secs(2);
+            if tokio::time::timeout(grace, &mut ended).await.is_err() {
+                abort_connection(device.as_deref());
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ended).await;
+            }
         }
         Ok::<(), String>(())
     });
-    if fs.pending_uploads() > 0 {
-        tracing::error!(
-            files = fs.pending_uploads(),
-            staging = %cfg.cache_dir.join("staging").display(),
-            "files were still open for writing at unmount; their bytes stay in the staging directory"
-        );
-    }
+    // An unmount with files still open for writing (lazy, or the kernel gave up on them):
+    // their last bytes go up now, or to recovery/.
+    runtime.block_on(finish_uploads(&fs, "unmount"));
     if let Some(summary) = fs.request_summary() {
         tracing::info!(requests = %summary, "unmounted");
     }

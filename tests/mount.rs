@@ -626,14 +626,17 @@ fn credentials_file_must_be_private_and_secrets_stay_out_of_logs_and_ps() {
 }
 
 #[test]
-fn sigterm_unmounts_a_foreground_mount_cleanly() {
+fn sigterm_finishes_uploads_then_unmounts_a_foreground_mount_cleanly() {
     let b = Bucket::new("sigterm");
     b.put("f.txt", "data");
     let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
     let mut child = pailfs()
         .args(["mount", &b.location("")])
         .arg(dir.path())
         .args(["--endpoint-url", &garage().endpoint, "--foreground"])
+        .arg("--cache-dir")
+        .arg(cache.path())
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -647,11 +650,22 @@ fn sigterm_unmounts_a_foreground_mount_cleanly() {
         std::fs::read_to_string(dir.path().join("f.txt")).unwrap(),
         "data"
     );
+    // A program is in the middle of writing a file when the service is stopped.
+    let data = pattern(21 << 20, 8);
+    let mut open = std::fs::File::create(dir.path().join("copying.bin")).unwrap();
+    std::io::Write::write_all(&mut open, &data).unwrap();
     // SAFETY: signalling our own child by pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
     assert!(!is_mounted(dir.path()));
+    assert_eq!(
+        b.get("copying.bin").map(|d| d.len()),
+        Some(data.len()),
+        "the file written so far is in the bucket"
+    );
+    assert!(b.get("copying.bin").unwrap() == data);
+    drop(open);
     let mut err = String::new();
     child
         .stderr

@@ -133,7 +133,7 @@ impl MountConfig {
                 credentials,
                 checksums: args.upload_checksums,
                 connect_timeout: Duration::from_secs(10),
-                max_attempts: 4,
+                max_attempts: 8,
             },
             location,
             fs,

@@ -946,6 +946,28 @@ impl Fs {
         self.staged_of(ino).is_some()
     }
 
+    /// Uploads every file still being written (SIGTERM, or an unmount with files open), so
+    /// that nothing written is left behind. A failed upload keeps its bytes in `recovery/`
+    /// (and is logged). Returns (files uploaded, files failed).
+    pub async fn finish_pending_uploads(&self) -> (usize, usize) {
+        let pending: Vec<(Ino, StagedRef)> = lock(&self.staged)
+            .iter()
+            .map(|(ino, s)| (*ino, s.clone()))
+            .collect();
+        let (mut done, mut failed) = (0, 0);
+        for (ino, staged) in pending {
+            let mut s = staged.lock().await;
+            if !s.is_dirty() {
+                continue;
+            }
+            match self.upload_staged(ino, &mut s).await {
+                Ok(()) => done += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        (done, failed)
+    }
+
     /// Whether anything written is still waiting for its upload.
     pub fn pending_uploads(&self) -> usize {
         lock(&self.staged).len()

@@ -75,13 +75,36 @@ impl S3Store {
         format!("{}/{}", self.bucket, percent_encode_key(key))
     }
 
+    /// The same store, making at most `attempts` attempts per request.
+    pub fn with_attempts(&self, attempts: u32) -> S3Store {
+        let config = self
+            .client
+            .config()
+            .to_builder()
+            .retry_config(RetryConfig::standard().with_max_attempts(attempts))
+            .build();
+        S3Store {
+            client: Client::from_conf(config),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+        }
+    }
+
     /// Builds the client and resolves credentials once, so that a missing or broken credential
     /// source is reported before anything is mounted.
     pub async fn connect(settings: &S3Settings) -> Result<S3Store, StoreError> {
         let http_client = build_http_client(settings)?;
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http_client)
-            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+            // Throttling (503 SlowDown) and transient network errors are retried with
+            // exponential backoff and jitter; the backoff cap bounds the wait in time
+            // (8 attempts: at most ~1 min of waiting before the error reaches the program).
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(settings.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(15)),
+            )
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(settings.connect_timeout)
