@@ -265,6 +265,54 @@ fn keys_that_cannot_be_names_follow_the_rule() {
 }
 
 #[test]
+fn round_trips_at_part_boundaries_and_appends_upload_only_new_bytes() {
+    let b = Bucket::new("boundaries");
+    let mib = 1usize << 20;
+    b.put("big.log", pattern(30 * mib, 4));
+    let m = Mount::new(&b.location(""), &[]);
+    for (i, size) in [0, 1, 8 * mib - 1, 8 * mib, 8 * mib + 1, 17 * mib + 3]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pattern(size, i as u64);
+        let name = format!("size-{size}");
+        std::fs::write(m.join(&name), &data).unwrap();
+        assert!(b.get(&name).unwrap() == data, "{size} bytes in the bucket");
+        assert!(
+            std::fs::read(m.join(&name)).unwrap() == data,
+            "{size} bytes read back"
+        );
+    }
+    // Appending 1 MiB to a 30 MiB object: the old bytes are copied inside the server.
+    let before = m.requests();
+    let tail = pattern(mib, 99);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("big.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &tail).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let after = m.requests();
+    let mut expect = pattern(30 * mib, 4);
+    expect.extend_from_slice(&tail);
+    assert!(
+        b.get("big.log").unwrap() == expect,
+        "appended object differs"
+    );
+    assert_eq!(
+        after.bytes_written - before.bytes_written,
+        mib as u64,
+        "only the new MiB was uploaded: {before:?} -> {after:?}"
+    );
+    assert!(after.part_copy > before.part_copy);
+    assert_eq!(
+        after.bytes_read, before.bytes_read,
+        "nothing was downloaded"
+    );
+}
+
+#[test]
 fn files_written_through_the_mount_land_in_the_bucket() {
     let b = Bucket::new("writes");
     b.put("existing.log", "line 1\n");

@@ -8,6 +8,7 @@ pub mod inode;
 pub mod meta;
 pub mod names;
 pub mod namespace;
+pub mod ranges;
 pub mod read;
 pub mod write;
 pub mod xattr;
@@ -644,8 +645,8 @@ impl Fs {
             OpenFile::Object(reader) => reader.lock().await.read(offset, len).await?,
             OpenFile::Staged(ino) => {
                 let staged = self.staged_of(*ino).ok_or(FsError::BadHandle)?;
-                let staged = staged.lock().await;
-                staged.read(offset, len)?
+                let mut staged = staged.lock().await;
+                staged.read(offset, len, self.store.as_ref()).await?
             }
         };
         self.reads_served.fetch_add(1, Ordering::Relaxed);
@@ -731,7 +732,7 @@ impl Fs {
             Start::Existing => match self.store.head(&key).await {
                 Ok(info) => {
                     self.meta.put_head(&info);
-                    Staged::load(cache, &info, self.store.as_ref(), self.cfg.read_part_size).await?
+                    Staged::over(cache, &info)?
                 }
                 Err(StoreError::NotFound) => {
                     let headers =

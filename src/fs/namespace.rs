@@ -198,8 +198,10 @@ impl Fs {
             if !s.is_dirty() {
                 // Nothing to upload at close: the bucket's object takes the change now.
                 let key = s.key.clone();
-                self.copy_whole(&key, &key, s.size(), Some(&s.headers()))
+                let etag = self
+                    .copy_whole(&key, &key, s.size(), Some(&s.headers()))
                     .await?;
+                s.retarget(&key, &etag);
                 self.meta.forget_head(&key);
             }
             return Ok(self.written_attr(ino, s.size(), None, &s.headers()));
@@ -270,7 +272,7 @@ impl Fs {
                     let range = ByteRange::new(i * part, size.min((i + 1) * part));
                     let number = i as u32 + 1;
                     let etag = store
-                        .upload_part_copy(to, upload, number, from, range)
+                        .upload_part_copy(to, upload, number, from, None, range)
                         .await?;
                     Ok(UploadedPart { number, etag })
                 })
@@ -365,13 +367,24 @@ impl Fs {
             }
         }
         // A file being written goes up first, so that the copy has its latest bytes.
-        if let Some(staged) = self.staged_of(ino) {
-            let mut s = staged.lock().await;
-            self.upload_staged(ino, &mut s).await?;
-            s.key = to_key.clone();
-        }
-        let size = self.getattr(ino).await?.size;
+        let staged = self.staged_of(ino);
+        let mut held = match &staged {
+            Some(staged) => {
+                let mut s = staged.lock().await;
+                self.upload_staged(ino, &mut s).await?;
+                Some(s)
+            }
+            None => None,
+        };
+        let size = match &held {
+            Some(s) => s.size(),
+            None => self.getattr(ino).await?.size,
+        };
         let etag = self.copy_whole(&from_key, &to_key, size, None).await?;
+        if let Some(s) = held.as_mut() {
+            s.retarget(&to_key, &etag);
+        }
+        drop(held);
         self.store.delete_object(&from_key).await?;
         self.meta.forget_head(&from_key);
         let moved = std::collections::HashMap::from([(from_key, (to_key, etag))]);
@@ -500,8 +513,8 @@ impl Fs {
         }
         for staged in moving_staged {
             let mut s = staged.lock().await;
-            if let Some(rest) = s.key.strip_prefix(&from_prefix) {
-                s.key = format!("{to_prefix}{rest}");
+            if let Some((key, etag)) = moved.get(&s.key) {
+                s.retarget(key, etag);
             }
         }
         tracing::debug!(from = %from_prefix, to = %to_prefix, objects = total, ino = dir_ino.0, "directory renamed");

@@ -351,3 +351,109 @@ async fn xattrs_are_off_unless_asked_for() {
     assert_eq!(err.errno(), libc::ENOSYS);
     assert_eq!(w.rig.count(RequestKind::Head), heads, "no request sent");
 }
+
+#[tokio::test]
+async fn appending_to_a_large_object_uploads_only_the_new_bytes() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    let old: Vec<u8> = (0..(40u32 << 20)).map(|i| (i % 253) as u8).collect();
+    w.rig.mem.put("log.bin", old.clone());
+    let f = fs.lookup(Ino::ROOT, "log.bin").await.unwrap();
+    let counters = w.rig.store.counters();
+    let (read_before, written_before) = (counters.bytes_read(), counters.bytes_written());
+    let (fh, _) = fs.open(f.ino, true, false).await.unwrap();
+    let tail = vec![7u8; 1 << 20];
+    fs.write(fh, old.len() as u64, &tail).await.unwrap();
+    fs.release(fh).await.unwrap();
+    let mut expect = old.clone();
+    expect.extend_from_slice(&tail);
+    assert_eq!(w.rig.mem.content("log.bin").as_deref(), Some(&expect[..]));
+    assert_eq!(
+        counters.bytes_written() - written_before,
+        1 << 20,
+        "only the appended MiB went up"
+    );
+    assert_eq!(
+        counters.bytes_read() - read_before,
+        0,
+        "nothing was downloaded"
+    );
+    assert_eq!(
+        w.rig.count(RequestKind::PartCopy),
+        1,
+        "40 MiB copied server-side"
+    );
+    assert_eq!(w.rig.mem.open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn a_patch_in_the_middle_fetches_and_uploads_one_part_around_it() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    let old: Vec<u8> = (0..(40u32 << 20)).map(|i| (i % 241) as u8).collect();
+    w.rig.mem.put("db.bin", old.clone());
+    let f = fs.lookup(Ino::ROOT, "db.bin").await.unwrap();
+    let counters = w.rig.store.counters();
+    let (read_before, written_before) = (counters.bytes_read(), counters.bytes_written());
+    let (fh, _) = fs.open(f.ino, true, false).await.unwrap();
+    // A reader through the same handle sees old bytes (fetched lazily) and the patch.
+    let at = 20u64 << 20;
+    assert_eq!(
+        &fs.read(fh, at, 4096).await.unwrap()[..],
+        &old[at as usize..at as usize + 4096]
+    );
+    fs.write(fh, at + 100, b"PATCH").await.unwrap();
+    assert_eq!(
+        &fs.read(fh, at + 98, 9).await.unwrap()[..],
+        &[
+            old[at as usize + 98],
+            old[at as usize + 99],
+            b'P',
+            b'A',
+            b'T',
+            b'C',
+            b'H',
+            old[at as usize + 105],
+            old[at as usize + 106]
+        ]
+    );
+    fs.release(fh).await.unwrap();
+    let mut expect = old.clone();
+    expect[at as usize + 100..at as usize + 105].copy_from_slice(b"PATCH");
+    assert_eq!(w.rig.mem.content("db.bin").as_deref(), Some(&expect[..]));
+    let part = write::MIN_PART_SIZE;
+    assert!(counters.bytes_written() - written_before <= part);
+    // The part around the patch starts where the patch does, plus the 4 KiB read before.
+    assert!(
+        counters.bytes_read() - read_before <= part + 4096,
+        "read {}",
+        counters.bytes_read() - read_before
+    );
+}
+
+#[tokio::test]
+async fn an_object_changed_under_a_lazy_copy_fails_the_upload_and_keeps_the_changes() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    w.rig.mem.put("shared.bin", vec![1u8; 12 << 20]);
+    let f = fs.lookup(Ino::ROOT, "shared.bin").await.unwrap();
+    let (fh, _) = fs.open(f.ino, true, false).await.unwrap();
+    fs.write(fh, 12 << 20, b"mine").await.unwrap();
+    // Another client replaces the object before the close.
+    w.rig.mem.put("shared.bin", vec![2u8; 12 << 20]);
+    let err = fs.flush(fh).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(
+        w.rig.mem.content("shared.bin").unwrap()[0],
+        2,
+        "the other client's version stands"
+    );
+    assert_eq!(w.rig.mem.open_uploads(), 0);
+    let kept = w.recovered();
+    assert_eq!(kept.len(), 1);
+    assert!(
+        kept[0].ends_with(b"mine"),
+        "the written bytes are in recovery"
+    );
+    let _ = fs.release(fh).await;
+}

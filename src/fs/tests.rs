@@ -365,7 +365,7 @@ impl WriteRig {
         }
     }
 
-    fn recovered(&self) -> Vec<Vec<u8>> {
+    pub fn recovered(&self) -> Vec<Vec<u8>> {
         std::fs::read_dir(self.dir.path().join("recovery"))
             .unwrap()
             .map(|e| std::fs::read(e.unwrap().path()).unwrap())

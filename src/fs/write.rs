@@ -3,6 +3,11 @@
 //! files, a multipart upload read back part by part otherwise), and those calls succeed only
 //! once the bucket holds the new object. When the upload fails, the multipart upload is
 //! aborted and the staging file moves to `recovery/` with a log line naming it and the key.
+//!
+//! An existing object opened for writing is not downloaded: the staging file starts sparse and
+//! fetches only the ranges a program reads (ranged GETs pinned by ETag). At upload, runs the
+//! program did not change are copied server-side (UploadPartCopy), so appending 1 MiB to a
+//! 10 GiB object uploads about 1 MiB.
 
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
@@ -15,7 +20,8 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::error::FsError;
-use crate::store::{ByteRange, Metadata, ObjectStore, StoreError, UploadedPart};
+use super::ranges::RangeSet;
+use crate::store::{ByteRange, Metadata, ObjectInfo, ObjectStore, StoreError, UploadedPart};
 
 /// Largest number of parts S3 accepts in one multipart upload.
 const MAX_PARTS: u64 = 10_000;
@@ -127,6 +133,57 @@ impl StreamingUpload {
     }
 }
 
+/// Largest part copied server-side in one UploadPartCopy (S3 allows 5 GiB).
+const COPY_PART: u64 = 512 << 20;
+/// Largest ranged GET that fills a staging file.
+const FILL_PIECE: u64 = 8 << 20;
+
+/// The object a staging copy mirrors: bytes of `[0, len)` not in `local` still come from it
+/// (ranged GETs pinned by its ETag), and runs nobody changed are copied server-side at upload.
+struct Source {
+    key: String,
+    etag: String,
+    /// Bytes at the start of the file that may still come from the object (truncation
+    /// shortens it; bytes beyond it live in the staging file only).
+    len: u64,
+    /// Offsets below `len` that the staging file holds (fetched or written).
+    local: RangeSet,
+    /// Offsets below `len` that a program changed.
+    written: RangeSet,
+}
+
+/// One part of a multipart upload over a source object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlannedPart {
+    /// `[start, end)` unchanged: UploadPartCopy from the source.
+    Copy(u64, u64),
+    /// `[start, end)` read from the staging file (filled where needed).
+    Upload(u64, u64),
+}
+
+/// Parts for uploading a file of `size` bytes whose first `source_len` bytes mirror an object,
+/// except the `written` ones: unchanged runs of at least the minimum part size (or ending the
+/// file) are copied, everything else is uploaded in parts of `part` bytes.
+pub fn plan_parts(size: u64, part: u64, source_len: u64, written: &RangeSet) -> Vec<PlannedPart> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        if pos < source_len && !written.overlaps(pos, pos + 1) {
+            let run_end = written.next_start(pos).unwrap_or(u64::MAX).min(source_len);
+            if run_end - pos >= MIN_PART_SIZE || run_end == size {
+                let end = run_end.min(pos + COPY_PART.max(part));
+                out.push(PlannedPart::Copy(pos, end));
+                pos = end;
+                continue;
+            }
+        }
+        let end = (pos + part).min(size);
+        out.push(PlannedPart::Upload(pos, end));
+        pos = end;
+    }
+    out
+}
+
 /// One file being written: its staging copy and what is known about it.
 pub struct Staged {
     cache: Arc<CacheDir>,
@@ -148,6 +205,8 @@ pub struct Staged {
     pub metadata: Metadata,
     /// Last change of the content, or the time a program set with utimensat.
     pub modified: std::time::SystemTime,
+    /// The object this copy mirrors, while it does (an existing file, or after an upload).
+    source: Option<Source>,
 }
 
 impl Drop for Staged {
@@ -194,6 +253,7 @@ impl Staged {
             handles: 0,
             metadata,
             modified: std::time::SystemTime::now(),
+            source: None,
         })
     }
 
@@ -209,42 +269,91 @@ impl Staged {
         headers
     }
 
-    /// A staging copy of the object as it is in the bucket (for appends and in-place edits).
-    pub async fn load(
-        cache: Arc<CacheDir>,
-        info: &crate::store::ObjectInfo,
-        store: &dyn ObjectStore,
-        piece: u64,
-    ) -> Result<Staged, FsError> {
-        let (size, etag) = (info.size, info.etag.as_str());
+    /// A staging copy of the object as it is in the bucket (for appends and in-place edits),
+    /// holding none of its bytes yet: they are fetched when read, or copied at upload.
+    pub fn over(cache: Arc<CacheDir>, info: &ObjectInfo) -> Result<Staged, FsError> {
         let mut staged = Staged::empty(cache, info.key.clone(), info.metadata.clone())?;
-        staged.modified = super::meta::file_mtime(info);
-        staged.grow_to(size)?;
-        let mut offset = 0;
-        while offset < size {
-            let end = size.min(offset + piece);
-            let data = store
-                .get_range(&staged.key, ByteRange::new(offset, end), Some(etag))
-                .await
-                .map_err(|e| match e {
-                    StoreError::PreconditionFailed => FsError::Changed,
-                    other => FsError::Store(other),
-                })?;
-            staged.file.write_all_at(&data, offset).map_err(io_error)?;
-            offset = end;
-        }
-        staged.size = size;
+        staged.file.set_len(info.size).map_err(io_error)?;
+        staged.size = info.size;
         staged.dirty = false;
         staged.fresh = false;
+        staged.modified = super::meta::file_mtime(info);
+        if info.size > 0 {
+            staged.source = Some(Source {
+                key: info.key.clone(),
+                etag: info.etag.clone(),
+                len: info.size,
+                local: RangeSet::default(),
+                written: RangeSet::default(),
+            });
+        }
         Ok(staged)
     }
 
-    fn grow_to(&mut self, size: u64) -> Result<(), FsError> {
-        if size > self.reserved {
-            self.cache.reserve(size - self.reserved)?;
-            self.reserved = size;
+    /// Bytes the staging file really holds (its holes cost no disk).
+    fn local_bytes(&self) -> u64 {
+        match &self.source {
+            Some(src) => src.local.total() + (self.size - src.len),
+            None => self.size,
         }
+    }
+
+    /// Reserves `more` bytes of cache space before they are written (ENOSPC beyond the cap).
+    fn reserve(&mut self, more: u64) -> Result<(), FsError> {
+        self.cache.reserve(more)?;
+        self.reserved += more;
         Ok(())
+    }
+
+    /// Brings the reservation back to what the file holds.
+    fn settle(&mut self) {
+        let held = self.local_bytes();
+        if held < self.reserved {
+            self.cache.release(self.reserved - held);
+            self.reserved = held;
+        }
+    }
+
+    /// Fetches the bytes of `[start, end)` that still live only in the source object.
+    async fn fill(&mut self, start: u64, end: u64, store: &dyn ObjectStore) -> Result<(), FsError> {
+        let Some(src) = &self.source else {
+            return Ok(());
+        };
+        let (key, etag) = (src.key.clone(), src.etag.clone());
+        let gaps = src.local.missing(start, end.min(src.len));
+        for (gap_start, gap_end) in gaps {
+            let mut at = gap_start;
+            while at < gap_end {
+                let to = gap_end.min(at + FILL_PIECE);
+                self.reserve(to - at)?;
+                let data = store
+                    .get_range(&key, ByteRange::new(at, to), Some(&etag))
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::PreconditionFailed => FsError::Changed,
+                        other => FsError::Store(other),
+                    })?;
+                if data.len() as u64 != to - at {
+                    return Err(FsError::Changed);
+                }
+                self.file.write_all_at(&data, at).map_err(io_error)?;
+                if let Some(src) = &mut self.source {
+                    src.local.insert(at, to);
+                }
+                at = to;
+            }
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// The file was renamed (its object copied to `key`, now at `etag`).
+    pub fn retarget(&mut self, key: &str, etag: &str) {
+        self.key = key.to_string();
+        if let Some(src) = &mut self.source {
+            src.key = key.to_string();
+            src.etag = etag.to_string();
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -269,11 +378,22 @@ impl Staged {
             )));
         }
         let end = offset + data.len() as u64;
-        self.grow_to(end)?;
-        self.file.write_all_at(data, offset).map_err(io_error)?;
+        self.reserve(data.len() as u64)?;
+        if let Err(e) = self.file.write_all_at(data, offset) {
+            self.settle();
+            return Err(io_error(e));
+        }
         self.size = self.size.max(end);
+        if let Some(src) = &mut self.source {
+            let changed_end = end.min(src.len);
+            if offset < changed_end {
+                src.local.insert(offset, changed_end);
+                src.written.insert(offset, changed_end);
+            }
+        }
         self.dirty = true;
         self.modified = std::time::SystemTime::now();
+        self.settle();
         Ok(data.len() as u32)
     }
 
@@ -407,11 +527,17 @@ impl Staged {
         abort_if_failed(store, &self.key, &stream.id, result).await
     }
 
-    pub fn read(&self, offset: u64, len: u32) -> Result<Bytes, FsError> {
+    pub async fn read(
+        &mut self,
+        offset: u64,
+        len: u32,
+        store: &dyn ObjectStore,
+    ) -> Result<Bytes, FsError> {
         if offset >= self.size {
             return Ok(Bytes::new());
         }
         let n = (self.size - offset).min(len as u64) as usize;
+        self.fill(offset, offset + n as u64, store).await?;
         let mut buf = vec![0u8; n];
         self.file
             .read_exact_at(&mut buf, offset)
@@ -426,11 +552,21 @@ impl Staged {
             }
             self.fresh = false;
         }
-        self.grow_to(size)?;
+        if size > self.size {
+            self.reserve(size - self.size)?;
+        }
         self.file.set_len(size).map_err(io_error)?;
+        if let Some(src) = &mut self.source {
+            if size < src.len {
+                src.len = size;
+                src.local.clip(size);
+                src.written.clip(size);
+            }
+        }
         self.size = size;
         self.dirty = true;
         self.modified = std::time::SystemTime::now();
+        self.settle();
         Ok(())
     }
 
@@ -450,33 +586,142 @@ impl Staged {
                 "an earlier upload of this file failed; its bytes are in recovery".into(),
             )));
         }
+        let over_source = self.source.as_ref().is_some_and(|s| s.len > 0);
         let result = match self.streaming.take() {
             Some(stream) => self.finish_streaming(stream, store, tuning).await,
+            None if over_source => self.upload_over_source(store, tuning).await,
             None => {
                 let headers = self.headers();
                 upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await
             }
         };
-        // Whatever happened, the next change starts from a known state: a whole-file upload.
+        // Whatever happened, the next change starts from a known state: no streaming.
         self.fresh = false;
         match result {
             Ok(etag) => {
                 tracing::debug!(key = %self.key, size = self.size, %etag, "uploaded");
                 self.dirty = false;
+                self.now_mirrors(&etag);
                 Ok(Some(etag))
             }
             Err(e) => {
                 self.failed = true;
+                // The recovery copy should be whole: fetch what was never read, if the
+                // source still answers.
+                let whole = self.fill(0, self.size, store.as_ref()).await.is_ok();
                 let kept = self.keep_for_recovery();
                 tracing::error!(
                     key = %self.key,
                     error = %e,
                     recovery = %kept,
-                    "upload failed: the program was told (close/fsync error); the written bytes are kept"
+                    complete = whole,
+                    "upload failed: the program was told (close/fsync error); the written bytes are kept{}",
+                    if whole { "" } else { " (bytes never read from the old object are zeros there; the old object is still in the bucket)" }
                 );
                 Err(FsError::Store(e))
             }
         }
+    }
+
+    /// After an upload the bucket holds exactly this file: it becomes the new source, so
+    /// a later change uploads only what differs from it.
+    fn now_mirrors(&mut self, etag: &str) {
+        let mut local = match self.source.take() {
+            Some(src) => {
+                let mut local = src.local;
+                local.insert(src.len, self.size);
+                local
+            }
+            None => {
+                let mut all = RangeSet::default();
+                all.insert(0, self.size);
+                all
+            }
+        };
+        local.clip(self.size);
+        self.source = (self.size > 0).then(|| Source {
+            key: self.key.clone(),
+            etag: etag.to_string(),
+            len: self.size,
+            local,
+            written: RangeSet::default(),
+        });
+    }
+
+    /// Uploads a file that mirrors an object: unchanged runs are copied server-side, the
+    /// rest (filled from the object where a part needs it) is uploaded.
+    async fn upload_over_source(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        tuning: WriteTuning,
+    ) -> Result<String, StoreError> {
+        let as_store = |e: FsError| match e {
+            FsError::Changed => StoreError::PreconditionFailed,
+            FsError::Store(e) => e,
+            other => StoreError::Other(other.to_string()),
+        };
+        let part = part_size_for(self.size, tuning.part_size);
+        let plan = match &self.source {
+            Some(src) if self.size > part => plan_parts(self.size, part, src.len, &src.written),
+            _ => Vec::new(),
+        };
+        let headers = self.headers();
+        if plan.len() < 2 || plan.len() as u64 > MAX_PARTS {
+            // Small, or too fragmented for 10,000 parts: the whole file goes up.
+            self.fill(0, self.size, store.as_ref())
+                .await
+                .map_err(as_store)?;
+            return upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await;
+        }
+        for planned in &plan {
+            if let PlannedPart::Upload(start, end) = *planned {
+                self.fill(start, end, store.as_ref())
+                    .await
+                    .map_err(as_store)?;
+            }
+        }
+        let Some(src) = &self.source else {
+            return Err(StoreError::Other("the source object vanished".into()));
+        };
+        let (source_key, source_etag) = (src.key.as_str(), src.etag.as_str());
+        let key = self.key.as_str();
+        let upload_id = store.create_multipart(key, &headers).await?;
+        let upload = upload_id.as_str();
+        let file = &self.file;
+        let parts: Result<Vec<UploadedPart>, StoreError> = futures::stream::iter(plan)
+            .enumerate()
+            .map(|(i, planned)| async move {
+                let number = i as u32 + 1;
+                let etag = match planned {
+                    PlannedPart::Copy(start, end) => {
+                        store
+                            .upload_part_copy(
+                                key,
+                                upload,
+                                number,
+                                source_key,
+                                Some(source_etag),
+                                ByteRange::new(start, end),
+                            )
+                            .await?
+                    }
+                    PlannedPart::Upload(start, end) => {
+                        let body = read_piece(file, start, end - start)?;
+                        store.upload_part(key, upload, number, body).await?
+                    }
+                };
+                Ok(UploadedPart { number, etag })
+            })
+            .buffered(tuning.upload_concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect();
+        let finished = match parts {
+            Ok(parts) => store.complete_multipart(key, upload, &parts).await,
+            Err(e) => Err(e),
+        };
+        abort_if_failed(store, key, upload, finished).await
     }
 
     fn keep_for_recovery(&mut self) -> String {
@@ -589,6 +834,48 @@ fn read_piece(file: &std::fs::File, offset: u64, len: u64) -> Result<Bytes, Stor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_append_copies_the_old_bytes_and_uploads_only_the_new_ones() {
+        let mib = 1u64 << 20;
+        let plan = plan_parts(101 * mib, 8 * mib, 100 * mib, &RangeSet::default());
+        assert_eq!(
+            plan,
+            vec![
+                PlannedPart::Copy(0, 100 * mib),
+                PlannedPart::Upload(100 * mib, 101 * mib)
+            ]
+        );
+        // A 4 KiB patch in the middle: one uploaded part around it, copies on both sides.
+        let mut written = RangeSet::default();
+        written.insert(50 * mib, 50 * mib + 4096);
+        let plan = plan_parts(100 * mib, 8 * mib, 100 * mib, &written);
+        assert_eq!(
+            plan,
+            vec![
+                PlannedPart::Copy(0, 50 * mib),
+                PlannedPart::Upload(50 * mib, 58 * mib),
+                PlannedPart::Copy(58 * mib, 100 * mib)
+            ]
+        );
+        // Every non-last part is at least the minimum, and the parts tile the file.
+        let mut written = RangeSet::default();
+        for i in 0..30 {
+            written.insert(i * 7 * mib + 3, i * 7 * mib + 9);
+        }
+        let plan = plan_parts(230 * mib, 8 * mib, 200 * mib, &written);
+        let mut at = 0;
+        for (i, p) in plan.iter().enumerate() {
+            let (PlannedPart::Copy(a, b) | PlannedPart::Upload(a, b)) = *p;
+            assert_eq!(a, at);
+            assert!(b - a >= MIN_PART_SIZE || i == plan.len() - 1, "{p:?}");
+            if let PlannedPart::Copy(..) = p {
+                assert!(!written.overlaps(a, b) && b <= 200 * mib);
+            }
+            at = b;
+        }
+        assert_eq!(at, 230 * mib);
+    }
 
     #[test]
     fn part_size_keeps_huge_objects_within_ten_thousand_parts() {

@@ -172,12 +172,13 @@ impl ObjectStore for Instrumented {
         upload_id: &str,
         number: u32,
         source: &str,
+        source_etag: Option<&str>,
         range: ByteRange,
     ) -> Result<String, StoreError> {
         self.begin(RequestKind::PartCopy)?;
         self.finish(
             self.inner
-                .upload_part_copy(key, upload_id, number, source, range)
+                .upload_part_copy(key, upload_id, number, source, source_etag, range)
                 .await,
         )
     }

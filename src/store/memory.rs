@@ -203,10 +203,15 @@ impl ObjectStore for MemoryStore {
         upload_id: &str,
         number: u32,
         source: &str,
+        source_etag: Option<&str>,
         range: ByteRange,
     ) -> Result<String, StoreError> {
-        let data = self.lock().get(source).map(|o| o.data.clone());
-        let data = data.ok_or(StoreError::NotFound)?;
+        let object = self.lock().get(source).cloned();
+        let object = object.ok_or(StoreError::NotFound)?;
+        if source_etag.is_some_and(|etag| etag != object.etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let data = object.data;
         if range.end > data.len() as u64 || range.is_empty() {
             return Err(StoreError::Other(
                 "InvalidRange: copy range outside the source".into(),

@@ -187,13 +187,16 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn create_multipart(&self, key: &str, metadata: &Metadata) -> Result<String, StoreError>;
 
     /// Makes `range` of the object `source` part `number` of an upload (UploadPartCopy: the
-    /// bytes never leave the server); returns the part's ETag.
+    /// bytes never leave the server); returns the part's ETag. With `source_etag`, fails with
+    /// `PreconditionFailed` when the source is no longer that version.
+    #[allow(clippy::too_many_arguments)]
     async fn upload_part_copy(
         &self,
         key: &str,
         upload_id: &str,
         number: u32,
         source: &str,
+        source_etag: Option<&str>,
         range: ByteRange,
     ) -> Result<String, StoreError>;
 

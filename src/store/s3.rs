@@ -484,6 +484,7 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         number: u32,
         source: &str,
+        source_etag: Option<&str>,
         range: ByteRange,
     ) -> Result<String, StoreError> {
         let out = self
@@ -494,6 +495,7 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .part_number(number as i32)
             .copy_source(self.copy_source(source))
+            .set_copy_source_if_match(source_etag.map(str::to_string))
             .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
             .send()
             .await

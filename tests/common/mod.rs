@@ -330,6 +330,9 @@ impl Mount {
             head: get("HEAD"),
             list: get("LIST"),
             get: get("GET"),
+            part_copy: get("MPU_PART_COPY"),
+            bytes_read: get("bytes_read"),
+            bytes_written: get("bytes_written"),
         }
     }
 
@@ -377,6 +380,9 @@ pub struct Requests {
     pub head: u64,
     pub list: u64,
     pub get: u64,
+    pub part_copy: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
 }
 
 /// Runs the Garage CLI against the test server.
