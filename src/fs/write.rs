@@ -114,6 +114,25 @@ struct StreamingUpload {
 }
 
 impl StreamingUpload {
+    /// Starts uploading `[start, start + len)` of the staging file as the part it belongs to.
+    fn start_part(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        key: &str,
+        file: &std::fs::File,
+        start: u64,
+        len: u64,
+    ) -> Result<(), StoreError> {
+        let number = (start / self.part) as u32 + 1;
+        let body = read_piece(file, start, len)?;
+        let (store, key, id) = (store.clone(), key.to_string(), self.id.clone());
+        self.in_flight.push_back(tokio::spawn(async move {
+            let etag = store.upload_part(&key, &id, number, body).await?;
+            Ok(UploadedPart { number, etag })
+        }));
+        Ok(())
+    }
+
     /// Stops the upload: cancels parts in flight and asks the store to drop what it has.
     fn abandon(self, store: &Arc<dyn ObjectStore>, key: &str, why: &str) {
         tracing::debug!(
@@ -463,20 +482,12 @@ impl Staged {
                     None => break,
                 }
             }
-            let number = (stream.frozen / stream.part) as u32 + 1;
-            let mut body = vec![0u8; stream.part as usize];
-            if let Err(e) = self.file.read_exact_at(&mut body, stream.frozen) {
+            let (start, len) = (stream.frozen, stream.part);
+            if let Err(e) = stream.start_part(store, &self.key, &self.file, start, len) {
                 stream.abandon(store, &self.key, &format!("reading the staging file: {e}"));
                 self.fresh = false;
                 return;
             }
-            let (store2, key, id) = (store.clone(), self.key.clone(), stream.id.clone());
-            stream.in_flight.push_back(tokio::spawn(async move {
-                let etag = store2
-                    .upload_part(&key, &id, number, Bytes::from(body))
-                    .await?;
-                Ok(UploadedPart { number, etag })
-            }));
             stream.frozen += stream.part;
         }
         self.streaming = Some(stream);
@@ -491,6 +502,19 @@ impl Staged {
         tuning: WriteTuning,
     ) -> Result<String, StoreError> {
         let mut failure = None;
+        // The last part or two start at once, next to those still in flight.
+        let rest = self.size - stream.frozen;
+        if rest > 0 && rest <= 2 * stream.part {
+            let mut start = stream.frozen;
+            while start < self.size && failure.is_none() {
+                let len = stream.part.min(self.size - start);
+                if let Err(e) = stream.start_part(store, &self.key, &self.file, start, len) {
+                    failure = Some(e);
+                }
+                start += len;
+            }
+            stream.frozen = self.size;
+        }
         while let Some(handle) = stream.in_flight.pop_front() {
             match handle.await {
                 Ok(Ok(done)) => stream.done.push(done),
