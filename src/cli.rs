@@ -144,6 +144,15 @@ pub struct MountArgs {
     /// Part size of multipart uploads (at least 5MiB; grows so an object fits 10,000 parts)
     #[arg(long, value_parser = parse_size, default_value = "8MiB", help_heading = "Writing")]
     pub part_size: u64,
+    /// When a file changed in the bucket since it was opened here: warn (and replace it,
+    /// last close wins) or fail the close (EIO; the bytes go to recovery)
+    #[arg(long, value_enum, default_value = "warn", help_heading = "Writing")]
+    pub conflict: crate::fs::write::ConflictPolicy,
+    /// When uploads happen: `sync` (close and fsync return once the bucket has the file) or
+    /// `async` (close returns once the file is staged on local disk; uploads follow in the
+    /// background; fsync still waits; unmount and SIGTERM finish them)
+    #[arg(long, value_enum, default_value = "sync", help_heading = "Writing")]
+    pub write_back: crate::fs::WriteBack,
     /// Parts uploaded at once
     #[arg(long, default_value_t = 4, help_heading = "Writing")]
     pub max_upload_concurrency: usize,

@@ -170,6 +170,27 @@ fn abort_connection(device: Option<&str>) {
     }
 }
 
+/// `--write-back=async`: a status line every 10 s while uploads are pending, so an operator
+/// knows when the data is really in the bucket.
+async fn log_pending_uploads(fs: Arc<Fs>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    let mut was_pending = false;
+    loop {
+        tick.tick().await;
+        let files = fs.pending_uploads();
+        if files > 0 {
+            tracing::info!(
+                files,
+                bytes = fs.pending_bytes(),
+                "write-back: uploads pending"
+            );
+        } else if was_pending {
+            tracing::info!("write-back: every upload finished");
+        }
+        was_pending = files > 0;
+    }
+}
+
 /// Uploads what files still open for writing hold, before the daemon goes away.
 async fn finish_uploads(fs: &Fs, why: &str) {
     let pending = fs.pending_uploads();
@@ -314,6 +335,9 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
     }
     let mountpoint = cfg.mountpoint.clone();
     let fs_for_signal = fs.clone();
+    if cfg.fs.write_back == crate::fs::WriteBack::Async {
+        runtime.spawn(log_pending_uploads(fs.clone()));
+    }
     let outcome = runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;

@@ -490,7 +490,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         self.serve("fsync", ino.0, async move {
-            match fs.flush(fh.0).await {
+            match fs.fsync(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno("fsync", &e)),
             }

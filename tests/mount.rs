@@ -725,6 +725,34 @@ fn sigterm_finishes_uploads_then_unmounts_a_foreground_mount_cleanly() {
 }
 
 #[test]
+fn async_write_back_uploads_after_close_and_unmount_waits_for_it() {
+    let b = Bucket::new("async-write");
+    let m = Mount::new(&b.location(""), &["--write-back", "async"]);
+    let big = pattern(21 << 20, 3);
+    std::fs::write(m.join("big.bin"), &big).unwrap();
+    for i in 0..20 {
+        std::fs::write(m.join(&format!("small-{i}.txt")), format!("file {i}")).unwrap();
+    }
+    let log = m.log.clone();
+    m.unmount();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("unmounted")
+    {
+        assert!(Instant::now() < deadline, "daemon did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(b.get("big.bin").unwrap() == big, "the big file is complete");
+    for i in 0..20 {
+        assert_eq!(
+            b.get(&format!("small-{i}.txt")).as_deref(),
+            Some(format!("file {i}").as_bytes())
+        );
+    }
+}
+
+#[test]
 fn unmount_ends_the_daemon() {
     let b = Bucket::new("unmount");
     let m = Mount::new(&b.location(""), &[]);

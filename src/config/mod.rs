@@ -117,8 +117,10 @@ impl MountConfig {
             write: crate::fs::write::WriteTuning {
                 part_size: args.part_size,
                 upload_concurrency: args.max_upload_concurrency.clamp(1, 64),
+                conflict: args.conflict,
             },
             listing_heads: !args.fast_listing,
+            write_back: args.write_back,
             xattrs: args.xattrs,
             max_dir_rename_objects: args.max_dir_rename_objects,
             ..FsConfig::default()

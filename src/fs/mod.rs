@@ -84,6 +84,8 @@ pub struct FsConfig {
     /// Complete listings with a HEAD per new or changed file (in parallel), so that modes,
     /// owners, mtimes and symlinks stored as metadata show in `ls -l`.
     pub listing_heads: bool,
+    /// When uploads happen: at close (sync) or after it, in the background (async).
+    pub write_back: WriteBack,
     /// Serve `user.*` extended attributes (stored in s3fs's `x-amz-meta-xattr`).
     pub xattrs: bool,
     /// Largest directory (in objects) a rename moves; above it, EXDEV.
@@ -112,8 +114,10 @@ impl Default for FsConfig {
             write: WriteTuning {
                 part_size: 8 << 20,
                 upload_concurrency: 4,
+                conflict: write::ConflictPolicy::Warn,
             },
             listing_heads: true,
+            write_back: WriteBack::Sync,
             xattrs: false,
             max_dir_rename_objects: 10_000,
             copy_limit: 5 << 30,
@@ -149,6 +153,17 @@ enum OpenFile {
 
 type StagedRef = Arc<tokio::sync::Mutex<Staged>>;
 
+/// When written files are uploaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WriteBack {
+    /// close() and fsync() return once the bucket has the file.
+    #[default]
+    Sync,
+    /// close() returns once the file is staged on local disk; the upload follows in the
+    /// background; fsync() still waits for it; unmount and SIGTERM finish pending uploads.
+    Async,
+}
+
 /// How a staging copy starts when a file is opened for writing.
 enum Start {
     /// A copy of the object (or empty, when there is none yet).
@@ -176,6 +191,8 @@ pub struct Fs {
     reads_served: AtomicU64,
     bytes_served: AtomicU64,
     readahead_budget: Arc<Semaphore>,
+    /// Background uploads (`--write-back=async`) running at once.
+    background_uploads: Arc<Semaphore>,
     buffers: Arc<buffers::BufferPool>,
     odd_keys: OddKeyLog,
 }
@@ -201,6 +218,7 @@ impl Fs {
     ) -> Fs {
         let units = (cfg.max_readahead_memory / BUDGET_UNIT).max(1) as usize;
         let pooled = cfg.max_readahead_memory;
+        let uploads_at_once = cfg.write.upload_concurrency.max(1);
         Fs {
             store,
             counters,
@@ -217,6 +235,7 @@ impl Fs {
             reads_served: AtomicU64::new(0),
             bytes_served: AtomicU64::new(0),
             readahead_budget: Arc::new(Semaphore::new(units)),
+            background_uploads: Arc::new(Semaphore::new(uploads_at_once)),
             buffers: Arc::new(buffers::BufferPool::new(pooled)),
             odd_keys: OddKeyLog::default(),
         }
@@ -723,11 +742,14 @@ impl Fs {
             Start::New(headers) => Staged::empty(cache, key, headers)?,
             // O_TRUNC keeps the file's mode, owner and xattrs, as a local file would.
             Start::Truncated => {
-                let headers = match self.meta.last_head(&key) {
-                    Some(info) => info.metadata,
+                let known = self.meta.last_head(&key);
+                let headers = match &known {
+                    Some(info) => info.metadata.clone(),
                     None => self.new_file_headers(self.cfg.file_mode, self.cfg.uid, self.cfg.gid),
                 };
-                Staged::empty(cache, key, headers)?
+                let mut staged = Staged::empty(cache, key, headers)?;
+                staged.set_base(known.as_ref().map(|i| i.etag.as_str()));
+                staged
             }
             Start::Existing => match self.store.head(&key).await {
                 Ok(info) => {
@@ -737,6 +759,7 @@ impl Fs {
                 Err(StoreError::NotFound) => {
                     let headers =
                         self.new_file_headers(self.cfg.file_mode, self.cfg.uid, self.cfg.gid);
+                    // Absent: it did not exist when opened.
                     Staged::empty(cache, key, headers)?
                 }
                 Err(e) => return Err(e.into()),
@@ -828,8 +851,30 @@ impl Fs {
         self.getattr(ino).await
     }
 
-    /// Uploads the file's changes, if any (close(2) and fsync(2) report this result).
+    /// close(2): uploads the file's changes, if any, and reports the result. With
+    /// `--write-back=async` it only makes sure the staging copy is on disk; the upload follows
+    /// in the background after the last close.
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        if self.cfg.write_back == WriteBack::Async {
+            let staged = self.staged_of_handle(fh);
+            if let Some(staged) = staged {
+                staged.lock().await.sync_to_disk()?;
+            }
+            return Ok(());
+        }
+        self.fsync(fh).await
+    }
+
+    fn staged_of_handle(&self, fh: u64) -> Option<StagedRef> {
+        let file = lock(&self.files).get(&fh).cloned()?;
+        match file.as_ref() {
+            OpenFile::Staged(ino) => self.staged_of(*ino),
+            OpenFile::Object(_) => None,
+        }
+    }
+
+    /// fsync(2): uploads the file's changes, if any, whatever the write-back mode.
+    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
         let file = lock(&self.files).get(&fh).cloned();
         let Some(file) = file else {
             return Ok(());
@@ -875,7 +920,44 @@ impl Fs {
         result
     }
 
-    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+    /// `--write-back=async`: drops one handle; after the last one, the upload runs in the
+    /// background (at most `--max-upload-concurrency` files at once), and a failure keeps
+    /// the bytes in recovery with a log line (no program is left to tell).
+    async fn finish_handle_in_background(self: &Arc<Self>, ino: Ino) -> Result<(), FsError> {
+        let Some(staged) = self.staged_of(ino) else {
+            return Ok(());
+        };
+        {
+            let mut s = staged.lock().await;
+            s.handles = s.handles.saturating_sub(1);
+            if s.handles > 0 {
+                return Ok(());
+            }
+            if !s.is_dirty() {
+                lock(&self.staged).remove(&ino);
+                return Ok(());
+            }
+        }
+        let fs = self.clone();
+        tokio::spawn(async move {
+            let _permit = fs.background_uploads.clone().acquire_owned().await;
+            let mut s = staged.lock().await;
+            // Failures are logged (with the recovery path) by the upload itself.
+            let _ = fs.upload_staged(ino, &mut s).await;
+            if s.handles == 0 {
+                let mut map = lock(&fs.staged);
+                if map
+                    .get(&ino)
+                    .is_some_and(|current| Arc::ptr_eq(current, &staged))
+                {
+                    map.remove(&ino);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    pub async fn release(self: &Arc<Self>, fh: u64) -> Result<(), FsError> {
         let (file, readers_left) = {
             let mut files = lock(&self.files);
             let file = files.remove(&fh);
@@ -886,6 +968,9 @@ impl Fs {
             (file, readers)
         };
         match file.as_deref() {
+            Some(OpenFile::Staged(ino)) if self.cfg.write_back == WriteBack::Async => {
+                self.finish_handle_in_background(*ino).await
+            }
             Some(OpenFile::Staged(ino)) => self.finish_handle(*ino, true).await,
             Some(OpenFile::Object(_)) => {
                 if readers_left == 0 {
@@ -967,6 +1052,17 @@ impl Fs {
             }
         }
         (done, failed)
+    }
+
+    /// Bytes of files waiting for their upload (those not busy uploading right now).
+    pub fn pending_bytes(&self) -> u64 {
+        let staged: Vec<StagedRef> = lock(&self.staged).values().cloned().collect();
+        staged
+            .iter()
+            .filter_map(|s| s.try_lock().ok())
+            .filter(|s| s.is_dirty())
+            .map(|s| s.size())
+            .sum()
     }
 
     /// Whether anything written is still waiting for its upload.

@@ -457,3 +457,84 @@ async fn an_object_changed_under_a_lazy_copy_fails_the_upload_and_keeps_the_chan
     );
     let _ = fs.release(fh).await;
 }
+
+async fn edit_after_someone_else(policy: write::ConflictPolicy) -> (WriteRigResult, Vec<Vec<u8>>) {
+    let mut cfg = FsConfig::default();
+    cfg.write.conflict = policy;
+    let w = write_rig_with(1 << 30, cfg);
+    let fs = &w.rig.fs;
+    w.rig.mem.put("notes.txt", "original");
+    let f = fs.lookup(Ino::ROOT, "notes.txt").await.unwrap();
+    let (fh, _) = fs.open(f.ino, true, true).await.unwrap();
+    fs.write(fh, 0, b"mine").await.unwrap();
+    w.rig.mem.put("notes.txt", "theirs");
+    let result = fs.flush(fh).await.map_err(|e| e.errno());
+    let _ = fs.release(fh).await;
+    let content = w.rig.mem.content("notes.txt").unwrap().to_vec();
+    ((result, content), w.recovered())
+}
+
+type WriteRigResult = (Result<(), i32>, Vec<u8>);
+
+#[tokio::test]
+async fn a_conflicting_close_wins_with_a_warning_by_default() {
+    let ((result, content), recovered) = edit_after_someone_else(write::ConflictPolicy::Warn).await;
+    assert_eq!(result, Ok(()));
+    assert_eq!(content, b"mine");
+    assert!(recovered.is_empty());
+}
+
+#[tokio::test]
+async fn a_conflicting_close_fails_with_conflict_fail() {
+    let ((result, content), recovered) = edit_after_someone_else(write::ConflictPolicy::Fail).await;
+    assert_eq!(result, Err(libc::EIO));
+    assert_eq!(content, b"theirs", "the other version stands");
+    assert_eq!(recovered, vec![b"mine".to_vec()], "our bytes are kept");
+}
+
+#[tokio::test]
+async fn async_write_back_returns_at_close_and_uploads_after() {
+    let w = write_rig_with(
+        1 << 30,
+        FsConfig {
+            write_back: WriteBack::Async,
+            ..FsConfig::default()
+        },
+    );
+    let fs = &w.rig.fs;
+    let (_, fh) = fs
+        .create(Ino::ROOT, "later.txt", 0o644, caller())
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"soon").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    assert_eq!(
+        w.rig.count(RequestKind::Put),
+        0,
+        "close did not wait for the upload"
+    );
+    fs.release(fh).await.unwrap();
+    for _ in 0..200 {
+        if fs.pending_uploads() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(fs.pending_uploads(), 0);
+    assert_eq!(
+        w.rig.mem.content("later.txt").as_deref(),
+        Some(&b"soon"[..])
+    );
+    // fsync still means "in the bucket".
+    let (_, fh) = fs
+        .create(Ino::ROOT, "now.txt", 0o644, caller())
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"durable").await.unwrap();
+    fs.fsync(fh).await.unwrap();
+    assert_eq!(
+        w.rig.mem.content("now.txt").as_deref(),
+        Some(&b"durable"[..])
+    );
+    fs.release(fh).await.unwrap();
+}

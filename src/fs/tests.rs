@@ -11,7 +11,7 @@ use namespace::caller;
 pub(super) struct Rig {
     pub mem: Arc<MemoryStore>,
     pub store: Arc<Instrumented>,
-    pub fs: Fs,
+    pub fs: Arc<Fs>,
 }
 
 fn rig(prefix: &str) -> Rig {
@@ -30,7 +30,11 @@ fn rig_with(prefix: &str, cfg: FsConfig) -> Rig {
             ..cfg
         },
     );
-    Rig { mem, store, fs }
+    Rig {
+        mem,
+        store,
+        fs: Arc::new(fs),
+    }
 }
 
 impl Rig {
@@ -335,13 +339,18 @@ pub(super) fn write_rig_with(cache_cap: u64, cfg: FsConfig) -> WriteRig {
             write: WriteTuning {
                 part_size: write::MIN_PART_SIZE,
                 upload_concurrency: 2,
+                conflict: cfg.write.conflict,
             },
             ..cfg
         },
     )
     .with_cache(cache);
     WriteRig {
-        rig: Rig { mem, store, fs },
+        rig: Rig {
+            mem,
+            store,
+            fs: Arc::new(fs),
+        },
         dir,
     }
 }

@@ -32,6 +32,28 @@ pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub struct WriteTuning {
     pub part_size: u64,
     pub upload_concurrency: usize,
+    pub conflict: ConflictPolicy,
+}
+
+/// What a close does when the object changed in the bucket since the file was opened here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConflictPolicy {
+    /// Upload anyway (the last close wins) and log a warning naming the conflict.
+    #[default]
+    Warn,
+    /// Refuse: the close fails (EIO) and the written bytes go to recovery.
+    Fail,
+}
+
+/// The version of the object a staging copy was made against, for conflict checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Base {
+    /// The object did not exist (a new file).
+    Absent,
+    /// The object had this ETag.
+    Etag(String),
+    /// Not known (nothing to compare with).
+    Unknown,
 }
 
 /// The cache directory: `staging/` for files being written, `recovery/` for the bytes of
@@ -226,6 +248,8 @@ pub struct Staged {
     pub modified: std::time::SystemTime,
     /// The object this copy mirrors, while it does (an existing file, or after an upload).
     source: Option<Source>,
+    /// The version of the object this copy was made against.
+    base: Base,
 }
 
 impl Drop for Staged {
@@ -273,7 +297,61 @@ impl Staged {
             metadata,
             modified: std::time::SystemTime::now(),
             source: None,
+            base: Base::Absent,
         })
+    }
+
+    /// The copy starts from `etag` (O_TRUNC of a known object), or from an unknown version.
+    pub fn set_base(&mut self, etag: Option<&str>) {
+        self.base = match etag {
+            Some(etag) => Base::Etag(etag.to_string()),
+            None => Base::Unknown,
+        };
+    }
+
+    /// Checks that the bucket still holds the version this copy was made against. A file the
+    /// program created is checked only under `--conflict=fail` (it costs a HEAD per new file).
+    async fn check_conflict(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        policy: ConflictPolicy,
+    ) -> Result<(), StoreError> {
+        let expected = match &self.base {
+            Base::Unknown => return Ok(()),
+            Base::Absent if policy == ConflictPolicy::Warn => return Ok(()),
+            Base::Absent => None,
+            Base::Etag(etag) => Some(etag.as_str()),
+        };
+        let now = match store.head(&self.key).await {
+            Ok(info) => Some(info.etag),
+            Err(StoreError::NotFound) => None,
+            // The upload will meet the same trouble and report it.
+            Err(_) => return Ok(()),
+        };
+        if now.as_deref() == expected {
+            return Ok(());
+        }
+        let describe = |e: Option<&str>| e.unwrap_or("absent").to_string();
+        match policy {
+            ConflictPolicy::Warn => {
+                tracing::warn!(
+                    key = %self.key,
+                    opened_at = %describe(expected),
+                    now = %describe(now.as_deref()),
+                    "conflict: the object changed in the bucket since this file was opened here; this close replaces that version (last close wins; --conflict=fail refuses instead)"
+                );
+                Ok(())
+            }
+            ConflictPolicy::Fail => {
+                tracing::error!(
+                    key = %self.key,
+                    opened_at = %describe(expected),
+                    now = %describe(now.as_deref()),
+                    "conflict: the object changed in the bucket since this file was opened here; upload refused (--conflict=fail)"
+                );
+                Err(StoreError::PreconditionFailed)
+            }
+        }
     }
 
     /// The metadata headers for an upload now: `metadata` with the current `mtime`.
@@ -297,6 +375,7 @@ impl Staged {
         staged.dirty = false;
         staged.fresh = false;
         staged.modified = super::meta::file_mtime(info);
+        staged.base = Base::Etag(info.etag.clone());
         if info.size > 0 {
             staged.source = Some(Source {
                 key: info.key.clone(),
@@ -373,6 +452,11 @@ impl Staged {
             src.key = key.to_string();
             src.etag = etag.to_string();
         }
+    }
+
+    /// Makes the staging copy durable on local disk (async write-back's promise at close).
+    pub fn sync_to_disk(&self) -> Result<(), FsError> {
+        self.file.sync_data().map_err(io_error)
     }
 
     pub fn size(&self) -> u64 {
@@ -611,13 +695,21 @@ impl Staged {
             )));
         }
         let over_source = self.source.as_ref().is_some_and(|s| s.len > 0);
-        let result = match self.streaming.take() {
-            Some(stream) => self.finish_streaming(stream, store, tuning).await,
-            None if over_source => self.upload_over_source(store, tuning).await,
-            None => {
-                let headers = self.headers();
-                upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await
+        let result = match self.check_conflict(store, tuning.conflict).await {
+            Err(e) => {
+                if let Some(stream) = self.streaming.take() {
+                    stream.abandon(store, &self.key, "conflict");
+                }
+                Err(e)
             }
+            Ok(()) => match self.streaming.take() {
+                Some(stream) => self.finish_streaming(stream, store, tuning).await,
+                None if over_source => self.upload_over_source(store, tuning).await,
+                None => {
+                    let headers = self.headers();
+                    upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await
+                }
+            },
         };
         // Whatever happened, the next change starts from a known state: no streaming.
         self.fresh = false;
@@ -625,6 +717,7 @@ impl Staged {
             Ok(etag) => {
                 tracing::debug!(key = %self.key, size = self.size, %etag, "uploaded");
                 self.dirty = false;
+                self.base = Base::Etag(etag.clone());
                 self.now_mirrors(&etag);
                 Ok(Some(etag))
             }
