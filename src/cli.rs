@@ -141,6 +141,10 @@ pub struct MountArgs {
     /// Most bytes staged in the cache directory at once; writes beyond it fail with ENOSPC
     #[arg(long, value_parser = parse_size, default_value = "10GiB", help_heading = "Writing")]
     pub max_cache_size: u64,
+    /// Share of the cache directory's filesystem (in percent) kept free; writes that would
+    /// eat into it fail with ENOSPC
+    #[arg(long, default_value_t = 5.0, help_heading = "Writing")]
+    pub cache_min_free: f64,
     /// Part size of multipart uploads (at least 5MiB; grows so an object fits 10,000 parts)
     #[arg(long, value_parser = parse_size, default_value = "8MiB", help_heading = "Writing")]
     pub part_size: u64,

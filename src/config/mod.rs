@@ -28,6 +28,8 @@ pub struct MountConfig {
     pub kernel_read_ahead: u64,
     pub cache_dir: PathBuf,
     pub max_cache_size: u64,
+    /// Share (0..1) of the cache directory's filesystem kept free.
+    pub cache_min_free: f64,
     pub log_file: Option<PathBuf>,
     pub debug: bool,
 }
@@ -151,6 +153,7 @@ impl MountConfig {
                 .clone()
                 .unwrap_or_else(|| paths::cache_dir().join(paths::mount_name(&args.mountpoint))),
             max_cache_size: args.max_cache_size,
+            cache_min_free: args.cache_min_free / 100.0,
             log_file: args.log_file.clone(),
             debug: args.debug,
         })

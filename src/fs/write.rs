@@ -64,6 +64,21 @@ pub struct CacheDir {
     max_bytes: u64,
     used: AtomicU64,
     next: AtomicU64,
+    /// Share of the filesystem that must stay free.
+    min_free_ratio: f64,
+}
+
+/// (bytes free for unprivileged users, total bytes) of the filesystem holding `path`.
+fn filesystem_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we pass; the path is a valid NUL-terminated string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let unit = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
 }
 
 fn private_dir(path: &Path) -> std::io::Result<()> {
@@ -85,7 +100,37 @@ impl CacheDir {
             max_bytes,
             used: AtomicU64::new(0),
             next: AtomicU64::new(0),
+            min_free_ratio: 0.0,
         })
+    }
+
+    /// Keeps at least `min_free_ratio` of the cache's filesystem free, whoever else uses it.
+    pub fn with_min_free_ratio(mut self, ratio: f64) -> CacheDir {
+        self.min_free_ratio = ratio.clamp(0.0, 0.9);
+        self
+    }
+
+    /// Refuses (ENOSPC) a write that would leave less than the minimum free share of the
+    /// cache's filesystem: the local disk is never filled.
+    fn check_free_space(&self, more: u64) -> Result<(), FsError> {
+        if self.min_free_ratio <= 0.0 {
+            return Ok(());
+        }
+        let Some((free, total)) = filesystem_space(&self.staging) else {
+            return Ok(());
+        };
+        let floor = (total as f64 * self.min_free_ratio) as u64;
+        if free.saturating_sub(more) < floor {
+            tracing::warn!(
+                free,
+                wanted = more,
+                floor,
+                dir = %self.staging.display(),
+                "the cache directory's filesystem is nearly full (--cache-min-free); refusing the write with ENOSPC"
+            );
+            return Err(FsError::NoSpace);
+        }
+        Ok(())
     }
 
     pub fn recovery_dir(&self) -> &Path {
@@ -94,6 +139,7 @@ impl CacheDir {
 
     /// Accounts `more` bytes of staging space, or refuses with ENOSPC when over the cap.
     fn reserve(&self, more: u64) -> Result<(), FsError> {
+        self.check_free_space(more)?;
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
             if used + more > self.max_bytes {
@@ -992,6 +1038,20 @@ mod tests {
             at = b;
         }
         assert_eq!(at, 230 * mib);
+    }
+
+    #[test]
+    fn the_cache_filesystem_keeps_its_free_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let (free, total) = filesystem_space(dir.path()).unwrap();
+        let margin = 64u64 << 20;
+        let ratio = free.saturating_sub(margin) as f64 / total as f64;
+        let cache = CacheDir::open(dir.path(), u64::MAX)
+            .unwrap()
+            .with_min_free_ratio(ratio);
+        assert!(cache.reserve(4096).is_ok(), "well above the floor");
+        let err = cache.reserve(2 * margin).unwrap_err();
+        assert_eq!(err.errno(), libc::ENOSPC);
     }
 
     #[test]
