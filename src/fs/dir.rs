@@ -59,6 +59,12 @@ impl DirStream {
         }
     }
 
+    /// How many entries the listing has, once it has been read to its end.
+    pub fn listed_count(&self) -> Option<u64> {
+        self.exhausted
+            .then_some(self.base + self.entries.len() as u64)
+    }
+
     /// The prefix this directory lists (its key prefix, ending in `/` unless the root).
     pub fn list_prefix(&self) -> &str {
         &self.list_prefix

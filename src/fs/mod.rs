@@ -506,7 +506,56 @@ impl Fs {
                 self.meta.put_attr(dir_attr(ino, Some(&head), &self.cfg));
             }
         }
+        // Then the files of this directory being written that the bucket does not have yet
+        // (a copy in progress, an async upload not done): they exist for programs already.
+        let listed = stream.listed_count().unwrap_or(cookie - 2);
+        let unlisted = self.unlisted_files(&node.path).await;
+        for (i, (child, name)) in unlisted.iter().enumerate() {
+            let entry_cookie = 2 + listed + i as u64;
+            if entry_cookie < cookie {
+                continue;
+            }
+            let Some(attr) = self.staged_attr(*child).await else {
+                continue;
+            };
+            if plus {
+                lock(&self.inodes).remember(ino, Kind::File, &child_path(&node.path, name));
+            }
+            let full = sink(DirSinkEntry {
+                ino: *child,
+                offset: entry_cookie + 1,
+                name,
+                attr: &attr,
+            });
+            if full {
+                if plus {
+                    self.forget(*child, 1);
+                }
+                return Ok(());
+            }
+        }
         Ok(())
+    }
+
+    /// Files directly in `dir` whose staging copy the bucket has never had, by name.
+    async fn unlisted_files(&self, dir: &str) -> Vec<(Ino, String)> {
+        let staged: Vec<(Ino, StagedRef)> = lock(&self.staged)
+            .iter()
+            .map(|(ino, s)| (*ino, s.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (ino, staged) in staged {
+            let Some(node) = lock(&self.inodes).get(ino).cloned() else {
+                continue;
+            };
+            let parent = node.path.rsplit_once('/').map_or("", |(p, _)| p);
+            if parent != dir || !staged.lock().await.only_local() {
+                continue;
+            }
+            out.push((ino, node.name().to_string()));
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
     }
 
     /// Entry `index` of a listing; a page just fetched is first completed with HEADs.

@@ -538,3 +538,26 @@ async fn async_write_back_returns_at_close_and_uploads_after() {
     );
     fs.release(fh).await.unwrap();
 }
+
+#[tokio::test]
+async fn files_being_written_show_in_listings_once() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    w.rig.mem.put("a", "1");
+    w.rig.mem.put("z", "2");
+    let (_, fh) = fs
+        .create(Ino::ROOT, "m.part", 0o644, caller())
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"half").await.unwrap();
+    let names = |l: Vec<(String, Attr)>| l.into_iter().map(|e| e.0).collect::<Vec<_>>();
+    let listed = w.rig.list(Ino::ROOT, true).await;
+    assert_eq!(names(listed.clone()), vec![".", "..", "a", "z", "m.part"]);
+    assert_eq!(listed[4].1.size, 4);
+    fs.release(fh).await.unwrap();
+    assert_eq!(
+        names(w.rig.list(Ino::ROOT, true).await),
+        vec![".", "..", "a", "m.part", "z"],
+        "uploaded: listed by the bucket, once"
+    );
+}

@@ -500,6 +500,12 @@ impl Staged {
         }
     }
 
+    /// Whether a listing of the bucket may not show this file although programs see it: new,
+    /// never uploaded, and not deleted.
+    pub fn only_local(&self) -> bool {
+        self.base == Base::Absent && self.dirty
+    }
+
     /// Makes the staging copy durable on local disk (async write-back's promise at close).
     pub fn sync_to_disk(&self) -> Result<(), FsError> {
         self.file.sync_data().map_err(io_error)
