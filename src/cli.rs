@@ -28,6 +28,17 @@ pub enum Command {
         /// Mountpoint of one mount
         mountpoint: Option<PathBuf>,
     },
+    /// Print a pre-signed URL for a file inside a running mount (no credentials needed to use it)
+    Presign {
+        /// A file inside a pailfs mount (for --method put, it may not exist yet)
+        path: PathBuf,
+        /// How long the URL works: seconds, or with a unit (90m, 12h, 7d); at most 7 days
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        expires: Duration,
+        /// get: download the file; put: upload to it
+        #[arg(long, value_enum, default_value = "get")]
+        method: crate::store::PresignMethod,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,15 +1,18 @@
-//! The control socket of a running mount: a Unix socket, mode 0600, that answers each
-//! connection with the mount's status in `name=value` lines (`pailfs status` reads it).
+//! The control socket of a running mount: a Unix socket, mode 0600. A client sends one
+//! request line and reads the answer to the end: `status` gives the mount's status in
+//! `name=value` lines (`pailfs status`), `presign<TAB>SECS<TAB>get|put<TAB>PATH` a pre-signed
+//! URL (`url=…` or `error=…`; `pailfs presign`). The daemon signs: it has the credentials.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::paths::{mount_name, socket_dir};
 use crate::fs::Fs;
+use crate::store::PresignMethod;
 
 pub fn socket_path(mountpoint: &Path) -> PathBuf {
     socket_dir().join(format!("{}.sock", mount_name(mountpoint)))
@@ -50,7 +53,32 @@ fn status_text(info: &MountInfo, fs: &Fs) -> String {
     text
 }
 
-pub fn serve(info: MountInfo, fs: Arc<Fs>) -> std::io::Result<ControlSocket> {
+/// Answers one request line.
+fn answer(request: &str, info: &MountInfo, fs: &Fs, rt: &tokio::runtime::Handle) -> String {
+    let fields: Vec<&str> = request.trim_end_matches(['\r', '\n']).split('\t').collect();
+    match fields[..] {
+        ["presign", secs, method, path] => {
+            let method = match method {
+                "put" => PresignMethod::Put,
+                _ => PresignMethod::Get,
+            };
+            let Ok(secs) = secs.parse::<u64>() else {
+                return "error=the expiry is not a number of seconds\n".into();
+            };
+            match rt.block_on(fs.presign(path, method, Duration::from_secs(secs))) {
+                Ok(url) => format!("url={url}\n"),
+                Err(e) => format!("error={e}\n"),
+            }
+        }
+        _ => status_text(info, fs),
+    }
+}
+
+pub fn serve(
+    info: MountInfo,
+    fs: Arc<Fs>,
+    rt: tokio::runtime::Handle,
+) -> std::io::Result<ControlSocket> {
     let path = socket_path(&info.mountpoint);
     let dir = socket_dir();
     std::fs::create_dir_all(&dir)?;
@@ -67,7 +95,14 @@ pub fn serve(info: MountInfo, fs: Arc<Fs>) -> std::io::Result<ControlSocket> {
             for stream in listener.incoming() {
                 match stream {
                     Ok(mut s) => {
-                        let _ = s.write_all(status_text(&info, &fs).as_bytes());
+                        // A client that sends nothing gets the status.
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut request = String::new();
+                        let _ = std::io::BufRead::read_line(
+                            &mut std::io::BufReader::new(&s),
+                            &mut request,
+                        );
+                        let _ = s.write_all(answer(&request, &info, &fs, &rt).as_bytes());
                     }
                     Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
                 }
@@ -78,6 +113,11 @@ pub fn serve(info: MountInfo, fs: Arc<Fs>) -> std::io::Result<ControlSocket> {
 
 /// Reads the status of the mount on `mountpoint`.
 pub fn query(mountpoint: &Path) -> Result<String, String> {
+    request(mountpoint, "status")
+}
+
+/// Sends one request to the mount on `mountpoint` and returns its answer.
+fn request(mountpoint: &Path, line: &str) -> Result<String, String> {
     use std::io::Read;
     let path = socket_path(mountpoint);
     let mut stream = UnixStream::connect(&path).map_err(|e| {
@@ -87,11 +127,51 @@ pub fn query(mountpoint: &Path) -> Result<String, String> {
             path.display()
         )
     })?;
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| format!("writing to {}: {e}", path.display()))?;
     let mut text = String::new();
     stream
         .read_to_string(&mut text)
         .map_err(|e| format!("reading {}: {e}", path.display()))?;
     Ok(text)
+}
+
+/// A pre-signed URL for `file`, a path inside a running mount (found by walking up to the
+/// directory whose mount answers on a control socket).
+pub fn presign(file: &Path, method: PresignMethod, expires: Duration) -> Result<String, String> {
+    let absolute = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    // Symlinks in the directories above (e.g. /mnt -> /media) are resolved; the file itself
+    // may not exist yet (an upload URL).
+    let (dir, name) = match (absolute.parent(), absolute.file_name()) {
+        (Some(dir), Some(name)) => (dir, name),
+        _ => return Err(format!("{} is not a file path", file.display())),
+    };
+    let dir = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let target = dir.join(name);
+    let mountpoint = target
+        .ancestors()
+        .skip(1)
+        .find(|a| UnixStream::connect(socket_path(a)).is_ok())
+        .ok_or_else(|| format!("{} is not inside a running pailfs mount", file.display()))?;
+    let relative = target
+        .strip_prefix(mountpoint)
+        .ok()
+        .and_then(|p| p.to_str())
+        .ok_or_else(|| format!("{} is not a UTF-8 path inside the mount", file.display()))?;
+    let method_name = match method {
+        PresignMethod::Get => "get",
+        PresignMethod::Put => "put",
+    };
+    let answer = request(
+        mountpoint,
+        &format!("presign\t{}\t{method_name}\t{relative}", expires.as_secs()),
+    )?;
+    match (answer.strip_prefix("url="), answer.strip_prefix("error=")) {
+        (Some(url), _) => Ok(url.trim_end().to_string()),
+        (_, Some(error)) => Err(error.trim_end().to_string()),
+        _ => Err(format!("unexpected answer from the mount: {answer}")),
+    }
 }
 
 /// Mountpoints of every mount with a live control socket.
@@ -103,6 +183,7 @@ pub fn live_mounts() -> Vec<String> {
     for entry in entries.flatten() {
         if let Ok(mut s) = UnixStream::connect(entry.path()) {
             use std::io::Read;
+            let _ = s.write_all(b"status\n");
             let mut text = String::new();
             if s.read_to_string(&mut text).is_ok() {
                 out.push(text);

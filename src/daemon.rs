@@ -124,16 +124,20 @@ impl Readiness {
         self.daemon
     }
 
-    pub fn ready(&mut self) {
+    /// The mount answers: tells the waiting `pailfs mount` (daemon mode) and systemd
+    /// (`Type=notify`).
+    pub fn ready(&mut self, status: &str) {
         if let Some(mut pipe) = self.pipe.take() {
             let _ = pipe.write_all(READY);
         }
+        crate::notify::notify(&format!("READY=1\nSTATUS={status}"));
     }
 
     pub fn failed(&mut self, message: &str) {
         if let Some(mut pipe) = self.pipe.take() {
             let _ = pipe.write_all(message.as_bytes());
         }
+        crate::notify::notify(&format!("STATUS=failed: {message}"));
     }
 }
 
@@ -305,6 +309,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
             started: std::time::Instant::now(),
         },
         fs.clone(),
+        runtime.handle().clone(),
     )
     .map_err(
         |e| tracing::warn!(error = %e, "no control socket: pailfs status will not see this mount"),
@@ -323,7 +328,12 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         read_only = cfg.fs.read_only,
         "mounted"
     );
-    readiness.ready();
+    readiness.ready(&format!(
+        "mounted s3://{}/{} on {}",
+        cfg.location.bucket,
+        cfg.location.prefix,
+        cfg.mountpoint.display()
+    ));
     if !readiness.is_daemon() {
         eprintln!(
             "pailfs: mounted s3://{}/{} on {}; press Ctrl-C (or run fusermount3 -u {}) to unmount",
@@ -354,6 +364,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
             }
         };
         if let Some(sig) = signalled {
+            crate::notify::notify("STOPPING=1\nSTATUS=finishing uploads, then unmounting");
             finish_uploads(&fs_for_signal, sig).await;
             tracing::info!(signal = sig, "unmounting");
             if let Err(e) = unmounter.unmount() {

@@ -10,5 +10,6 @@ pub mod control;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
+pub mod notify;
 pub mod startup;
 pub mod store;

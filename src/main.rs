@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pailfs::cli::{mount_flag_takes_value, Cli, Command};
-use pailfs::config::options::expand_o_options;
+use pailfs::config::options::{expand_o_options, mount_helper_args, HelperArgs};
 use pailfs::config::MountConfig;
 use pailfs::daemon::{run_mount, spawn_daemon, Readiness};
 
@@ -65,7 +65,10 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let raw: Vec<String> = std::env::args().collect();
+    let raw = match mount_helper_args(std::env::args().collect()) {
+        HelperArgs::Plain(args) | HelperArgs::Mount(args) => args,
+        HelperArgs::Fake => return ExitCode::SUCCESS,
+    };
     let args = match expand_o_options(raw, mount_flag_takes_value) {
         Ok(a) => a,
         Err(e) => {
@@ -97,6 +100,28 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         },
+        Command::Presign {
+            path,
+            expires,
+            method,
+        } => {
+            if expires > pailfs::store::PRESIGN_MAX || expires.as_secs() == 0 {
+                eprintln!(
+                    "pailfs: --expires must be between 1 second and 7 days (604800 s): SigV4 pre-signed URLs cannot live longer"
+                );
+                return ExitCode::from(2);
+            }
+            match pailfs::control::presign(&path, method, expires) {
+                Ok(url) => {
+                    println!("{url}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pailfs: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Mount(mount) => {
             let mut readiness = Readiness::from_env();
             init_logging(

@@ -6,8 +6,51 @@ use std::time::Duration;
 /// fstab/mount options that concern `mount(8)` or systemd, not pailfs: accepted and ignored.
 const IGNORED: &[&str] = &[
     "_netdev", "auto", "noauto", "nofail", "user", "users", "nouser", "defaults", "dev", "nodev",
-    "suid", "nosuid", "exec", "noexec", "rw", "async", "atime", "noatime", "relatime",
+    "suid", "nosuid", "exec", "noexec", "rw", "async", "atime", "noatime", "relatime", "subtype",
+    "fsname",
 ];
+
+/// What `pailfs` was asked to do when run as a mount helper.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HelperArgs {
+    /// Not a helper call: the arguments as given.
+    Plain(Vec<String>),
+    /// A helper call, rewritten as `pailfs mount SOURCE DIR -o …`.
+    Mount(Vec<String>),
+    /// `mount -f` (fake): do everything but the mount, i.e. nothing.
+    Fake,
+}
+
+/// Recognises the two ways mount(8) starts a FUSE filesystem and rewrites them into
+/// `pailfs mount …`: as `mount.fuse.pailfs SOURCE DIR [-sfnv] [-o OPTS] [-t TYPE]` (a
+/// helper named after the type), or, through `mount.fuse3`, as `pailfs SOURCE DIR -o OPTS`.
+pub fn mount_helper_args(args: Vec<String>) -> HelperArgs {
+    let program = args
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+        .unwrap_or_default();
+    let as_helper = program.starts_with("mount.");
+    let location_first = args
+        .get(1)
+        .is_some_and(|a| !a.starts_with('-') && (a.contains("://") || a.starts_with('@')));
+    if !as_helper && !location_first {
+        return HelperArgs::Plain(args);
+    }
+    let mut out = vec!["pailfs".to_string(), "mount".to_string()];
+    let mut rest = args.into_iter().skip(1);
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            // mount(8)'s own switches: sloppy, no mtab, verbose.
+            "-s" | "-n" | "-v" if as_helper => {}
+            "-f" if as_helper => return HelperArgs::Fake,
+            "-t" if as_helper => {
+                rest.next();
+            }
+            _ => out.push(arg),
+        }
+    }
+    HelperArgs::Mount(out)
+}
 
 /// Rewrites every `-o LIST` / `-oLIST` in `args` into `--name[=value]` flags. `flag_takes_value`
 /// says, for a long flag name, whether it exists and whether it takes a value.
@@ -124,7 +167,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("'{text}' has an unknown unit (use ms, s, m or h)")),
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "'{text}' has an unknown unit (use ms, s, m, h or d)"
+            ))
+        }
     };
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("'{text}' is out of range"));
@@ -135,6 +183,47 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_helper_forms_become_pailfs_mount() {
+        let expect = HelperArgs::Mount(strings(&[
+            "pailfs",
+            "mount",
+            "s3://b/p",
+            "/mnt/d",
+            "-o",
+            "ro,_netdev",
+        ]));
+        assert_eq!(
+            mount_helper_args(strings(&[
+                "/sbin/mount.fuse.pailfs",
+                "s3://b/p",
+                "/mnt/d",
+                "-n",
+                "-o",
+                "ro,_netdev",
+                "-t",
+                "fuse.pailfs",
+            ])),
+            expect
+        );
+        assert_eq!(
+            mount_helper_args(strings(&[
+                "pailfs",
+                "s3://b/p",
+                "/mnt/d",
+                "-o",
+                "ro,_netdev"
+            ])),
+            expect
+        );
+        assert_eq!(
+            mount_helper_args(strings(&["mount.pailfs", "s3://b", "/m", "-f"])),
+            HelperArgs::Fake
+        );
+        let plain = strings(&["pailfs", "status"]);
+        assert_eq!(mount_helper_args(plain.clone()), HelperArgs::Plain(plain));
+    }
 
     fn known(flag: &str) -> Option<bool> {
         match flag {

@@ -1076,6 +1076,26 @@ impl Fs {
         }
     }
 
+    /// A pre-signed URL for the file at `path` (relative to the mount root).
+    pub async fn presign(
+        &self,
+        path: &str,
+        method: crate::store::PresignMethod,
+        expires: Duration,
+    ) -> Result<String, FsError> {
+        if expires > crate::store::PRESIGN_MAX || expires.is_zero() {
+            return Err(FsError::Invalid);
+        }
+        let path = path.trim_matches('/');
+        if path.split('/').any(|segment| check_name(segment).is_err()) {
+            return Err(FsError::Invalid);
+        }
+        Ok(self
+            .store
+            .presign(&self.key_of(path), method, expires)
+            .await?)
+    }
+
     /// Whether `ino` has a staging copy (an open file being written).
     pub fn is_being_written(&self, ino: Ino) -> bool {
         self.staged_of(ino).is_some()

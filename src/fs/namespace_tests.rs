@@ -308,6 +308,8 @@ async fn xattrs_are_stored_in_metadata_within_the_budget() {
     assert!(names.contains(&"user.origin".to_string()));
     assert!(names.contains(&"user.s3.etag".to_string()));
     assert_eq!(fs.getxattr(f.ino, "user.s3.key").await.unwrap(), b"f");
+    let url = fs.getxattr(f.ino, "user.s3.url").await.unwrap();
+    assert_eq!(url, b"memory:///f?method=Get&expires=86400");
     assert_eq!(
         fs.getxattr(f.ino, "user.s3.storage_class").await.unwrap(),
         b"STANDARD"

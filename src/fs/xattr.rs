@@ -20,7 +20,12 @@ const HEADER: &str = "xattr";
 const METADATA_BUDGET: usize = 2048;
 
 /// Read-only attributes every file has, computed from the object.
-const VIRTUAL: [&str; 3] = ["user.s3.etag", "user.s3.key", "user.s3.storage_class"];
+const VIRTUAL: [&str; 4] = [
+    "user.s3.etag",
+    "user.s3.key",
+    "user.s3.storage_class",
+    "user.s3.url",
+];
 
 /// The object behind an inode, as the xattr calls see it.
 struct Described {
@@ -178,6 +183,15 @@ impl Fs {
         };
         if let Some(value) = virtual_value {
             return Ok(value.into_bytes());
+        }
+        if name == "user.s3.url" && is_file {
+            // The same URL `pailfs presign` gives: a download link valid for 24 hours.
+            let day = std::time::Duration::from_secs(24 * 3600);
+            let url = self
+                .store
+                .presign(&d.key, crate::store::PresignMethod::Get, day)
+                .await?;
+            return Ok(url.into_bytes());
         }
         decode(&d.headers).remove(name).ok_or(FsError::NoAttribute)
     }

@@ -216,6 +216,15 @@ impl ObjectStore for Instrumented {
         self.finish(self.inner.abort_multipart(key, upload_id).await)
     }
 
+    async fn presign(
+        &self,
+        key: &str,
+        method: super::PresignMethod,
+        expires: std::time::Duration,
+    ) -> Result<String, StoreError> {
+        self.inner.presign(key, method, expires).await
+    }
+
     async fn get_range_into(
         &self,
         key: &str,

@@ -288,6 +288,18 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
+    async fn presign(
+        &self,
+        key: &str,
+        method: super::PresignMethod,
+        expires: std::time::Duration,
+    ) -> Result<String, StoreError> {
+        Ok(format!(
+            "memory:///{key}?method={method:?}&expires={}",
+            expires.as_secs()
+        ))
+    }
+
     async fn get_range_into(
         &self,
         key: &str,

@@ -118,6 +118,16 @@ impl RequestKind {
     }
 }
 
+/// What a pre-signed URL allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PresignMethod {
+    Get,
+    Put,
+}
+
+/// The longest validity SigV4 allows a pre-signed URL: 7 days.
+pub const PRESIGN_MAX: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// One uploaded part of a multipart upload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadedPart {
@@ -232,6 +242,18 @@ pub trait ObjectStore: Send + Sync + 'static {
         to: &str,
         metadata: Option<&Metadata>,
     ) -> Result<String, StoreError>;
+
+    /// A pre-signed URL that lets anyone holding it `method` the object `key` until `expires`
+    /// from now, without credentials.
+    async fn presign(
+        &self,
+        key: &str,
+        method: PresignMethod,
+        expires: std::time::Duration,
+    ) -> Result<String, StoreError> {
+        let _ = (key, method, expires);
+        Err(StoreError::Other("this store cannot sign URLs".into()))
+    }
 
     /// `get_range_into` with a fresh buffer.
     async fn get_range(

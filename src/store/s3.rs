@@ -588,6 +588,36 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
+    async fn presign(
+        &self,
+        key: &str,
+        method: super::PresignMethod,
+        expires: Duration,
+    ) -> Result<String, StoreError> {
+        use aws_sdk_s3::presigning::PresigningConfig;
+        let config = PresigningConfig::expires_in(expires)
+            .map_err(|e| StoreError::Other(format!("cannot sign for that long: {e}")))?;
+        let request = match method {
+            super::PresignMethod::Get => self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .presigned(config)
+                .await
+                .map_err(classify)?,
+            super::PresignMethod::Put => self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .presigned(config)
+                .await
+                .map_err(classify)?,
+        };
+        Ok(request.uri().to_string())
+    }
+
     async fn get_range_into(
         &self,
         key: &str,

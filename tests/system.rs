@@ -1,0 +1,206 @@
+//! At home on Linux: an fstab line through mount(8) and umount, systemd readiness
+//! (`Type=notify`), and pre-signed URLs used by a plain HTTP client.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{garage, is_mounted, pailfs, Bucket, Mount};
+
+fn credentials_file(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let g = garage();
+    let path = dir.join("credentials");
+    std::fs::write(
+        &path,
+        format!(
+            "[default]\naws_access_key_id={}\naws_secret_access_key={}\n",
+            g.key_id, g.secret
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn an_fstab_line_mounts_with_mount_and_unmounts_with_umount() {
+    let b = Bucket::new("fstab");
+    b.put("docs/readme.txt", "from the bucket");
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let creds = credentials_file(dir.path());
+    let log = dir.path().join("pailfs.log");
+    // mount.fuse3 starts the program named before '#' (a path here, so nothing needs
+    // installing; with the package, the type is written fuse.pailfs and the source plain).
+    let line = |options: &str| {
+        format!(
+            "{}#{} {} fuse _netdev,nofail,endpoint_url={},region=garage,credentials_file={},cache_dir={},log_file={}{options} 0 0\n",
+            env!("CARGO_BIN_EXE_pailfs"),
+            b.location("docs"),
+            mnt.display(),
+            garage().endpoint,
+            creds.display(),
+            dir.path().join("cache").display(),
+            log.display(),
+        )
+    };
+    let fstab = dir.path().join("fstab");
+    let mount = |fstab: &Path| {
+        Command::new("mount")
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .arg("--fstab")
+            .arg(fstab)
+            .arg(&mnt)
+            .output()
+            .unwrap()
+    };
+    // An unknown option is named, and nothing is mounted.
+    std::fs::write(&fstab, line(",colour=blue")).unwrap();
+    let out = mount(&fstab);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("colour"), "{err}");
+    assert!(!is_mounted(&mnt));
+    std::fs::write(&fstab, line(",ro")).unwrap();
+    let out = mount(&fstab);
+    assert!(out.status.success(), "{out:?}");
+    assert!(is_mounted(&mnt));
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("readme.txt")).unwrap(),
+        "from the bucket"
+    );
+    assert_eq!(
+        std::fs::write(mnt.join("new.txt"), "x")
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EROFS),
+        "ro from the fstab line"
+    );
+    let out = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("unmounted")
+    {
+        assert!(Instant::now() < deadline, "the daemon did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn type_notify_readiness_reaches_the_service_manager() {
+    let b = Bucket::new("notify");
+    b.put("f.txt", "data");
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = pailfs()
+        .args(["mount", &b.location("")])
+        .arg(&mnt)
+        .args(["--endpoint-url", &garage().endpoint, "--foreground"])
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = socket.recv(&mut buf).expect("a readiness message");
+    let message = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(message.contains("READY=1"), "{message}");
+    assert!(is_mounted(&mnt), "ready means mounted");
+    assert_eq!(std::fs::read_to_string(mnt.join("f.txt")).unwrap(), "data");
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let n = socket.recv(&mut buf).expect("a stopping message");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+    assert!(!is_mounted(&mnt));
+}
+
+/// A plain HTTP/1.1 request (no credentials, no SDK): (status, body).
+fn http(method: &str, url: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers end");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response[split + 4..].to_vec())
+}
+
+fn presign(path: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pailfs"))
+        .arg("presign")
+        .arg(path)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn presigned_urls_work_without_credentials_and_expire() {
+    let b = Bucket::new("presign");
+    b.put("share/report.pdf", "the report");
+    let m = Mount::new(&b.location(""), &[]);
+    let out = presign(&m.join("share/report.pdf"), &["--expires", "3s"]);
+    assert!(out.status.success(), "{out:?}");
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    assert!(
+        !url.contains(&garage().secret),
+        "the secret never appears in a URL"
+    );
+    assert_eq!(http("GET", &url, b""), (200, b"the report".to_vec()));
+    // An upload link for a file that does not exist yet.
+    let out = presign(&m.join("share/upload.bin"), &["--method", "put"]);
+    assert!(out.status.success(), "{out:?}");
+    let put_url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(http("PUT", &put_url, b"uploaded").0, 200);
+    assert_eq!(b.get("share/upload.bin").as_deref(), Some(&b"uploaded"[..]));
+    // Past its expiry the URL is refused.
+    std::thread::sleep(Duration::from_secs(4));
+    // (AWS answers 403, Garage 400; either way, no bytes.)
+    let (status, _) = http("GET", &url, b"");
+    assert!(
+        status == 403 || status == 400,
+        "expired URL answered {status}"
+    );
+    // Longer than SigV4 allows: refused with the reason.
+    let out = presign(&m.join("share/report.pdf"), &["--expires", "8d"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("7 days"));
+    // Outside any mount: said so.
+    let out = presign(Path::new("/tmp/not-a-mount/file"), &[]);
+    assert!(!out.status.success());
+}
