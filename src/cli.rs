@@ -168,6 +168,9 @@ pub struct MountArgs {
     /// background; fsync still waits; unmount and SIGTERM finish them)
     #[arg(long, value_enum, default_value = "sync", help_heading = "Writing")]
     pub write_back: crate::fs::WriteBack,
+    /// Memory for parts being uploaded (caps the parts in flight: at least one)
+    #[arg(long, value_parser = parse_size, default_value = "64MiB", help_heading = "Writing")]
+    pub write_buffer_memory: u64,
     /// Parts uploaded at once
     #[arg(long, default_value_t = 4, help_heading = "Writing")]
     pub max_upload_concurrency: usize,

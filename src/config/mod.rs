@@ -118,7 +118,11 @@ impl MountConfig {
             small_file_size: args.read_part_size.min(1024 * 1024),
             write: crate::fs::write::WriteTuning {
                 part_size: args.part_size,
-                upload_concurrency: args.max_upload_concurrency.clamp(1, 64),
+                // Each part in flight holds one part of memory.
+                upload_concurrency: args
+                    .max_upload_concurrency
+                    .min((args.write_buffer_memory / args.part_size) as usize)
+                    .clamp(1, 64),
                 conflict: args.conflict,
             },
             listing_heads: !args.fast_listing,
@@ -157,5 +161,30 @@ impl MountConfig {
             log_file: args.log_file.clone(),
             debug: args.debug,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(extra: &[&str]) -> MountConfig {
+        let mut args = vec!["pailfs", "mount", "s3://bucket", "/mnt/b"];
+        args.extend_from_slice(extra);
+        let cli = crate::cli::Cli::try_parse_from(args).unwrap();
+        let crate::cli::Command::Mount(mount) = cli.command else {
+            panic!("not a mount command")
+        };
+        MountConfig::from_args(&mount).unwrap()
+    }
+
+    #[test]
+    fn write_buffer_memory_caps_the_parts_in_flight() {
+        assert_eq!(config(&[]).fs.write.upload_concurrency, 4);
+        let tight = config(&["--write-buffer-memory", "16MiB", "--part-size", "8MiB"]);
+        assert_eq!(tight.fs.write.upload_concurrency, 2);
+        let tiny = config(&["--write-buffer-memory", "1MiB"]);
+        assert_eq!(tiny.fs.write.upload_concurrency, 1, "never below one part");
     }
 }

@@ -129,7 +129,14 @@ pub fn file_attr(ino: Ino, info: &ObjectInfo, cfg: &FsConfig) -> Attr {
     let perm = meta_number(info, "mode")
         .map(|m| (m & 0o7777) as u16)
         .unwrap_or(if symlink { 0o777 } else { cfg.file_mode });
+    let stored_time = |name: &str| {
+        meta_number(info, name)
+            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+            .unwrap_or(mtime)
+    };
     Attr {
+        atime: stored_time("atime"),
+        ctime: stored_time("ctime"),
         ino,
         kind: if symlink { Kind::Symlink } else { Kind::File },
         size: info.size,
@@ -162,6 +169,8 @@ pub fn dir_attr(ino: Ino, marker: Option<&ObjectInfo>, cfg: &FsConfig) -> Attr {
             kind: Kind::Dir,
             size: 0,
             mtime: cfg.mount_time,
+            atime: cfg.mount_time,
+            ctime: cfg.mount_time,
             perm: cfg.dir_mode,
             uid: cfg.uid,
             gid: cfg.gid,
@@ -218,11 +227,16 @@ pub fn apply_change(attr: &Attr, change: &AttrChange, headers: &mut Metadata) ->
     if let Some(atime) = change.atime {
         headers.insert("atime".into(), unix_seconds(atime).to_string());
     }
+    // A change of attributes is a change of status: ctime moves, as s3fs records it.
+    let now = SystemTime::now();
+    headers.insert("ctime".into(), unix_seconds(now).to_string());
     Attr {
         perm: change.perm.unwrap_or(attr.perm),
         uid: change.uid.unwrap_or(attr.uid),
         gid: change.gid.unwrap_or(attr.gid),
         mtime: change.mtime.unwrap_or(attr.mtime),
+        atime: change.atime.unwrap_or(attr.atime),
+        ctime: now,
         ..attr.clone()
     }
 }
@@ -267,9 +281,15 @@ mod tests {
                 ("uid", "1234"),
                 ("gid", "99"),
                 ("mtime", "1700000000"),
+                ("atime", "1700000100"),
             ]),
             &cfg,
         );
+        assert_eq!(
+            a.atime,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100)
+        );
+        assert_eq!(a.ctime, a.mtime, "no ctime header: the mtime");
         assert_eq!(a.perm, 0o700);
         assert_eq!((a.uid, a.gid), (1234, 99));
         assert_eq!(
@@ -288,6 +308,8 @@ mod tests {
             kind: Kind::Symlink,
             size: 3,
             mtime: SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000),
+            atime: SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000),
+            ctime: SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000),
             perm: 0o777,
             uid: 1000,
             gid: 1001,

@@ -57,6 +57,9 @@ pub struct Attr {
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
+    /// s3fs's `x-amz-meta-atime` / `-ctime` when stored, the mtime otherwise.
+    pub atime: SystemTime,
+    pub ctime: SystemTime,
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
@@ -759,11 +762,14 @@ impl Fs {
 
     /// Metadata for a new file: its mode and owner, s3fs-style.
     fn new_file_headers(&self, perm: u16, uid: u32, gid: u32) -> Metadata {
+        let now = SystemTime::now();
         let attr = Attr {
             ino: Ino(0),
             kind: Kind::File,
             size: 0,
-            mtime: SystemTime::now(),
+            mtime: now,
+            atime: now,
+            ctime: now,
             perm,
             uid,
             gid,

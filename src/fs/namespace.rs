@@ -55,11 +55,14 @@ impl Fs {
         self.writable()?;
         let (_, path) = self.child(parent, name)?;
         let ino = lock(&self.inodes).peek(Kind::Dir, &path);
+        let now = std::time::SystemTime::now();
         let attr = Attr {
             perm,
             uid: caller.uid,
             gid: caller.gid,
-            mtime: std::time::SystemTime::now(),
+            mtime: now,
+            atime: now,
+            ctime: now,
             ..dir_attr(ino, None, &self.cfg)
         };
         self.store
@@ -114,11 +117,14 @@ impl Fs {
             return Err(FsError::Invalid);
         }
         let ino = lock(&self.inodes).peek(Kind::Symlink, &path);
+        let now = std::time::SystemTime::now();
         let mut attr = Attr {
             ino,
             kind: Kind::Symlink,
             size: target.len() as u64,
-            mtime: std::time::SystemTime::now(),
+            mtime: now,
+            atime: now,
+            ctime: now,
             perm: 0o777,
             uid: caller.uid,
             gid: caller.gid,
