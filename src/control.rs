@@ -50,7 +50,64 @@ fn status_text(info: &MountInfo, fs: &Fs) -> String {
             text.push('\n');
         }
     }
+    for upload in fs.uploads_in_progress() {
+        text.push_str(&format!(
+            "upload={}/{}/{}/{}\n",
+            upload.done,
+            upload.total,
+            upload.elapsed.as_millis(),
+            upload.key
+        ));
+    }
     text
+}
+
+/// Renders `upload=DONE/TOTAL/MILLIS/KEY` status lines as progress bars, other lines as
+/// they are, for people reading `pailfs status`.
+pub fn render_status(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let upload = line.strip_prefix("upload=").and_then(|rest| {
+            let mut parts = rest.splitn(4, '/');
+            let done: u64 = parts.next()?.parse().ok()?;
+            let total: u64 = parts.next()?.parse().ok()?;
+            let millis: u64 = parts.next()?.parse().ok()?;
+            Some((done, total, millis, parts.next()?.to_string()))
+        });
+        match upload {
+            Some((done, total, millis, key)) => {
+                out.push_str(&progress_bar(done, total, millis, &key))
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn progress_bar(done: u64, total: u64, millis: u64, key: &str) -> String {
+    const WIDTH: usize = 30;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let share = if total == 0 {
+        1.0
+    } else {
+        (done as f64 / total as f64).min(1.0)
+    };
+    let filled = (share * WIDTH as f64).round() as usize;
+    let rate = if millis == 0 {
+        0.0
+    } else {
+        mib(done) / (millis as f64 / 1000.0)
+    };
+    format!(
+        "uploading [{}{}] {:>3.0}% {:.1}/{:.1} MiB {:.1} MiB/s {key}",
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled),
+        share * 100.0,
+        mib(done),
+        mib(total),
+        rate
+    )
 }
 
 /// Answers one request line.
@@ -191,4 +248,20 @@ pub fn live_mounts() -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn upload_lines_become_progress_bars() {
+        let text = "mountpoint=/m\nupload=52428800/104857600/2000/videos/a b.mp4\n";
+        let shown = super::render_status(text);
+        assert!(shown.starts_with("mountpoint=/m\n"));
+        assert!(
+            shown.contains(
+                "[###############...............]  50% 50.0/100.0 MiB 25.0 MiB/s videos/a b.mp4"
+            ),
+            "{shown}"
+        );
+    }
 }

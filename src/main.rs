@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         Command::Status { mountpoint } => match mountpoint {
             Some(path) => match pailfs::control::query(&path) {
                 Ok(text) => {
-                    print!("{text}");
+                    print!("{}", pailfs::control::render_status(&text));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
                     println!("no pailfs mounts are running");
                 }
                 for text in mounts {
-                    println!("{text}");
+                    println!("{}", pailfs::control::render_status(&text));
                 }
                 ExitCode::SUCCESS
             }

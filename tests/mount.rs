@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{extra_key, garage, is_mounted, pailfs, pattern, Bucket, Mount};
+use common::{extra_key, garage, is_mounted, pailfs, pattern, Bucket, KillOnDrop, Mount};
 
 fn names(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
@@ -679,16 +679,20 @@ fn sigterm_finishes_uploads_then_unmounts_a_foreground_mount_cleanly() {
     b.put("f.txt", "data");
     let dir = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let mut child = pailfs()
-        .args(["mount", &b.location("")])
-        .arg(dir.path())
-        .args(["--endpoint-url", &garage().endpoint, "--foreground"])
-        .arg("--cache-dir")
-        .arg(cache.path())
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        pailfs()
+            .args(["mount", &b.location("")])
+            .arg(dir.path())
+            .args(["--endpoint-url", &garage().endpoint, "--foreground"])
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !is_mounted(dir.path()) {
         assert!(Instant::now() < deadline, "foreground mount never appeared");
@@ -702,6 +706,14 @@ fn sigterm_finishes_uploads_then_unmounts_a_foreground_mount_cleanly() {
     let data = pattern(21 << 20, 8);
     let mut open = std::fs::File::create(dir.path().join("copying.bin")).unwrap();
     std::io::Write::write_all(&mut open, &data).unwrap();
+    // `pailfs status` shows it with a progress bar until it is in the bucket. (Asked through
+    // the library, not a child process: a fork would close a copy of the open descriptor,
+    // which flushes the file.)
+    let status = pailfs::control::render_status(&pailfs::control::query(dir.path()).unwrap());
+    assert!(
+        status.contains("uploading [") && status.contains("copying.bin"),
+        "{status}"
+    );
     // SAFETY: signalling our own child by pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{garage, is_mounted, pailfs, Bucket, Mount};
+use common::{garage, is_mounted, pailfs, Bucket, KillOnDrop, Mount};
 
 fn credentials_file(dir: &Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
@@ -107,17 +107,21 @@ fn type_notify_readiness_reaches_the_service_manager() {
     socket
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut child = pailfs()
-        .args(["mount", &b.location("")])
-        .arg(&mnt)
-        .args(["--endpoint-url", &garage().endpoint, "--foreground"])
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        pailfs()
+            .args(["mount", &b.location("")])
+            .arg(&mnt)
+            .args(["--endpoint-url", &garage().endpoint, "--foreground"])
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .env("NOTIFY_SOCKET", &socket_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let mut buf = [0u8; 1024];
     let n = socket.recv(&mut buf).expect("a readiness message");
     let message = String::from_utf8_lossy(&buf[..n]).to_string();

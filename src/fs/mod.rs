@@ -8,6 +8,7 @@ pub mod inode;
 pub mod meta;
 pub mod names;
 pub mod namespace;
+pub mod progress;
 pub mod ranges;
 pub mod read;
 pub mod write;
@@ -198,6 +199,8 @@ pub struct Fs {
     background_uploads: Arc<Semaphore>,
     buffers: Arc<buffers::BufferPool>,
     odd_keys: OddKeyLog,
+    /// Upload progress of every staging copy still alive.
+    progress: Mutex<Vec<std::sync::Weak<progress::UploadProgress>>>,
 }
 
 /// HEADs in flight while completing one listing page.
@@ -241,6 +244,7 @@ impl Fs {
             background_uploads: Arc::new(Semaphore::new(uploads_at_once)),
             buffers: Arc::new(buffers::BufferPool::new(pooled)),
             odd_keys: OddKeyLog::default(),
+            progress: Mutex::new(Vec::new()),
         }
     }
 
@@ -821,6 +825,7 @@ impl Fs {
             },
         };
         staged.handles = 1;
+        lock(&self.progress).push(Arc::downgrade(&staged.progress));
         let staged = Arc::new(tokio::sync::Mutex::new(staged));
         // Two opens may race to stage the same file: the first one in wins, the other joins it.
         let existing = {
@@ -1127,6 +1132,18 @@ impl Fs {
             }
         }
         (done, failed)
+    }
+
+    /// Files whose changes are not all in the bucket yet, with how far their upload is.
+    pub fn uploads_in_progress(&self) -> Vec<progress::UploadReport> {
+        let mut registry = lock(&self.progress);
+        registry.retain(|p| p.strong_count() > 0);
+        registry
+            .iter()
+            .filter_map(|p| p.upgrade())
+            .filter(|p| p.pending.load(Ordering::Relaxed))
+            .map(|p| p.report())
+            .collect()
     }
 
     /// Bytes of files waiting for their upload (those not busy uploading right now).

@@ -563,3 +563,35 @@ async fn files_being_written_show_in_listings_once() {
         "uploaded: listed by the bucket, once"
     );
 }
+
+#[tokio::test]
+async fn status_shows_files_whose_changes_are_not_in_the_bucket_yet() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    let (_, fh) = fs
+        .create(Ino::ROOT, "copying.iso", 0o644, caller())
+        .await
+        .unwrap();
+    let chunk = vec![1u8; 1 << 20];
+    for i in 0..12u64 {
+        fs.write(fh, i << 20, &chunk).await.unwrap();
+    }
+    // Streamed parts finish in the background.
+    for _ in 0..200 {
+        if fs.uploads_in_progress().first().is_some_and(|r| r.done > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reports = fs.uploads_in_progress();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].key, "copying.iso");
+    assert_eq!(reports[0].total, 12 << 20);
+    assert!(
+        reports[0].done > 0,
+        "streamed parts count: {:?}",
+        reports[0]
+    );
+    fs.release(fh).await.unwrap();
+    assert!(fs.uploads_in_progress().is_empty(), "all in the bucket");
+}

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::error::FsError;
+use super::progress::{Tracked, UploadProgress};
 use super::ranges::RangeSet;
 use crate::store::{ByteRange, Metadata, ObjectInfo, ObjectStore, StoreError, UploadedPart};
 
@@ -296,6 +297,8 @@ pub struct Staged {
     source: Option<Source>,
     /// The version of the object this copy was made against.
     base: Base,
+    /// What the bucket has received of the current upload (for `pailfs status`).
+    pub progress: Arc<UploadProgress>,
 }
 
 impl Drop for Staged {
@@ -319,6 +322,7 @@ impl Staged {
     /// An empty staging file (a new file, or one opened with O_TRUNC), to be uploaded with
     /// `metadata`.
     pub fn empty(cache: Arc<CacheDir>, key: String, metadata: Metadata) -> Result<Staged, FsError> {
+        let key_for_progress = key.clone();
         let n = cache.next.fetch_add(1, Ordering::Relaxed);
         let path = cache.staging.join(format!("{}-{n}", std::process::id()));
         let file = std::fs::OpenOptions::new()
@@ -344,6 +348,7 @@ impl Staged {
             modified: std::time::SystemTime::now(),
             source: None,
             base: Base::Absent,
+            progress: Arc::new(UploadProgress::new(&key_for_progress)),
         })
     }
 
@@ -494,6 +499,7 @@ impl Staged {
     /// The file was renamed (its object copied to `key`, now at `etag`).
     pub fn retarget(&mut self, key: &str, etag: &str) {
         self.key = key.to_string();
+        *self.progress.key.lock().unwrap_or_else(|e| e.into_inner()) = key.to_string();
         if let Some(src) = &mut self.source {
             src.key = key.to_string();
             src.etag = etag.to_string();
@@ -519,6 +525,7 @@ impl Staged {
     /// handle closes, and nothing is uploaded.
     pub fn discard(&mut self) {
         self.dirty = false;
+        self.progress.pending.store(false, Ordering::Relaxed);
         self.fresh = false;
     }
 
@@ -547,6 +554,8 @@ impl Staged {
             }
         }
         self.dirty = true;
+        self.progress.pending.store(true, Ordering::Relaxed);
+        self.progress.total.store(self.size, Ordering::Relaxed);
         self.modified = std::time::SystemTime::now();
         self.settle();
         Ok(data.len() as u32)
@@ -562,6 +571,11 @@ impl Staged {
         store: &Arc<dyn ObjectStore>,
         tuning: WriteTuning,
     ) {
+        let tracked: Arc<dyn ObjectStore> = Arc::new(Tracked {
+            inner: store.clone(),
+            progress: self.progress.clone(),
+        });
+        let store = &tracked;
         if self.streaming.as_ref().is_some_and(|s| offset < s.frozen) {
             if let Some(stream) = self.streaming.take() {
                 stream.abandon(store, &self.key, "a write went back into uploaded parts");
@@ -736,6 +750,15 @@ impl Staged {
         store: &Arc<dyn ObjectStore>,
         tuning: WriteTuning,
     ) -> Result<Option<String>, FsError> {
+        let tracked: Arc<dyn ObjectStore> = Arc::new(Tracked {
+            inner: store.clone(),
+            progress: self.progress.clone(),
+        });
+        let store = &tracked;
+        if self.streaming.is_none() {
+            self.progress.restart();
+        }
+        self.progress.total.store(self.size, Ordering::Relaxed);
         if !self.dirty {
             tracing::debug!(key = %self.key, "nothing to upload: unchanged since the last upload");
             return Ok(None);
@@ -769,6 +792,7 @@ impl Staged {
             Ok(etag) => {
                 tracing::debug!(key = %self.key, size = self.size, %etag, "uploaded");
                 self.dirty = false;
+                self.progress.pending.store(false, Ordering::Relaxed);
                 self.base = Base::Etag(etag.clone());
                 self.now_mirrors(&etag);
                 Ok(Some(etag))

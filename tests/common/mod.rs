@@ -605,3 +605,15 @@ impl Drop for S3fs {
         self.unmount();
     }
 }
+
+/// A child process ended (its mount goes with it) even when the test fails halfway.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
