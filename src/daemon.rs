@@ -195,6 +195,25 @@ async fn log_pending_uploads(fs: Arc<Fs>) {
     }
 }
 
+/// SIGHUP: reads the credentials again (keys rotate without a remount). The new ones are
+/// checked with a listing before they replace the old; a failure is logged loudly and the
+/// mount keeps the credentials it had.
+async fn reload_credentials(s3: &S3Store, cfg: &MountConfig) {
+    tracing::info!("SIGHUP: reloading credentials");
+    crate::notify::notify("RELOADING=1");
+    match s3.reload(&cfg.s3).await {
+        Ok(()) => tracing::info!("credentials reloaded; the new ones can list the bucket"),
+        Err(e) => {
+            let region = cfg.s3.region.as_deref().unwrap_or("?");
+            tracing::error!(
+                error = %startup::explain(&e, cfg, region),
+                "reloading credentials FAILED; the mount keeps using the previous ones (if those were revoked, requests now fail with EACCES)"
+            );
+        }
+    }
+    crate::notify::notify("READY=1");
+}
+
 /// Uploads what files still open for writing hold, before the daemon goes away.
 async fn finish_uploads(fs: &Fs, why: &str) {
     let pending = fs.pending_uploads();
@@ -240,7 +259,8 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
             &cfg.location.prefix,
         ))
         .map_err(|e| startup::explain(&e, &cfg, &region))?;
-    let instrumented = Arc::new(Instrumented::new(Arc::new(s3)));
+    let s3 = Arc::new(s3);
+    let instrumented = Arc::new(Instrumented::new(s3.clone()));
     let store: Arc<dyn ObjectStore> = instrumented.clone();
     if !non_empty && !cfg.location.prefix.is_empty() {
         tracing::warn!(
@@ -345,6 +365,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
     }
     let mountpoint = cfg.mountpoint.clone();
     let fs_for_signal = fs.clone();
+    let reload_cfg = cfg.clone();
     if cfg.fs.write_back == crate::fs::WriteBack::Async {
         runtime.spawn(log_pending_uploads(fs.clone()));
     }
@@ -352,15 +373,19 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
         let mut ended = ended_rx;
-        let signalled = tokio::select! {
-            _ = term.recv() => Some("SIGTERM"),
-            _ = int.recv() => Some("SIGINT"),
-            result = &mut ended => {
-                if let Ok(Err(e)) = result {
-                    tracing::error!(error = %e, "the FUSE session ended with an error");
+        let signalled = loop {
+            tokio::select! {
+                _ = term.recv() => break Some("SIGTERM"),
+                _ = int.recv() => break Some("SIGINT"),
+                _ = hup.recv() => reload_credentials(&s3, &reload_cfg).await,
+                result = &mut ended => {
+                    if let Ok(Err(e)) = result {
+                        tracing::error!(error = %e, "the FUSE session ended with an error");
+                    }
+                    break None;
                 }
-                None
             }
         };
         if let Some(sig) = signalled {

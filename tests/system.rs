@@ -208,3 +208,64 @@ fn presigned_urls_work_without_credentials_and_expire() {
     let out = presign(Path::new("/tmp/not-a-mount/file"), &[]);
     assert!(!out.status.success());
 }
+
+fn write_keys(path: &Path, (id, secret): &(String, String)) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(
+        path,
+        format!("[default]\naws_access_key_id={id}\naws_secret_access_key={secret}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn wait_for_log(m: &Mount, text: &str, after: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = m.log_text();
+        if log.get(after..).is_some_and(|tail| tail.contains(text)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no '{text}' in the log: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_reloads_rotated_keys_and_refuses_a_bad_one_loudly() {
+    let b = Bucket::new_shared("rotate");
+    b.put("a.txt", "A");
+    let first = common::extra_key(&b.name, &["--read", "--write"]);
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    write_keys(&creds, &first);
+    // The environment holds another key: the credentials file must win over it.
+    let m = Mount::new(
+        &b.location(""),
+        &[&format!("--credentials-file={}", creds.display())],
+    );
+    let pid: i32 = m.status_field("pid").parse().expect("the daemon's pid");
+    assert_eq!(std::fs::read_to_string(m.join("a.txt")).unwrap(), "A");
+    // Rotate: a new key in the file, SIGHUP, then the old key is deleted.
+    let second = common::extra_key(&b.name, &["--read", "--write"]);
+    write_keys(&creds, &second);
+    let mark = m.log_text().len();
+    // SAFETY: signalling the daemon this test started, by its pid.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_for_log(&m, "credentials reloaded", mark);
+    common::garage_cli(&["key", "delete", "--yes", &first.0]);
+    b.put("b.txt", "B");
+    assert_eq!(std::fs::read_to_string(m.join("b.txt")).unwrap(), "B");
+    std::fs::write(m.join("c.txt"), "C").unwrap();
+    assert_eq!(b.get("c.txt").as_deref(), Some(&b"C"[..]));
+    // A key the server does not know: refused loudly, the working key stays.
+    write_keys(
+        &creds,
+        &("GK0123456789abcdef01234567".into(), "0".repeat(64)),
+    );
+    let mark = m.log_text().len();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_for_log(&m, "reloading credentials FAILED", mark);
+    b.put("d.txt", "D");
+    assert_eq!(std::fs::read_to_string(m.join("d.txt")).unwrap(), "D");
+}

@@ -61,7 +61,8 @@ pub struct S3Settings {
 }
 
 pub struct S3Store {
-    client: Client,
+    /// Replaced as a whole when credentials are reloaded (SIGHUP); requests take a clone.
+    client: std::sync::RwLock<Client>,
     bucket: String,
     region: String,
 }
@@ -75,16 +76,40 @@ impl S3Store {
         format!("{}/{}", self.bucket, percent_encode_key(key))
     }
 
+    fn client(&self) -> Client {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Builds a client from `settings` again (credentials files are read anew), checks it
+    /// with one listing, and only then puts it in place: a bad new key leaves the working one.
+    pub async fn reload(&self, settings: &S3Settings) -> Result<(), StoreError> {
+        let fresh = S3Store::connect(settings).await?;
+        fresh
+            .with_attempts(2)
+            .list(ListRequest {
+                prefix: String::new(),
+                delimited: true,
+                max_keys: 1,
+                continuation: None,
+            })
+            .await?;
+        *self.client.write().unwrap_or_else(|e| e.into_inner()) = fresh.client();
+        Ok(())
+    }
+
     /// The same store, making at most `attempts` attempts per request.
     pub fn with_attempts(&self, attempts: u32) -> S3Store {
         let config = self
-            .client
+            .client()
             .config()
             .to_builder()
             .retry_config(RetryConfig::standard().with_max_attempts(attempts))
             .build();
         S3Store {
-            client: Client::from_conf(config),
+            client: std::sync::RwLock::new(Client::from_conf(config)),
             bucket: self.bucket.clone(),
             region: self.region.clone(),
         }
@@ -130,7 +155,15 @@ impl S3Store {
                         path,
                     )
                     .build();
-                let loader = loader.profile_files(files);
+                // The file given is the one source: keys in the environment must not win over it.
+                let mut provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .profile_files(files.clone());
+                if let Some(p) = profile {
+                    provider = provider.profile_name(p.clone());
+                }
+                let loader = loader
+                    .profile_files(files)
+                    .credentials_provider(provider.build());
                 match profile {
                     Some(p) => loader.profile_name(p.clone()),
                     None => loader,
@@ -167,7 +200,7 @@ impl S3Store {
             .response_checksum_validation(response_checksums)
             .build();
         Ok(S3Store {
-            client: Client::from_conf(config),
+            client: std::sync::RwLock::new(Client::from_conf(config)),
             bucket: settings.bucket.clone(),
             region,
         })
@@ -347,7 +380,7 @@ where
 impl ObjectStore for S3Store {
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
         let out = self
-            .client
+            .client()
             .head_object()
             .bucket(&self.bucket)
             .key(key)
@@ -374,7 +407,7 @@ impl ObjectStore for S3Store {
 
     async fn list(&self, request: ListRequest) -> Result<ListPage, StoreError> {
         let mut call = self
-            .client
+            .client()
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(&request.prefix)
@@ -427,7 +460,7 @@ impl ObjectStore for S3Store {
         metadata: &Metadata,
     ) -> Result<String, StoreError> {
         let out = self
-            .client
+            .client()
             .put_object()
             .bucket(&self.bucket)
             .key(key)
@@ -440,7 +473,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
-        self.client
+        self.client()
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
@@ -457,7 +490,7 @@ impl ObjectStore for S3Store {
         metadata: Option<&Metadata>,
     ) -> Result<String, StoreError> {
         let mut call = self
-            .client
+            .client()
             .copy_object()
             .bucket(&self.bucket)
             .key(to)
@@ -488,7 +521,7 @@ impl ObjectStore for S3Store {
         range: ByteRange,
     ) -> Result<String, StoreError> {
         let out = self
-            .client
+            .client()
             .upload_part_copy()
             .bucket(&self.bucket)
             .key(key)
@@ -509,7 +542,7 @@ impl ObjectStore for S3Store {
 
     async fn create_multipart(&self, key: &str, metadata: &Metadata) -> Result<String, StoreError> {
         let out = self
-            .client
+            .client()
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -530,7 +563,7 @@ impl ObjectStore for S3Store {
         body: Bytes,
     ) -> Result<String, StoreError> {
         let out = self
-            .client
+            .client()
             .upload_part()
             .bucket(&self.bucket)
             .key(key)
@@ -564,7 +597,7 @@ impl ObjectStore for S3Store {
             ))
             .build();
         let out = self
-            .client
+            .client()
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -577,7 +610,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        self.client
+        self.client()
             .abort_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -599,7 +632,7 @@ impl ObjectStore for S3Store {
             .map_err(|e| StoreError::Other(format!("cannot sign for that long: {e}")))?;
         let request = match method {
             super::PresignMethod::Get => self
-                .client
+                .client()
                 .get_object()
                 .bucket(&self.bucket)
                 .key(key)
@@ -607,7 +640,7 @@ impl ObjectStore for S3Store {
                 .await
                 .map_err(classify)?,
             super::PresignMethod::Put => self
-                .client
+                .client()
                 .put_object()
                 .bucket(&self.bucket)
                 .key(key)
@@ -629,7 +662,7 @@ impl ObjectStore for S3Store {
             return Ok(Bytes::new());
         }
         let mut call = self
-            .client
+            .client()
             .get_object()
             .bucket(&self.bucket)
             .key(key)

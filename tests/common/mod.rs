@@ -336,6 +336,19 @@ impl Mount {
         }
     }
 
+    /// One `name=value` field of `pailfs status`.
+    pub fn status_field(&self, name: &str) -> String {
+        let out = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_pailfs"))
+                .arg("status")
+                .arg(&self.path),
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("{name} missing in the status"))
+    }
+
     /// Files kept in the cache directory's recovery/ after failed uploads.
     pub fn recovered(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.cache.join("recovery"))
