@@ -28,6 +28,11 @@ pub enum Command {
         /// Mountpoint of one mount
         mountpoint: Option<PathBuf>,
     },
+    /// Named remotes: pailfs remote add|list|show|remove; mount one with @NAME[/PATH]
+    Remote {
+        #[command(subcommand)]
+        action: RemoteAction,
+    },
     /// Print a pre-signed URL for a file inside a running mount (no credentials needed to use it)
     Presign {
         /// A file inside a pailfs mount (for --method put, it may not exist yet)
@@ -38,6 +43,40 @@ pub enum Command {
         /// get: download the file; put: upload to it
         #[arg(long, value_enum, default_value = "get")]
         method: crate::store::PresignMethod,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RemoteAction {
+    /// Add or replace a remote; the secret key is read from stdin (or asked, without echo),
+    /// never from the command line
+    Add {
+        name: String,
+        /// s3://BUCKET[/PATH] (any form pailfs mount reads)
+        #[arg(long)]
+        location: String,
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        /// Path-style addressing (https://host/bucket/key)
+        #[arg(long)]
+        force_path_style: bool,
+        /// Virtual-hosted addressing (https://bucket.host/key)
+        #[arg(long, conflicts_with = "force_path_style")]
+        virtual_hosted_style: bool,
+        /// Access key id; the secret key is then read from stdin
+        #[arg(long)]
+        access_key_id: Option<String>,
+    },
+    /// One line per remote: name and location
+    List,
+    /// A remote's settings (the secret key shows as "(set)")
+    Show {
+        name: String,
+    },
+    Remove {
+        name: String,
     },
 }
 

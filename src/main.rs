@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pailfs::cli::{mount_flag_takes_value, Cli, Command};
+use pailfs::cli::{mount_flag_takes_value, Cli, Command, RemoteAction};
 use pailfs::config::options::{expand_o_options, mount_helper_args, HelperArgs};
 use pailfs::config::MountConfig;
 use pailfs::daemon::{run_mount, spawn_daemon, Readiness};
@@ -63,6 +63,99 @@ fn tune_allocator() {
     }
 }
 
+/// Reads a secret from stdin: asked without echo on a terminal, the first line otherwise.
+fn read_secret(prompt: &str) -> Result<String, String> {
+    use std::io::BufRead;
+    // SAFETY: isatty only queries the descriptor.
+    let terminal = unsafe { libc::isatty(0) } == 1;
+    let mut saved: Option<libc::termios> = None;
+    if terminal {
+        eprint!("{prompt}");
+        // SAFETY: tcgetattr/tcsetattr on stdin with a struct we own; echo is restored below.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) == 0 {
+                saved = Some(t);
+                t.c_lflag &= !libc::ECHO;
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+            }
+        }
+    }
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    if let Some(t) = saved {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        eprintln!();
+    }
+    read.map_err(|e| format!("cannot read the secret key: {e}"))?;
+    let secret = line.trim_end_matches(['\r', '\n']).to_string();
+    if secret.is_empty() {
+        return Err("no secret key given on stdin".into());
+    }
+    Ok(secret)
+}
+
+fn run_remote(action: RemoteAction) -> Result<String, String> {
+    use pailfs::config::remotes;
+    let mut file = remotes::load()?;
+    match action {
+        RemoteAction::Add {
+            name,
+            location,
+            endpoint_url,
+            region,
+            force_path_style,
+            virtual_hosted_style,
+            access_key_id,
+        } => {
+            remotes::check_name(&name)?;
+            let secret_access_key = match &access_key_id {
+                Some(_) => Some(read_secret(&format!("Secret key for remote '{name}': "))?),
+                None => None,
+            };
+            let path_style = match (force_path_style, virtual_hosted_style) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            file.remotes.insert(
+                name.clone(),
+                remotes::Remote {
+                    location,
+                    endpoint_url,
+                    region,
+                    path_style,
+                    access_key_id,
+                    secret_access_key,
+                },
+            );
+            remotes::save(&file)?;
+            Ok(format!(
+                "remote '{name}' saved in {}; mount it with: pailfs mount @{name} MOUNTPOINT\n",
+                remotes::remotes_path().display()
+            ))
+        }
+        RemoteAction::List => Ok(file
+            .remotes
+            .iter()
+            .map(|(name, r)| format!("{name}\t{}\n", r.location))
+            .collect()),
+        RemoteAction::Show { name } => file
+            .remotes
+            .get(&name)
+            .map(|r| r.describe(&name))
+            .ok_or_else(|| format!("no remote named '{name}'")),
+        RemoteAction::Remove { name } => {
+            if file.remotes.remove(&name).is_none() {
+                return Err(format!("no remote named '{name}'"));
+            }
+            remotes::save(&file)?;
+            Ok(format!("remote '{name}' removed\n"))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let raw = match mount_helper_args(std::env::args().collect()) {
@@ -98,6 +191,16 @@ fn main() -> ExitCode {
                     println!("{}", pailfs::control::render_status(&text));
                 }
                 ExitCode::SUCCESS
+            }
+        },
+        Command::Remote { action } => match run_remote(action) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pailfs: {e}");
+                ExitCode::from(2)
             }
         },
         Command::Presign {

@@ -269,3 +269,80 @@ fn sighup_reloads_rotated_keys_and_refuses_a_bad_one_loudly() {
     b.put("d.txt", "D");
     assert_eq!(std::fs::read_to_string(m.join("d.txt")).unwrap(), "D");
 }
+
+#[test]
+fn named_remotes_keep_keys_private_and_mount_with_at_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = Bucket::new_shared("remotes");
+    b.put("team/docs/a.txt", "A");
+    let (id, secret) = common::extra_key(&b.name, &["--read"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pailfs/remotes.toml");
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = pailfs()
+            .env("PAILFS_CONFIG", &config)
+            .args(["remote"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let location = format!("s3://{}/team", b.name);
+    let out = run(
+        &[
+            "add",
+            "office",
+            "--location",
+            &location,
+            "--endpoint-url",
+            &garage().endpoint,
+            "--region",
+            "garage",
+            "--access-key-id",
+            &id,
+        ],
+        &format!("{secret}\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "written private");
+    let listed = run(&["list"], "");
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout),
+        format!("office\t{location}\n")
+    );
+    let shown = String::from_utf8_lossy(&run(&["show", "office"], "").stdout).to_string();
+    assert!(shown.contains("secret_access_key=(set)") && !shown.contains(&secret));
+    // Mount @NAME/PATH: its keys (read-only here) are used, not the environment's.
+    let config_text = config.display().to_string();
+    let m = Mount::new_with_env("@office/docs", &[], &[("PAILFS_CONFIG", &config_text)]);
+    assert_eq!(std::fs::read_to_string(m.join("a.txt")).unwrap(), "A");
+    // (File's drop ignores close errors, so the upload is asked for with sync_all.)
+    let refused = std::fs::File::create(m.join("b.txt")).and_then(|mut f| {
+        f.write_all(b"B")?;
+        f.sync_all()
+    });
+    assert_eq!(
+        refused.unwrap_err().raw_os_error(),
+        Some(libc::EACCES),
+        "the remote's read-only key is the one in use"
+    );
+    drop(m);
+    // Readable by others: refused, with the fix.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&["list"], "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(run(&["remove", "office"], "").status.success());
+    assert!(String::from_utf8_lossy(&run(&["list"], "").stdout).is_empty());
+}

@@ -4,13 +4,14 @@ pub mod credentials;
 pub mod location;
 pub mod options;
 pub mod paths;
+pub mod remotes;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::MountArgs;
 use crate::fs::FsConfig;
-use crate::store::s3::{CredentialSource, S3Settings};
+use crate::store::s3::{CredentialSource, S3Settings, StaticKeys};
 use location::{parse_location, Location};
 
 /// Everything a mount needs, decided once at start-up.
@@ -51,6 +52,23 @@ fn current_uid_gid() -> (u32, u32) {
 
 impl MountConfig {
     pub fn from_args(args: &MountArgs) -> Result<MountConfig, ConfigError> {
+        // `@NAME[/PATH]`: the named remote fills in what the flags leave open.
+        let (resolved, remote) = if args.location.starts_with('@') {
+            let (remote, location) =
+                remotes::resolve(&args.location).map_err(ConfigError::Invalid)?;
+            let mut resolved = args.clone();
+            resolved.location = location;
+            resolved.endpoint_url = args.endpoint_url.clone().or(remote.endpoint_url.clone());
+            resolved.region = args.region.clone().or(remote.region.clone());
+            if !args.force_path_style && !args.virtual_hosted_style {
+                resolved.force_path_style = remote.path_style == Some(true);
+                resolved.virtual_hosted_style = remote.path_style == Some(false);
+            }
+            (resolved, Some(remote))
+        } else {
+            (args.clone(), None)
+        };
+        let args = &resolved;
         let tls = !args.no_tls;
         let location = parse_location(&args.location, args.endpoint_url.as_deref(), tls)?;
         let endpoint = args
@@ -81,8 +99,19 @@ impl MountConfig {
                 .is_some_and(|e| !e.contains("amazonaws.com"))
                 || location.bucket.contains('.')
         };
+        let remote_keys = remote.and_then(|r| match (r.access_key_id, r.secret_access_key) {
+            (Some(access_key_id), Some(secret_access_key)) => Some(StaticKeys {
+                access_key_id,
+                secret_access_key,
+            }),
+            _ => None,
+        });
         let credentials = if args.no_sign_request {
             CredentialSource::Anonymous
+        } else if let (Some(keys), None, None) =
+            (remote_keys, &args.credentials_file, &args.profile)
+        {
+            CredentialSource::Keys(keys)
         } else if let Some(path) = &args.credentials_file {
             credentials::check_private_file(path).map_err(ConfigError::Credentials)?;
             CredentialSource::File {

@@ -34,6 +34,20 @@ pub enum CredentialSource {
     },
     /// Unsigned requests, for public buckets.
     Anonymous,
+    /// Keys of a named remote (`pailfs remote add`); Debug never shows the secret.
+    Keys(StaticKeys),
+}
+
+#[derive(Clone)]
+pub struct StaticKeys {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for StaticKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StaticKeys({}, secret hidden)", self.access_key_id)
+    }
 }
 
 /// When to compute and validate flexible checksums. Several S3-compatible services reject the
@@ -144,6 +158,15 @@ impl S3Store {
         }
         loader = match &settings.credentials {
             CredentialSource::Anonymous => loader.no_credentials(),
+            CredentialSource::Keys(keys) => {
+                loader.credentials_provider(aws_credential_types::Credentials::new(
+                    &keys.access_key_id,
+                    &keys.secret_access_key,
+                    None,
+                    None,
+                    "pailfs-remote",
+                ))
+            }
             CredentialSource::DefaultChain { profile } => match profile {
                 Some(p) => loader.profile_name(p.clone()),
                 None => loader,
