@@ -33,6 +33,16 @@ pub enum Command {
         #[command(subcommand)]
         action: RemoteAction,
     },
+    /// Write the man page and shell completions (used by packaging)
+    #[command(hide = true)]
+    Generate {
+        /// Directory for pailfs.1
+        #[arg(long)]
+        man: Option<PathBuf>,
+        /// Directory for completions: pailfs.bash, _pailfs (zsh), pailfs.fish
+        #[arg(long)]
+        completions: Option<PathBuf>,
+    },
     /// Print a pre-signed URL for a file inside a running mount (no credentials needed to use it)
     Presign {
         /// A file inside a pailfs mount (for --method put, it may not exist yet)

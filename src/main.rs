@@ -156,6 +156,49 @@ fn run_remote(action: RemoteAction) -> Result<String, String> {
     }
 }
 
+/// The man page and shell completions, from the clap definitions (so they never drift).
+fn generate(
+    man: Option<std::path::PathBuf>,
+    completions: Option<std::path::PathBuf>,
+) -> Result<(), String> {
+    use clap::CommandFactory;
+    let write = |path: std::path::PathBuf, bytes: Vec<u8>| {
+        std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    if let Some(dir) = man {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut page)
+            .map_err(|e| e.to_string())?;
+        write(dir.join("pailfs.1"), page)?;
+        // One page per subcommand too (pailfs-mount(1) holds every flag).
+        let root = Cli::command();
+        for sub in root.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = format!("pailfs-{}", sub.get_name());
+            let mut page = Vec::new();
+            clap_mangen::Man::new(sub.clone().name(name.clone()))
+                .render(&mut page)
+                .map_err(|e| e.to_string())?;
+            write(dir.join(format!("{name}.1")), page)?;
+        }
+    }
+    if let Some(dir) = completions {
+        use clap_complete::Shell;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for (shell, name) in [
+            (Shell::Bash, "pailfs.bash"),
+            (Shell::Zsh, "_pailfs"),
+            (Shell::Fish, "pailfs.fish"),
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "pailfs", &mut out);
+            write(dir.join(name), out)?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let raw = match mount_helper_args(std::env::args().collect()) {
@@ -191,6 +234,13 @@ fn main() -> ExitCode {
                     println!("{}", pailfs::control::render_status(&text));
                 }
                 ExitCode::SUCCESS
+            }
+        },
+        Command::Generate { man, completions } => match generate(man, completions) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pailfs: {e}");
+                ExitCode::FAILURE
             }
         },
         Command::Remote { action } => match run_remote(action) {

@@ -346,3 +346,87 @@ fn named_remotes_keep_keys_private_and_mount_with_at_name() {
     assert!(run(&["remove", "office"], "").status.success());
     assert!(String::from_utf8_lossy(&run(&["list"], "").stdout).is_empty());
 }
+
+#[test]
+fn the_debian_package_puts_files_where_systemd_and_mount_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/package-deb.sh"
+    ))
+    .arg(env!("CARGO_BIN_EXE_pailfs"))
+    .arg(dir.path().join("out"))
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deb = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let field = |name: &str| {
+        let out = Command::new("dpkg-deb")
+            .args(["-f", &deb, name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(field("Package"), "pailfs");
+    assert_eq!(field("Depends"), "fuse3");
+    // Installed into a scratch root, not onto this machine.
+    let root = dir.path().join("root");
+    let out = Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for file in [
+        "usr/bin/pailfs",
+        "lib/systemd/system/pailfs@.service",
+        "usr/share/man/man1/pailfs.1.gz",
+        "usr/share/man/man1/pailfs-mount.1.gz",
+        "usr/share/bash-completion/completions/pailfs",
+        "usr/share/zsh/vendor-completions/_pailfs",
+        "usr/share/fish/vendor_completions.d/pailfs.fish",
+        "usr/share/doc/pailfs/mnt-data.mount",
+    ] {
+        assert!(root.join(file).is_file(), "{file} is installed");
+    }
+    let helper = root.join("usr/sbin/mount.fuse.pailfs");
+    assert_eq!(
+        std::fs::read_link(&helper).unwrap(),
+        Path::new("../bin/pailfs")
+    );
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/pailfs@.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ExecStart=/usr/bin/pailfs mount"));
+    let man = Command::new("gzip")
+        .arg("-dc")
+        .arg(root.join("usr/share/man/man1/pailfs-mount.1.gz"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&man.stdout).contains("endpoint\\-url"));
+    // The helper, called the way mount(8) calls it for fuse.pailfs, mounts.
+    let b = Bucket::new("deb-helper");
+    b.put("x.txt", "via the helper");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let creds = credentials_file(dir.path());
+    let out = Command::new(&helper)
+        .arg(b.location(""))
+        .arg(&mnt)
+        .arg("-n")
+        .arg("-o")
+        .arg(format!(
+            "_netdev,endpoint_url={},region=garage,credentials_file={},cache_dir={},log_file={}",
+            garage().endpoint,
+            creds.display(),
+            dir.path().join("cache").display(),
+            dir.path().join("log").display()
+        ))
+        .arg("-t")
+        .arg("fuse.pailfs")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let read = std::fs::read_to_string(mnt.join("x.txt"));
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(read.unwrap(), "via the helper");
+}
