@@ -78,6 +78,13 @@ pub enum RemoteAction {
         /// Access key id; the secret key is then read from stdin
         #[arg(long)]
         access_key_id: Option<String>,
+        /// Fill endpoint, region and addressing from a preset: aws, minio, garage, ceph,
+        /// backblaze, scaleway, wasabi, clevercloud, oracle, hcp, vng (explicit flags win)
+        #[arg(long)]
+        provider: Option<String>,
+        /// Object Storage namespace (Oracle's endpoint contains it)
+        #[arg(long)]
+        namespace: Option<String>,
     },
     /// One line per remote: name and location
     List,

@@ -66,6 +66,19 @@ fn status_text(info: &MountInfo, fs: &Fs) -> String {
 /// they are, for people reading `pailfs status`.
 pub fn render_status(text: &str) -> String {
     let mut out = String::new();
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    if let (Some(hits), Some(misses)) = (field("attr_cache_hits"), field("attr_cache_misses")) {
+        if hits + misses > 0 {
+            out.push_str(&format!(
+                "attribute cache hit rate: {:.0}% ({hits} of {})\n",
+                100.0 * hits as f64 / (hits + misses) as f64,
+                hits + misses
+            ));
+        }
+    }
     for line in text.lines() {
         let upload = line.strip_prefix("upload=").and_then(|rest| {
             let mut parts = rest.splitn(4, '/');
@@ -254,9 +267,12 @@ pub fn live_mounts() -> Vec<String> {
 mod tests {
     #[test]
     fn upload_lines_become_progress_bars() {
-        let text = "mountpoint=/m\nupload=52428800/104857600/2000/videos/a b.mp4\n";
+        let text = "mountpoint=/m\nattr_cache_hits=3\nattr_cache_misses=1\nupload=52428800/104857600/2000/videos/a b.mp4\n";
         let shown = super::render_status(text);
-        assert!(shown.starts_with("mountpoint=/m\n"));
+        assert!(
+            shown.starts_with("attribute cache hit rate: 75% (3 of 4)\nmountpoint=/m\n"),
+            "{shown}"
+        );
         assert!(
             shown.contains(
                 "[###############...............]  50% 50.0/100.0 MiB 25.0 MiB/s videos/a b.mp4"

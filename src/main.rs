@@ -108,8 +108,22 @@ fn run_remote(action: RemoteAction) -> Result<String, String> {
             force_path_style,
             virtual_hosted_style,
             access_key_id,
+            provider,
+            namespace,
         } => {
             remotes::check_name(&name)?;
+            let (endpoint_url, region, preset_path_style) = match &provider {
+                Some(p) => {
+                    let (e, r, path) = pailfs::config::providers::apply(
+                        p,
+                        endpoint_url,
+                        region,
+                        namespace.as_deref(),
+                    )?;
+                    (e, r, Some(path))
+                }
+                None => (endpoint_url, region, None),
+            };
             let secret_access_key = match &access_key_id {
                 Some(_) => Some(read_secret(&format!("Secret key for remote '{name}': "))?),
                 None => None,
@@ -117,7 +131,7 @@ fn run_remote(action: RemoteAction) -> Result<String, String> {
             let path_style = match (force_path_style, virtual_hosted_style) {
                 (true, _) => Some(true),
                 (_, true) => Some(false),
-                _ => None,
+                _ => preset_path_style,
             };
             file.remotes.insert(
                 name.clone(),

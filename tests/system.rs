@@ -305,7 +305,7 @@ fn named_remotes_keep_keys_private_and_mount_with_at_name() {
             &location,
             "--endpoint-url",
             &garage().endpoint,
-            "--region",
+            "--provider",
             "garage",
             "--access-key-id",
             &id,
@@ -322,6 +322,11 @@ fn named_remotes_keep_keys_private_and_mount_with_at_name() {
     );
     let shown = String::from_utf8_lossy(&run(&["show", "office"], "").stdout).to_string();
     assert!(shown.contains("secret_access_key=(set)") && !shown.contains(&secret));
+    // The garage preset filled the region and the addressing style.
+    assert!(
+        shown.contains("region=garage") && shown.contains("addressing=path-style"),
+        "{shown}"
+    );
     // Mount @NAME/PATH: its keys (read-only here) are used, not the environment's.
     let config_text = config.display().to_string();
     let m = Mount::new_with_env("@office/docs", &[], &[("PAILFS_CONFIG", &config_text)]);

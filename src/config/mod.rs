@@ -4,6 +4,7 @@ pub mod credentials;
 pub mod location;
 pub mod options;
 pub mod paths;
+pub mod providers;
 pub mod remotes;
 
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! the mount's defaults) and back, and the bounded caches of attributes, misses and object
 //! metadata.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use moka::sync::Cache;
@@ -23,6 +24,19 @@ pub struct MetaCache {
     attrs: Cache<Ino, Attr>,
     misses: Cache<(Ino, String), ()>,
     heads: Cache<String, ObjectInfo>,
+    /// Hits and misses of the attribute cache, the miss cache and the HEAD memo (for
+    /// `pailfs status`).
+    stats: [AtomicU64; 5],
+}
+
+/// Which counter of `MetaCache::stats`.
+#[derive(Clone, Copy)]
+enum Stat {
+    AttrHit,
+    AttrMiss,
+    MissHit,
+    HeadHit,
+    HeadMiss,
 }
 
 impl MetaCache {
@@ -39,7 +53,25 @@ impl MetaCache {
                 .time_to_live(ttl)
                 .build(),
             heads: Cache::new(capacity / 4),
+            stats: Default::default(),
         }
+    }
+
+    fn count(&self, stat: Stat) {
+        self.stats[stat as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `name=value` fields of the cache counters.
+    pub fn summary(&self) -> String {
+        let get = |s: Stat| self.stats[s as usize].load(Ordering::Relaxed);
+        format!(
+            "attr_cache_hits={} attr_cache_misses={} miss_cache_hits={} head_memo_hits={} head_memo_misses={}",
+            get(Stat::AttrHit),
+            get(Stat::AttrMiss),
+            get(Stat::MissHit),
+            get(Stat::HeadHit),
+            get(Stat::HeadMiss)
+        )
     }
 
     /// What a HEAD said about the object a listing shows as `listed`, if it is still the same
@@ -51,9 +83,15 @@ impl MetaCache {
                 .map(|d| d.as_secs())
                 .unwrap_or(0)
         };
-        self.heads.get(&listed.key).filter(|h| {
+        let found = self.heads.get(&listed.key).filter(|h| {
             h.etag == listed.etag && second(h.last_modified) == second(listed.last_modified)
-        })
+        });
+        self.count(if found.is_some() {
+            Stat::HeadHit
+        } else {
+            Stat::HeadMiss
+        });
+        found
     }
 
     /// The last HEAD answer for `key`, however old.
@@ -70,7 +108,13 @@ impl MetaCache {
     }
 
     pub fn attr(&self, ino: Ino) -> Option<Attr> {
-        self.attrs.get(&ino)
+        let found = self.attrs.get(&ino);
+        self.count(if found.is_some() {
+            Stat::AttrHit
+        } else {
+            Stat::AttrMiss
+        });
+        found
     }
 
     pub fn forget_attr(&self, ino: Ino) {
@@ -82,7 +126,11 @@ impl MetaCache {
     }
 
     pub fn is_miss(&self, parent: Ino, name: &str) -> bool {
-        self.misses.contains_key(&(parent, name.to_string()))
+        let known = self.misses.contains_key(&(parent, name.to_string()));
+        if known {
+            self.count(Stat::MissHit);
+        }
+        known
     }
 
     pub fn forget_miss(&self, parent: Ino, name: &str) {

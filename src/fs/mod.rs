@@ -262,8 +262,9 @@ impl Fs {
     pub fn request_summary(&self) -> Option<String> {
         self.counters.as_ref().map(|c| {
             format!(
-                "{} fuse_reads={} fuse_read_bytes={} files_being_written={} cache_bytes={}",
+                "{} {} fuse_reads={} fuse_read_bytes={} files_being_written={} cache_bytes={}",
                 c.summary(),
+                self.meta.summary(),
                 self.reads_served.load(Ordering::Relaxed),
                 self.bytes_served.load(Ordering::Relaxed),
                 self.pending_uploads(),
