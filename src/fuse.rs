@@ -79,6 +79,30 @@ fn errno(op: &str, e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Answers a request whose success carries nothing.
+fn answer_empty(reply: ReplyEmpty, op: &str, result: Result<(), FsError>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(op, &e)),
+    }
+}
+
+/// Answers a request that creates or finds a name (lookup, mkdir, symlink).
+fn answer_entry(reply: ReplyEntry, op: &str, ttl: &Duration, result: Result<Attr, FsError>) {
+    match result {
+        Ok(a) => reply.entry(ttl, &file_attr(&a), GEN),
+        Err(e) => reply.error(errno(op, &e)),
+    }
+}
+
+/// Answers a request that returns attributes (getattr, setattr).
+fn answer_attr(reply: ReplyAttr, op: &str, ttl: &Duration, result: Result<Attr, FsError>) {
+    match result {
+        Ok(a) => reply.attr(ttl, &file_attr(&a)),
+        Err(e) => reply.error(errno(op, &e)),
+    }
+}
+
 fn file_attr(a: &Attr) -> FileAttr {
     let (kind, nlink) = match a.kind {
         Kind::File => (FileType::RegularFile, 1),
@@ -175,10 +199,7 @@ impl Filesystem for FuseAdapter {
         self.serve("lookup", parent.0, async move {
             #[cfg(debug_assertions)]
             panic_probe(&name);
-            match fs.lookup(Ino(parent.0), &name).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), GEN),
-                Err(e) => reply.error(errno("lookup", &e)),
-            }
+            answer_entry(reply, "lookup", &ttl, fs.lookup(Ino(parent.0), &name).await)
         });
     }
 
@@ -189,10 +210,7 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.serve("getattr", ino.0, async move {
-            match fs.getattr(Ino(ino.0)).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
-                Err(e) => reply.error(errno("getattr", &e)),
-            }
+            answer_attr(reply, "getattr", &ttl, fs.getattr(Ino(ino.0)).await)
         });
     }
 
@@ -232,10 +250,7 @@ impl Filesystem for FuseAdapter {
                 fs.set_attr(ino, change).await
             }
             .await;
-            match result {
-                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
-                Err(e) => reply.error(errno("setattr", &e)),
-            }
+            answer_attr(reply, "setattr", &ttl, result)
         });
     }
 
@@ -268,10 +283,12 @@ impl Filesystem for FuseAdapter {
         };
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.serve("mkdir", parent.0, async move {
-            match fs.mkdir(Ino(parent.0), &name, perm, caller).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), GEN),
-                Err(e) => reply.error(errno("mkdir", &e)),
-            }
+            answer_entry(
+                reply,
+                "mkdir",
+                &ttl,
+                fs.mkdir(Ino(parent.0), &name, perm, caller).await,
+            )
         });
     }
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -281,10 +298,7 @@ impl Filesystem for FuseAdapter {
         };
         let fs = self.fs.clone();
         self.serve("unlink", parent.0, async move {
-            match fs.unlink(Ino(parent.0), &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("unlink", &e)),
-            }
+            answer_empty(reply, "unlink", fs.unlink(Ino(parent.0), &name).await)
         });
     }
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -294,10 +308,7 @@ impl Filesystem for FuseAdapter {
         };
         let fs = self.fs.clone();
         self.serve("rmdir", parent.0, async move {
-            match fs.rmdir(Ino(parent.0), &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rmdir", &e)),
-            }
+            answer_empty(reply, "rmdir", fs.rmdir(Ino(parent.0), &name).await)
         });
     }
     fn symlink(
@@ -317,10 +328,12 @@ impl Filesystem for FuseAdapter {
         };
         let (fs, ttl, caller) = (self.fs.clone(), self.ttl, caller(req));
         self.serve("symlink", parent.0, async move {
-            match fs.symlink(Ino(parent.0), &name, &target, caller).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), GEN),
-                Err(e) => reply.error(errno("symlink", &e)),
-            }
+            answer_entry(
+                reply,
+                "symlink",
+                &ttl,
+                fs.symlink(Ino(parent.0), &name, &target, caller).await,
+            )
         });
     }
 
@@ -361,19 +374,18 @@ impl Filesystem for FuseAdapter {
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let fs = self.fs.clone();
         self.serve("rename", parent.0, async move {
-            match fs
-                .rename(
+            answer_empty(
+                reply,
+                "rename",
+                fs.rename(
                     Ino(parent.0),
                     &name,
                     Ino(new_parent.0),
                     &new_name,
                     no_replace,
                 )
-                .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rename", &e)),
-            }
+                .await,
+            )
         });
     }
     fn link(&self, _r: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
@@ -452,10 +464,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         self.serve("flush", ino.0, async move {
-            match fs.flush(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("flush", &e)),
-            }
+            answer_empty(reply, "flush", fs.flush(fh.0).await)
         });
     }
 
@@ -473,10 +482,7 @@ impl Filesystem for FuseAdapter {
         self.serve("release", ino.0, async move {
             // close(2) already returned with flush's result; a failure here is logged (and
             // its bytes kept in recovery) by the upload itself.
-            match fs.release(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("release", &e)),
-            }
+            answer_empty(reply, "release", fs.release(fh.0).await)
         });
     }
 
@@ -490,10 +496,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         self.serve("fsync", ino.0, async move {
-            match fs.fsync(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("fsync", &e)),
-            }
+            answer_empty(reply, "fsync", fs.fsync(fh.0).await)
         });
     }
 
@@ -593,10 +596,11 @@ impl Filesystem for FuseAdapter {
         };
         let (fs, value) = (self.fs.clone(), value.to_vec());
         self.serve("setxattr", ino.0, async move {
-            match fs.setxattr(Ino(ino.0), &name, &value, mode).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("setxattr", &e)),
-            }
+            answer_empty(
+                reply,
+                "setxattr",
+                fs.setxattr(Ino(ino.0), &name, &value, mode).await,
+            )
         });
     }
 
@@ -638,18 +642,20 @@ impl Filesystem for FuseAdapter {
         };
         let fs = self.fs.clone();
         self.serve("removexattr", ino.0, async move {
-            match fs.removexattr(Ino(ino.0), &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("removexattr", &e)),
-            }
+            answer_empty(
+                reply,
+                "removexattr",
+                fs.removexattr(Ino(ino.0), &name).await,
+            )
         });
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.fs.check_access(mask.contains(AccessFlags::W_OK)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("access", &e)),
-        }
+        answer_empty(
+            reply,
+            "access",
+            self.fs.check_access(mask.contains(AccessFlags::W_OK)),
+        )
     }
 
     fn create(
