@@ -16,7 +16,7 @@ use crate::fuse::FuseAdapter;
 use crate::startup;
 use crate::store::instrumented::Instrumented;
 use crate::store::s3::S3Store;
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, StoreError};
 
 /// Environment variable through which the daemon finds its readiness pipe.
 pub const READY_FD_ENV: &str = "PAILFS_READY_FD";
@@ -195,14 +195,22 @@ async fn log_pending_uploads(fs: Arc<Fs>) {
     }
 }
 
-/// SIGHUP: reads the credentials again (keys rotate without a remount). The new ones are
-/// checked with a listing before they replace the old; a failure is logged loudly and the
-/// mount keeps the credentials it had.
+/// SIGHUP: reads the credentials again (keys rotate without a remount). The new ones pass
+/// the start-up check before they replace the old; a failure is logged loudly and the mount
+/// keeps the credentials it had.
 async fn reload_credentials(s3: &S3Store, cfg: &MountConfig) {
     tracing::info!("SIGHUP: reloading credentials");
     crate::notify::notify("RELOADING=1");
-    match s3.reload(&cfg.s3).await {
-        Ok(()) => tracing::info!("credentials reloaded; the new ones can list the bucket"),
+    let checked = async {
+        let fresh = S3Store::connect(&cfg.s3).await?;
+        startup::check_bucket(&fresh.with_attempts(2), &cfg.location.prefix).await?;
+        Ok::<_, StoreError>(fresh)
+    };
+    match checked.await {
+        Ok(fresh) => {
+            s3.adopt(&fresh);
+            tracing::info!("credentials reloaded; the new ones can list the bucket")
+        }
         Err(e) => {
             let region = cfg.s3.region.as_deref().unwrap_or("?");
             tracing::error!(

@@ -547,10 +547,7 @@ impl Fs {
 
     /// Files directly in `dir` whose staging copy the bucket has never had, by name.
     async fn unlisted_files(&self, dir: &str) -> Vec<(Ino, String)> {
-        let staged: Vec<(Ino, StagedRef)> = lock(&self.staged)
-            .iter()
-            .map(|(ino, s)| (*ino, s.clone()))
-            .collect();
+        let staged = self.staged_files();
         let mut out = Vec::new();
         for (ino, staged) in staged {
             let Some(node) = lock(&self.inodes).get(ino).cloned() else {
@@ -738,6 +735,27 @@ impl Fs {
         }
     }
 
+    /// Every file being written, taken out of the map so its locks can be awaited.
+    fn staged_files(&self) -> Vec<(Ino, StagedRef)> {
+        lock(&self.staged)
+            .iter()
+            .map(|(ino, s)| (*ino, s.clone()))
+            .collect()
+    }
+
+    /// The key of the object behind a node: a directory's is its `dir/` marker.
+    fn object_key(&self, node: &inode::Node) -> String {
+        match node.kind {
+            Kind::Dir => self.dir_prefix(&node.path),
+            Kind::File | Kind::Symlink => self.key_of(&node.path),
+        }
+    }
+
+    /// Metadata of a file written here that has no earlier version to take it from.
+    fn default_file_headers(&self) -> Metadata {
+        self.new_file_headers(self.cfg.file_mode, self.cfg.uid, self.cfg.gid)
+    }
+
     fn staged_of(&self, ino: Ino) -> Option<StagedRef> {
         lock(&self.staged).get(&ino).cloned()
     }
@@ -805,7 +823,7 @@ impl Fs {
                 let known = self.meta.last_head(&key);
                 let headers = match &known {
                     Some(info) => info.metadata.clone(),
-                    None => self.new_file_headers(self.cfg.file_mode, self.cfg.uid, self.cfg.gid),
+                    None => self.default_file_headers(),
                 };
                 let mut staged = Staged::empty(cache, key, headers)?;
                 staged.set_base(known.as_ref().map(|i| i.etag.as_str()));
@@ -817,10 +835,8 @@ impl Fs {
                     Staged::over(cache, &info)?
                 }
                 Err(StoreError::NotFound) => {
-                    let headers =
-                        self.new_file_headers(self.cfg.file_mode, self.cfg.uid, self.cfg.gid);
                     // Absent: it did not exist when opened.
-                    Staged::empty(cache, key, headers)?
+                    Staged::empty(cache, key, self.default_file_headers())?
                 }
                 Err(e) => return Err(e.into()),
             },
@@ -1117,10 +1133,7 @@ impl Fs {
     /// that nothing written is left behind. A failed upload keeps its bytes in `recovery/`
     /// (and is logged). Returns (files uploaded, files failed).
     pub async fn finish_pending_uploads(&self) -> (usize, usize) {
-        let pending: Vec<(Ino, StagedRef)> = lock(&self.staged)
-            .iter()
-            .map(|(ino, s)| (*ino, s.clone()))
-            .collect();
+        let pending = self.staged_files();
         let (mut done, mut failed) = (0, 0);
         for (ino, staged) in pending {
             let mut s = staged.lock().await;

@@ -212,14 +212,12 @@ impl Fs {
             }
             return Ok(self.written_attr(ino, s.size(), None, &s.headers()));
         }
-        let (key, marker_of_dir) = match node.kind {
-            Kind::Dir if node.path.is_empty() && self.prefix.is_empty() => {
-                // The bucket's root has no object to carry metadata.
-                return Err(FsError::NotPermitted);
-            }
-            Kind::Dir => (self.dir_prefix(&node.path), true),
-            Kind::File | Kind::Symlink => (self.key_of(&node.path), false),
-        };
+        let marker_of_dir = node.kind == Kind::Dir;
+        let key = self.object_key(&node);
+        if key.is_empty() {
+            // The bucket's root has no object to carry metadata.
+            return Err(FsError::NotPermitted);
+        }
         let info = match self.store.head(&key).await {
             Ok(info) => Some(info),
             Err(StoreError::NotFound) if marker_of_dir => None,
@@ -334,22 +332,21 @@ impl Fs {
                 (file, false)
             }
         };
-        if is_dir {
+        // The kernel keeps using the same numbers: the renamed node, and under a directory,
+        // every node below it.
+        let moved_below = if is_dir {
             self.rename_dir(ino, &from, &to, no_replace).await?;
+            let mut inodes = lock(&self.inodes);
+            inodes.move_to(ino, new_parent, &to);
+            inodes.move_tree(&from, &to)
         } else {
             self.rename_file(ino, &from, &to, no_replace).await?;
             lock(&self.inodes).move_to(ino, new_parent, &to);
-        }
-        if is_dir {
-            let moved = {
-                let mut inodes = lock(&self.inodes);
-                inodes.move_to(ino, new_parent, &to);
-                inodes.move_tree(&from, &to)
-            };
-            // Copies may carry new ETags: attributes are asked again.
-            for moved in moved {
-                self.meta.forget_attr(moved);
-            }
+            Vec::new()
+        };
+        // Copies may carry new ETags: attributes are asked again.
+        for moved in moved_below {
+            self.meta.forget_attr(moved);
         }
         self.meta.forget_attr(ino);
         self.meta.put_miss(parent, name);
@@ -437,10 +434,7 @@ impl Fs {
             return Err(FsError::NotFound);
         }
         // Files being written below go up first; they upload to their new keys afterwards.
-        let staged: Vec<_> = lock(&self.staged)
-            .iter()
-            .map(|(ino, s)| (*ino, s.clone()))
-            .collect();
+        let staged = self.staged_files();
         let mut moving_staged = Vec::new();
         for (ino, staged) in staged {
             let mut s = staged.lock().await;

@@ -299,6 +299,8 @@ pub struct Staged {
     base: Base,
     /// What the bucket has received of the current upload (for `pailfs status`).
     pub progress: Arc<UploadProgress>,
+    /// The store as uploads see it: counting into `progress` (made once, on first use).
+    tracked: Option<Arc<dyn ObjectStore>>,
 }
 
 impl Drop for Staged {
@@ -349,7 +351,21 @@ impl Staged {
             source: None,
             base: Base::Absent,
             progress: Arc::new(UploadProgress::new(&key_for_progress)),
+            tracked: None,
         })
+    }
+
+    /// `store`, wrapped so that what it uploads or copies is credited to this file's progress.
+    fn tracked(&mut self, store: &Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+        let progress = &self.progress;
+        self.tracked
+            .get_or_insert_with(|| {
+                Arc::new(Tracked {
+                    inner: store.clone(),
+                    progress: progress.clone(),
+                })
+            })
+            .clone()
     }
 
     /// The copy starts from `etag` (O_TRUNC of a known object), or from an unknown version.
@@ -571,11 +587,7 @@ impl Staged {
         store: &Arc<dyn ObjectStore>,
         tuning: WriteTuning,
     ) {
-        let tracked: Arc<dyn ObjectStore> = Arc::new(Tracked {
-            inner: store.clone(),
-            progress: self.progress.clone(),
-        });
-        let store = &tracked;
+        let store = &self.tracked(store);
         if self.streaming.as_ref().is_some_and(|s| offset < s.frozen) {
             if let Some(stream) = self.streaming.take() {
                 stream.abandon(store, &self.key, "a write went back into uploaded parts");
@@ -750,11 +762,7 @@ impl Staged {
         store: &Arc<dyn ObjectStore>,
         tuning: WriteTuning,
     ) -> Result<Option<String>, FsError> {
-        let tracked: Arc<dyn ObjectStore> = Arc::new(Tracked {
-            inner: store.clone(),
-            progress: self.progress.clone(),
-        });
-        let store = &tracked;
+        let store = &self.tracked(store);
         if self.streaming.is_none() {
             self.progress.restart();
         }

@@ -137,10 +137,7 @@ impl Fs {
                 storage_class: None,
             });
         }
-        let key = match node.kind {
-            Kind::Dir => self.dir_prefix(&node.path),
-            Kind::File | Kind::Symlink => self.key_of(&node.path),
-        };
+        let key = self.object_key(&node);
         let mut described = Described {
             kind: node.kind,
             headers: Metadata::new(),

@@ -97,21 +97,9 @@ impl S3Store {
             .clone()
     }
 
-    /// Builds a client from `settings` again (credentials files are read anew), checks it
-    /// with one listing, and only then puts it in place: a bad new key leaves the working one.
-    pub async fn reload(&self, settings: &S3Settings) -> Result<(), StoreError> {
-        let fresh = S3Store::connect(settings).await?;
-        fresh
-            .with_attempts(2)
-            .list(ListRequest {
-                prefix: String::new(),
-                delimited: true,
-                max_keys: 1,
-                continuation: None,
-            })
-            .await?;
+    /// Takes `fresh`'s client (new credentials) for every request from now on.
+    pub fn adopt(&self, fresh: &S3Store) {
         *self.client.write().unwrap_or_else(|e| e.into_inner()) = fresh.client();
-        Ok(())
     }
 
     /// The same store, making at most `attempts` attempts per request.
