@@ -124,6 +124,13 @@ fn sequential_and_random_reads_are_byte_exact() {
     assert!(after.get - before.get <= 6, "{before:?} -> {after:?}");
 }
 
+/// Lines `ls -l DIR` prints (a "total" line, then one per entry).
+fn ls_l_lines(dir: &Path) -> usize {
+    let out = Command::new("ls").arg("-l").arg(dir).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 #[test]
 fn ls_l_of_plain_objects_costs_a_sample_of_heads_and_small_files_cost_one_get() {
     let b = Bucket::new("costs");
@@ -131,13 +138,7 @@ fn ls_l_of_plain_objects_costs_a_sample_of_heads_and_small_files_cost_one_get() 
     b.put_many(keys, &pattern(4096, 2));
     let m = Mount::new(&b.location(""), &[]);
     let before = m.requests();
-    let out = Command::new("ls")
-        .arg("-l")
-        .arg(m.join("many"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 301);
+    assert_eq!(ls_l_lines(&m.join("many")), 301);
     let after_ls = m.requests();
     assert!(
         after_ls.head - before.head <= 1 + 8,
@@ -166,13 +167,7 @@ fn fast_listing_costs_no_head() {
     b.put_many(keys, &pattern(16, 2));
     let m = Mount::new(&b.location(""), &["--fast-listing"]);
     let before = m.requests();
-    let out = Command::new("ls")
-        .arg("-l")
-        .arg(m.join("many"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 301);
+    assert_eq!(ls_l_lines(&m.join("many")), 301);
     let after = m.requests();
     assert_eq!(
         after.head,

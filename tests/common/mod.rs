@@ -312,17 +312,21 @@ impl Mount {
         self.path.join(rel)
     }
 
-    /// The daemon's request counters, from `pailfs status MOUNTPOINT`.
-    pub fn requests(&self) -> Requests {
+    /// What `pailfs status` prints for this mount.
+    fn status(&self) -> String {
         let out = run_ok(
             Command::new(env!("CARGO_BIN_EXE_pailfs"))
                 .arg("status")
                 .arg(&self.path),
         );
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// The daemon's request counters, from `pailfs status MOUNTPOINT`.
+    pub fn requests(&self) -> Requests {
+        let text = self.status();
         let get = |name: &str| -> u64 {
-            text.split_whitespace()
-                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            status_value(&text, name)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{name} missing in '{text}'"))
         };
@@ -338,15 +342,8 @@ impl Mount {
 
     /// One `name=value` field of `pailfs status`.
     pub fn status_field(&self, name: &str) -> String {
-        let out = run_ok(
-            Command::new(env!("CARGO_BIN_EXE_pailfs"))
-                .arg("status")
-                .arg(&self.path),
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
-            .unwrap_or_else(|| panic!("{name} missing in the status"))
+        let text = self.status();
+        status_value(&text, name).unwrap_or_else(|| panic!("{name} missing in '{text}'"))
     }
 
     /// Files kept in the cache directory's recovery/ after failed uploads.
@@ -386,6 +383,12 @@ impl Drop for Mount {
         self.unmount();
         let _ = &self.dir;
     }
+}
+
+/// The value of a `name=value` line of `pailfs status`.
+fn status_value(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix('=').map(str::to_string))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
