@@ -12,9 +12,9 @@ use futures::StreamExt;
 use super::error::FsError;
 use super::inode::Ino;
 use super::meta::{apply_change, attr_headers, dir_attr, file_attr, AttrChange};
-use super::write::{abort_if_failed, part_size_for};
+use super::write::{complete_or_abort, part_size_for, send_parts, tile, PartSources, PlannedPart};
 use super::{lock, Attr, Fs, Kind, OpenFile};
-use crate::store::{ByteRange, ListRequest, Metadata, StoreError, UploadedPart};
+use crate::store::{ByteRange, ListRequest, Metadata, StoreError};
 
 /// Objects copied at once by a directory rename.
 const RENAME_CONCURRENCY: usize = 16;
@@ -267,29 +267,22 @@ impl Fs {
             None => self.store.head(from).await?.metadata,
         };
         let part = part_size_for(size, self.cfg.copy_part_size);
+        let plan = tile(0, size, part, PlannedPart::Copy);
         let upload_id = self.store.create_multipart(to, &metadata).await?;
-        let store = &self.store;
-        let upload = upload_id.as_str();
-        let parts: Result<Vec<UploadedPart>, StoreError> =
-            futures::stream::iter(0..size.div_ceil(part))
-                .map(|i| async move {
-                    let range = ByteRange::new(i * part, size.min((i + 1) * part));
-                    let number = i as u32 + 1;
-                    let etag = store
-                        .upload_part_copy(to, upload, number, from, None, range)
-                        .await?;
-                    Ok(UploadedPart { number, etag })
-                })
-                .buffered(self.cfg.write.upload_concurrency.max(1))
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect();
-        let finished = match parts {
-            Ok(parts) => self.store.complete_multipart(to, &upload_id, &parts).await,
-            Err(e) => Err(e),
-        };
-        Ok(abort_if_failed(&self.store, to, &upload_id, finished).await?)
+        let parts = send_parts(
+            &self.store,
+            to,
+            &upload_id,
+            plan,
+            1,
+            PartSources {
+                object: Some((from, None)),
+                file: None,
+            },
+            self.cfg.write.upload_concurrency,
+        )
+        .await;
+        Ok(complete_or_abort(&self.store, to, &upload_id, parts).await?)
     }
 
     /// Points open readers of `ino` (or of keys below a renamed directory) at the new key.

@@ -684,33 +684,24 @@ impl Staged {
                 Err(e) => failure = Some(StoreError::Other(format!("a part task failed: {e}"))),
             }
         }
-        let result = match failure {
+        let parts = match failure {
             Some(e) => Err(e),
-            None => {
-                let rest = upload_range(
-                    store,
-                    &self.key,
-                    &stream.id,
-                    &self.file,
-                    stream.frozen,
-                    self.size,
-                    stream.part,
-                    stream.done.len() as u32 + 1,
-                    tuning,
-                )
-                .await;
-                match rest {
-                    Ok(mut parts) => {
-                        stream.done.append(&mut parts);
-                        store
-                            .complete_multipart(&self.key, &stream.id, &stream.done)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+            None => send_parts(
+                store,
+                &self.key,
+                &stream.id,
+                tile(stream.frozen, self.size, stream.part, PlannedPart::Upload),
+                stream.done.len() as u32 + 1,
+                PartSources::file(&self.file),
+                tuning.upload_concurrency,
+            )
+            .await
+            .map(|mut rest| {
+                stream.done.append(&mut rest);
+                stream.done
+            }),
         };
-        abort_if_failed(store, &self.key, &stream.id, result).await
+        complete_or_abort(store, &self.key, &stream.id, parts).await
     }
 
     pub async fn read(
@@ -888,41 +879,20 @@ impl Staged {
         let key = self.key.as_str();
         let upload_id = store.create_multipart(key, &headers).await?;
         let upload = upload_id.as_str();
-        let file = &self.file;
-        let parts: Result<Vec<UploadedPart>, StoreError> = futures::stream::iter(plan)
-            .enumerate()
-            .map(|(i, planned)| async move {
-                let number = i as u32 + 1;
-                let etag = match planned {
-                    PlannedPart::Copy(start, end) => {
-                        store
-                            .upload_part_copy(
-                                key,
-                                upload,
-                                number,
-                                source_key,
-                                Some(source_etag),
-                                ByteRange::new(start, end),
-                            )
-                            .await?
-                    }
-                    PlannedPart::Upload(start, end) => {
-                        let body = read_piece(file, start, end - start)?;
-                        store.upload_part(key, upload, number, body).await?
-                    }
-                };
-                Ok(UploadedPart { number, etag })
-            })
-            .buffered(tuning.upload_concurrency.max(1))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect();
-        let finished = match parts {
-            Ok(parts) => store.complete_multipart(key, upload, &parts).await,
-            Err(e) => Err(e),
-        };
-        abort_if_failed(store, key, upload, finished).await
+        let parts = send_parts(
+            store,
+            key,
+            upload,
+            plan,
+            1,
+            PartSources {
+                object: Some((source_key, Some(source_etag))),
+                file: Some(&self.file),
+            },
+            tuning.upload_concurrency,
+        )
+        .await;
+        complete_or_abort(store, key, upload, parts).await
     }
 
     fn keep_for_recovery(&mut self) -> String {
@@ -966,22 +936,31 @@ async fn upload_file(
             .await;
     }
     let upload_id = store.create_multipart(key, metadata).await?;
-    let finished = match upload_range(store, key, &upload_id, file, 0, size, part, 1, tuning).await
-    {
-        Ok(parts) => store.complete_multipart(key, &upload_id, &parts).await,
-        Err(e) => Err(e),
-    };
-    abort_if_failed(store, key, &upload_id, finished).await
+    let parts = send_parts(
+        store,
+        key,
+        &upload_id,
+        tile(0, size, part, PlannedPart::Upload),
+        1,
+        PartSources::file(file),
+        tuning.upload_concurrency,
+    )
+    .await;
+    complete_or_abort(store, key, &upload_id, parts).await
 }
 
-/// Passes `result` through; when it is a failure, first aborts the upload so that no parts
-/// stay behind (and billed).
-pub async fn abort_if_failed(
+/// Completes an upload from `parts`; when they or the completion failed, aborts it first so
+/// that no parts stay behind (and billed), and passes the failure on.
+pub async fn complete_or_abort(
     store: &Arc<dyn ObjectStore>,
     key: &str,
     upload_id: &str,
-    result: Result<String, StoreError>,
+    parts: Result<Vec<UploadedPart>, StoreError>,
 ) -> Result<String, StoreError> {
+    let result = match parts {
+        Ok(parts) => store.complete_multipart(key, upload_id, &parts).await,
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         if let Err(abort) = store.abort_multipart(key, upload_id).await {
             tracing::warn!(key, error = %abort, "could not abort the failed multipart upload; the bucket may keep its parts until a lifecycle rule removes them");
@@ -990,39 +969,83 @@ pub async fn abort_if_failed(
     result
 }
 
-/// Uploads `[from, to)` of the staging file as parts of `part` bytes numbered from `first`,
-/// at most `upload_concurrency` at once (parts are read when their upload starts, so that
-/// is also the most held in memory).
-#[allow(clippy::too_many_arguments)]
-async fn upload_range(
-    store: &Arc<dyn ObjectStore>,
-    key: &str,
-    upload_id: &str,
-    file: &std::fs::File,
+/// `[from, to)` cut into parts of `part` bytes (the last may be shorter), each made by
+/// `as_part` (`PlannedPart::Upload` or `PlannedPart::Copy`).
+pub fn tile(
     from: u64,
     to: u64,
     part: u64,
-    first: u32,
-    tuning: WriteTuning,
-) -> Result<Vec<UploadedPart>, StoreError> {
-    let count = (to - from).div_ceil(part);
-    let results: Vec<Result<UploadedPart, StoreError>> = futures::stream::iter(0..count)
-        .map(|i| {
-            let store = store.clone();
-            let upload_id = upload_id.to_string();
-            let key = key.to_string();
-            let start = from + i * part;
-            let body = read_piece(file, start, part.min(to - start));
-            async move {
-                let number = first + i as u32;
-                let etag = store.upload_part(&key, &upload_id, number, body?).await?;
-                Ok(UploadedPart { number, etag })
-            }
-        })
-        .buffered(tuning.upload_concurrency.max(1))
+    as_part: fn(u64, u64) -> PlannedPart,
+) -> Vec<PlannedPart> {
+    (from..to)
+        .step_by(part as usize)
+        .map(|start| as_part(start, to.min(start + part)))
         .collect()
-        .await;
-    results.into_iter().collect()
+}
+
+/// Where the bytes of planned parts come from.
+#[derive(Clone, Copy)]
+pub struct PartSources<'a> {
+    /// For `Copy` parts: the object copied from, and the ETag it must still have.
+    pub object: Option<(&'a str, Option<&'a str>)>,
+    /// For `Upload` parts: the staging file.
+    pub file: Option<&'a std::fs::File>,
+}
+
+impl<'a> PartSources<'a> {
+    pub fn file(file: &'a std::fs::File) -> Self {
+        PartSources {
+            object: None,
+            file: Some(file),
+        }
+    }
+}
+
+/// Sends `plan` as parts `first`, `first + 1`, … of an upload: copies inside the server,
+/// uploads read from the staging file when they start (so `concurrency`, the most at once,
+/// also bounds the memory held).
+pub async fn send_parts(
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    upload_id: &str,
+    plan: Vec<PlannedPart>,
+    first: u32,
+    from: PartSources<'_>,
+    concurrency: usize,
+) -> Result<Vec<UploadedPart>, StoreError> {
+    let missing =
+        |what: &str| StoreError::Other(format!("a planned part has no {what} to come from"));
+    futures::stream::iter(plan)
+        .enumerate()
+        .map(|(i, planned)| async move {
+            let number = first + i as u32;
+            let etag = match planned {
+                PlannedPart::Copy(start, end) => {
+                    let (source, etag) = from.object.ok_or_else(|| missing("object"))?;
+                    store
+                        .upload_part_copy(
+                            key,
+                            upload_id,
+                            number,
+                            source,
+                            etag,
+                            ByteRange::new(start, end),
+                        )
+                        .await?
+                }
+                PlannedPart::Upload(start, end) => {
+                    let file = from.file.ok_or_else(|| missing("file"))?;
+                    let body = read_piece(file, start, end - start)?;
+                    store.upload_part(key, upload_id, number, body).await?
+                }
+            };
+            Ok(UploadedPart { number, etag })
+        })
+        .buffered(concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
 }
 
 fn read_piece(file: &std::fs::File, offset: u64, len: u64) -> Result<Bytes, StoreError> {
