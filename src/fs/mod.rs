@@ -756,6 +756,13 @@ impl Fs {
         self.new_file_headers(self.cfg.file_mode, self.cfg.uid, self.cfg.gid)
     }
 
+    /// Whether `staged` is still the staging copy of `ino` (not finished and dropped).
+    fn is_current(&self, ino: Ino, staged: &StagedRef) -> bool {
+        lock(&self.staged)
+            .get(&ino)
+            .is_some_and(|current| Arc::ptr_eq(current, staged))
+    }
+
     fn staged_of(&self, ino: Ino) -> Option<StagedRef> {
         lock(&self.staged).get(&ino).cloned()
     }
@@ -807,12 +814,16 @@ impl Fs {
         let truncate = !matches!(start, Start::Existing);
         if let Some(staged) = self.staged_of(ino) {
             let mut s = staged.lock().await;
-            if truncate {
-                s.truncate(0, &self.store)?;
+            // The last handle may have finished (and dropped) this copy while we waited for
+            // its lock: then it is in the bucket, and a new copy starts from there.
+            if self.is_current(ino, &staged) {
+                if truncate {
+                    s.truncate(0, &self.store)?;
+                }
+                s.handles += 1;
+                drop(s);
+                return Ok(staged);
             }
-            s.handles += 1;
-            drop(s);
-            return Ok(staged);
         }
         let cache = self.writable()?.clone();
         let key = self.key_of(path);
@@ -844,23 +855,25 @@ impl Fs {
         staged.handles = 1;
         lock(&self.progress).push(Arc::downgrade(&staged.progress));
         let staged = Arc::new(tokio::sync::Mutex::new(staged));
-        // Two opens may race to stage the same file: the first one in wins, the other joins it.
-        let existing = {
-            let mut map = lock(&self.staged);
-            match map.get(&ino) {
-                Some(existing) => Some(existing.clone()),
-                None => {
-                    map.insert(ino, staged.clone());
-                    None
+        // Two opens may race to stage the same file: the first one in wins, the other joins
+        // it, unless it was finished and dropped meanwhile (then this one goes in).
+        loop {
+            let existing = {
+                let mut map = lock(&self.staged);
+                match map.get(&ino) {
+                    Some(existing) => existing.clone(),
+                    None => {
+                        map.insert(ino, staged.clone());
+                        return Ok(staged);
+                    }
                 }
+            };
+            let mut joined = existing.lock().await;
+            if self.is_current(ino, &existing) {
+                joined.handles += 1;
+                drop(joined);
+                return Ok(existing);
             }
-        };
-        match existing {
-            Some(existing) => {
-                existing.lock().await.handles += 1;
-                Ok(existing)
-            }
-            None => Ok(staged),
         }
     }
 
@@ -1021,14 +1034,8 @@ impl Fs {
             let mut s = staged.lock().await;
             // Failures are logged (with the recovery path) by the upload itself.
             let _ = fs.upload_staged(ino, &mut s).await;
-            if s.handles == 0 {
-                let mut map = lock(&fs.staged);
-                if map
-                    .get(&ino)
-                    .is_some_and(|current| Arc::ptr_eq(current, &staged))
-                {
-                    map.remove(&ino);
-                }
+            if s.handles == 0 && fs.is_current(ino, &staged) {
+                lock(&fs.staged).remove(&ino);
             }
         });
         Ok(())
