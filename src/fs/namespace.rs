@@ -209,7 +209,12 @@ impl Fs {
                     .await?;
                 s.retarget(&key, &etag);
                 self.meta.forget_head(&key);
+                // Same bytes, new ETag: the kernel's cached pages stay valid.
+                self.cached_etags.insert(ino, etag);
             }
+            // The attributes cached at the last upload describe the old metadata; once the
+            // staging copy is gone, getattr must not serve them.
+            self.meta.forget_attr(ino);
             return Ok(self.written_attr(ino, s.size(), None, &s.headers()));
         }
         let marker_of_dir = node.kind == Kind::Dir;

@@ -595,3 +595,26 @@ async fn status_shows_files_whose_changes_are_not_in_the_bucket_yet() {
     fs.release(fh).await.unwrap();
     assert!(fs.uploads_in_progress().is_empty(), "all in the bucket");
 }
+
+#[tokio::test]
+async fn touch_while_open_is_what_stat_shows_after_the_close() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    let (a, fh) = fs.create(Ino::ROOT, "t", 0o644, caller()).await.unwrap();
+    fs.write(fh, 0, b"x").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    // As GNU touch does: futimens on an open, already uploaded file.
+    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_577_934_245);
+    fs.set_attr(
+        a.ino,
+        AttrChange {
+            mtime: Some(when),
+            ..AttrChange::default()
+        },
+    )
+    .await
+    .unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(fs.getattr(a.ino).await.unwrap().mtime, when);
+    assert_eq!(w.rig.mem.metadata("t").unwrap()["mtime"], "1577934245");
+}
