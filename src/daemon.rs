@@ -283,7 +283,10 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         cfg.fs.clone(),
     );
     if !cfg.fs.read_only {
-        let cache = crate::fs::write::CacheDir::open(&cfg.cache_dir, cfg.max_cache_size).map(|c| c.with_min_free_ratio(cfg.cache_min_free)).map_err(|e| {
+        let cache = crate::fs::write::CacheDir::open(&cfg.cache_dir, cfg.max_cache_size).map(|c| {
+            c.with_min_free_ratio(cfg.cache_min_free)
+                .with_write_buffers(cfg.write_buffer_memory)
+        }).map_err(|e| {
             format!(
                 "cannot use the cache directory {}: {e}; choose another with --cache-dir (or mount --read-only)",
                 cfg.cache_dir.display()

@@ -32,6 +32,8 @@ pub struct MountConfig {
     pub max_cache_size: u64,
     /// Share (0..1) of the cache directory's filesystem kept free.
     pub cache_min_free: f64,
+    /// Memory for the parts of files being written (`--write-buffer-memory`).
+    pub write_buffer_memory: u64,
     pub log_file: Option<PathBuf>,
     pub debug: bool,
 }
@@ -188,6 +190,7 @@ impl MountConfig {
                 .unwrap_or_else(|| paths::cache_dir().join(paths::mount_name(&args.mountpoint))),
             max_cache_size: args.max_cache_size,
             cache_min_free: args.cache_min_free / 100.0,
+            write_buffer_memory: args.write_buffer_memory,
             log_file: args.log_file.clone(),
             debug: args.debug,
         })

@@ -8,6 +8,7 @@ pub mod inode;
 pub mod meta;
 pub mod names;
 pub mod namespace;
+pub mod part_buffer;
 pub mod progress;
 pub mod ranges;
 pub mod read;
@@ -818,7 +819,7 @@ impl Fs {
             // its lock: then it is in the bucket, and a new copy starts from there.
             if self.is_current(ino, &staged) {
                 if truncate {
-                    s.truncate(0, &self.store)?;
+                    s.truncate(0, &self.store).await?;
                 }
                 s.handles += 1;
                 drop(s);
@@ -908,11 +909,9 @@ impl Fs {
         };
         let staged = self.staged_of(*ino).ok_or(FsError::BadHandle)?;
         let mut staged = staged.lock().await;
-        let written = staged.write(offset, data)?;
         staged
-            .stream_parts(offset, &self.store, self.cfg.write)
-            .await;
-        Ok(written)
+            .write(offset, data, &self.store, self.cfg.write)
+            .await
     }
 
     /// Truncates or extends a file to `size` (truncate(2), ftruncate(2), O_TRUNC).
@@ -925,7 +924,7 @@ impl Fs {
         match self.staged_of(ino) {
             // ftruncate(2) or O_TRUNC on an open file: change the staging copy; its handles
             // upload it.
-            Some(staged) => staged.lock().await.truncate(size, &self.store)?,
+            Some(staged) => staged.lock().await.truncate(size, &self.store).await?,
             // truncate(2) on a path: no handle will flush it, so stage, change, upload now.
             None => {
                 let start = if size == 0 {
@@ -934,7 +933,7 @@ impl Fs {
                     Start::Existing
                 };
                 let staged = self.stage(ino, &node.path, start).await?;
-                staged.lock().await.truncate(size, &self.store)?;
+                staged.lock().await.truncate(size, &self.store).await?;
                 self.finish_handle(ino, true).await?;
             }
         }
@@ -948,7 +947,7 @@ impl Fs {
         if self.cfg.write_back == WriteBack::Async {
             let staged = self.staged_of_handle(fh);
             if let Some(staged) = staged {
-                staged.lock().await.sync_to_disk()?;
+                staged.lock().await.sync_to_disk().await?;
             }
             return Ok(());
         }

@@ -320,6 +320,7 @@ async fn store_errors_become_errnos() {
 pub(super) struct WriteRig {
     pub rig: Rig,
     pub dir: tempfile::TempDir,
+    pub cache: Arc<write::CacheDir>,
 }
 
 pub(super) fn write_rig(cache_cap: u64) -> WriteRig {
@@ -344,7 +345,7 @@ pub(super) fn write_rig_with(cache_cap: u64, cfg: FsConfig) -> WriteRig {
             ..cfg
         },
     )
-    .with_cache(cache);
+    .with_cache(cache.clone());
     WriteRig {
         rig: Rig {
             mem,
@@ -352,6 +353,7 @@ pub(super) fn write_rig_with(cache_cap: u64, cfg: FsConfig) -> WriteRig {
             fs: Arc::new(fs),
         },
         dir,
+        cache,
     }
 }
 
@@ -372,6 +374,11 @@ impl WriteRig {
                 .unwrap();
             assert_eq!(n as usize, chunk.len());
         }
+    }
+
+    async fn write_all_from(&self, fh: u64, at: usize, data: &[u8]) {
+        let n = self.rig.fs.write(fh, at as u64, data).await.unwrap();
+        assert_eq!(n as usize, data.len());
     }
 
     pub fn recovered(&self) -> Vec<Vec<u8>> {
@@ -559,6 +566,78 @@ async fn a_failed_upload_fails_close_keeps_the_bytes_and_leaves_no_parts() {
     let recovered = w.recovered();
     assert_eq!(recovered.len(), 1);
     assert!(recovered[0] == data, "the written bytes are in recovery/");
+}
+
+#[tokio::test]
+async fn a_sequential_write_streams_parts_from_memory_even_after_an_early_close() {
+    let w = write_rig(1 << 30);
+    let part = write::MIN_PART_SIZE as usize;
+    let data = model_bytes(4 * part + 12_345, 3);
+    let (_, fh) = w
+        .rig
+        .fs
+        .create(Ino::ROOT, "video.bin", 0o644, caller())
+        .await
+        .unwrap();
+    // dd and others close a first descriptor of the new file before writing: that uploads
+    // an empty object, and must not stop the next writes from streaming.
+    w.rig.fs.flush(fh).await.unwrap();
+    assert_eq!(w.rig.mem.content("video.bin").unwrap().len(), 0);
+    w.write_all(fh, &data).await;
+    assert!(
+        w.rig.count(RequestKind::UploadPart) >= 2,
+        "parts the writer moved past went up before close"
+    );
+    assert!(
+        w.cache.write_buffers().allocated() > 0,
+        "parts were collected in memory"
+    );
+    w.rig.fs.flush(fh).await.unwrap();
+    assert!(w.rig.mem.content("video.bin").unwrap() == data);
+    assert_eq!(w.rig.count(RequestKind::UploadPart), 5);
+    assert_eq!(
+        w.rig.count(RequestKind::Get),
+        0,
+        "nothing was read back from the bucket"
+    );
+    w.rig.fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn parts_streamed_from_memory_are_whole_in_recovery_when_the_upload_fails() {
+    let w = write_rig(1 << 30);
+    let part = write::MIN_PART_SIZE as usize;
+    let data = model_bytes(5 * part + 777, 5);
+    let (_, fh) = w
+        .rig
+        .fs
+        .create(Ino::ROOT, "log.bin", 0o644, caller())
+        .await
+        .unwrap();
+    w.rig.store.fail_nth(
+        RequestKind::CompleteMultipart,
+        1,
+        StoreError::Unreachable("cable cut".into()),
+    );
+    w.write_all(fh, &data).await;
+    // A read through the handle sees every byte, those still in memory included.
+    let back = w
+        .rig
+        .fs
+        .read(fh, (5 * part) as u64 - 10, 100)
+        .await
+        .unwrap();
+    assert!(back[..] == data[5 * part - 10..5 * part + 90]);
+    w.write_all_from(fh, 5 * part + 777, b"more").await;
+    let mut expected = data.clone();
+    expected.extend_from_slice(b"more");
+    let err = w.rig.fs.flush(fh).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EHOSTUNREACH);
+    assert_eq!(w.rig.mem.open_uploads(), 0, "the failed upload was aborted");
+    w.rig.fs.release(fh).await.unwrap_err();
+    let recovered = w.recovered();
+    assert_eq!(recovered.len(), 1);
+    assert!(recovered[0] == expected, "every byte is in recovery/");
 }
 
 #[tokio::test]

@@ -20,10 +20,13 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::error::FsError;
+use super::part_buffer::{self, PartBuf, PartPool};
 use super::progress::{Tracked, UploadProgress};
 use super::ranges::RangeSet;
 use crate::store::{ByteRange, Metadata, ObjectInfo, ObjectStore, StoreError, UploadedPart};
 
+/// Memory for write parts unless configured (the `--write-buffer-memory` default).
+const DEFAULT_WRITE_BUFFERS: u64 = 64 << 20;
 /// Largest number of parts S3 accepts in one multipart upload.
 const MAX_PARTS: u64 = 10_000;
 /// Smallest part S3 accepts (except the last).
@@ -67,6 +70,8 @@ pub struct CacheDir {
     next: AtomicU64,
     /// Share of the filesystem that must stay free.
     min_free_ratio: f64,
+    /// Memory for parts on their way from programs to the bucket and the staging file.
+    parts: PartPool,
 }
 
 /// (bytes free for unprivileged users, total bytes) of the filesystem holding `path`.
@@ -102,7 +107,14 @@ impl CacheDir {
             used: AtomicU64::new(0),
             next: AtomicU64::new(0),
             min_free_ratio: 0.0,
+            parts: PartPool::new(DEFAULT_WRITE_BUFFERS),
         })
+    }
+
+    /// Caps the memory holding parts of sequentially written files (`--write-buffer-memory`).
+    pub fn with_write_buffers(mut self, bytes: u64) -> CacheDir {
+        self.parts = PartPool::new(bytes);
+        self
     }
 
     /// Keeps at least `min_free_ratio` of the cache's filesystem free, whoever else uses it.
@@ -132,6 +144,11 @@ impl CacheDir {
             return Err(FsError::NoSpace);
         }
         Ok(())
+    }
+
+    /// The memory for parts of files being written.
+    pub fn write_buffers(&self) -> &PartPool {
+        &self.parts
     }
 
     pub fn recovery_dir(&self) -> &Path {
@@ -183,22 +200,23 @@ struct StreamingUpload {
 }
 
 impl StreamingUpload {
-    /// Starts uploading `[start, start + len)` of the staging file as the part it belongs to.
-    fn start_part(
-        &mut self,
-        store: &Arc<dyn ObjectStore>,
-        key: &str,
-        file: &std::fs::File,
-        start: u64,
-        len: u64,
-    ) -> Result<(), StoreError> {
-        let number = (start / self.part) as u32 + 1;
-        let body = read_piece(file, start, len)?;
+    /// Starts uploading `body` as part `number`.
+    fn start_part(&mut self, store: &Arc<dyn ObjectStore>, key: &str, number: u32, body: Bytes) {
         let (store, key, id) = (store.clone(), key.to_string(), self.id.clone());
         self.in_flight.push_back(tokio::spawn(async move {
             let etag = store.upload_part(&key, &id, number, body).await?;
             Ok(UploadedPart { number, etag })
         }));
+    }
+
+    /// Waits until fewer than `most` parts are in flight; a failed part fails the upload.
+    async fn make_room(&mut self, most: usize) -> Result<(), StoreError> {
+        while self.in_flight.len() >= most.max(1) {
+            let Some(handle) = self.in_flight.pop_front() else {
+                break;
+            };
+            self.done.push(joined(handle.await)?);
+        }
         Ok(())
     }
 
@@ -219,6 +237,27 @@ impl StreamingUpload {
             }
         });
     }
+}
+
+/// A part task's outcome, a panic or cancellation included.
+fn joined<T>(
+    outcome: Result<Result<T, StoreError>, tokio::task::JoinError>,
+) -> Result<T, StoreError> {
+    outcome.map_err(|e| StoreError::Other(format!("a part task failed: {e}")))?
+}
+
+/// The bytes a program appended to a new file from a part boundary on, held in memory until
+/// the part is complete: it then uploads from memory and lands in the staging file.
+struct Tail {
+    start: u64,
+    buf: PartBuf,
+}
+
+/// The staging file as seen by part landings that run beside the program's next writes.
+struct LandingFiles {
+    file: std::fs::File,
+    /// The same file opened with O_DIRECT, where the filesystem allows it.
+    direct: Option<std::fs::File>,
 }
 
 /// Largest part copied server-side in one UploadPartCopy (S3 allows 5 GiB).
@@ -287,6 +326,16 @@ pub struct Staged {
     /// Started empty (new file or O_TRUNC): sequential writes may stream parts.
     fresh: bool,
     streaming: Option<StreamingUpload>,
+    /// Appended bytes of the current part, not yet in the staging file.
+    tail: Option<Tail>,
+    /// Complete parts in memory that the streaming upload has not started yet, in order.
+    sealed: VecDeque<(u64, Bytes)>,
+    /// Writes of parts into the staging file, still running.
+    landing: VecDeque<JoinHandle<std::io::Result<()>>>,
+    landing_files: Option<Arc<LandingFiles>>,
+    /// Why bytes are missing from the staging file (a part could not be written to it): this
+    /// copy can no longer be uploaded whole.
+    lost: Option<String>,
     pub handles: usize,
     /// User metadata the object is uploaded with (mode, owner, xattrs…); `mtime` is set from
     /// `modified` at each upload.
@@ -345,6 +394,11 @@ impl Staged {
             failed: false,
             fresh: true,
             streaming: None,
+            tail: None,
+            sealed: VecDeque::new(),
+            landing: VecDeque::new(),
+            landing_files: None,
+            lost: None,
             handles: 0,
             metadata,
             modified: std::time::SystemTime::now(),
@@ -529,7 +583,8 @@ impl Staged {
     }
 
     /// Makes the staging copy durable on local disk (async write-back's promise at close).
-    pub fn sync_to_disk(&self) -> Result<(), FsError> {
+    pub async fn sync_to_disk(&mut self) -> Result<(), FsError> {
+        self.land().await?;
         self.file.sync_data().map_err(io_error)
     }
 
@@ -543,25 +598,83 @@ impl Staged {
         self.dirty = false;
         self.progress.pending.store(false, Ordering::Relaxed);
         self.fresh = false;
+        self.tail = None;
+        self.sealed.clear();
     }
 
     pub fn is_dirty(&self) -> bool {
         self.dirty
     }
 
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+    /// Refuses changes to a copy that can no longer be uploaded.
+    fn check_writable(&self) -> Result<(), FsError> {
         if self.failed {
             return Err(FsError::Store(StoreError::Other(
                 "an earlier upload of this file failed; its bytes are in recovery".into(),
             )));
         }
-        let end = offset + data.len() as u64;
-        self.reserve(data.len() as u64)?;
-        if let Err(e) = self.file.write_all_at(data, offset) {
-            self.settle();
-            return Err(io_error(e));
+        if let Some(why) = &self.lost {
+            return Err(FsError::Store(StoreError::Other(why.clone())));
         }
-        self.size = self.size.max(end);
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`. Sequential writes to a new file go into part buffers from
+    /// the second part on, and parts the writer has moved past start uploading (streaming);
+    /// everything else goes to the staging file. Whatever streaming does not cover uploads
+    /// from the staging file at close.
+    pub async fn write(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        store: &Arc<dyn ObjectStore>,
+        tuning: WriteTuning,
+    ) -> Result<u32, FsError> {
+        self.check_writable()?;
+        let store = &self.tracked(store);
+        if !(self.tail.is_some() && offset == self.size) {
+            // Not an append to the part in memory: the staging file must hold every byte.
+            self.land().await?;
+        }
+        if self.streaming.as_ref().is_some_and(|s| offset < s.frozen) {
+            self.stop_streaming(store, "a write went back into uploaded parts");
+        }
+        self.reserve(data.len() as u64)?;
+        let part = tuning.part_size.max(MIN_PART_SIZE);
+        let (mut at, mut rest) = (offset, data);
+        while !rest.is_empty() {
+            if let Some(tail) = &mut self.tail {
+                if tail.buf.is_full() {
+                    self.seal_tail().await;
+                    continue;
+                }
+                let n = tail.buf.push(rest);
+                (at, rest) = (at + n as u64, &rest[n..]);
+                self.size = self.size.max(at);
+                continue;
+            }
+            let appending = self.fresh && self.source.is_none() && at == self.size;
+            if appending && at >= part && at % part == 0 {
+                if let Some(buf) = self.cache.parts.try_take(part as usize) {
+                    self.tail = Some(Tail { start: at, buf });
+                    continue;
+                }
+            }
+            // Into the staging file; an append stops at the part boundary, where a buffer
+            // may take over.
+            let n = if appending {
+                ((part - at % part) as usize).min(rest.len())
+            } else {
+                rest.len()
+            };
+            if let Err(e) = self.file.write_all_at(&rest[..n], at) {
+                self.settle();
+                return Err(io_error(e));
+            }
+            (at, rest) = (at + n as u64, &rest[n..]);
+            self.size = self.size.max(at);
+        }
+        let end = offset + data.len() as u64;
         if let Some(src) = &mut self.source {
             let changed_end = end.min(src.len);
             if offset < changed_end {
@@ -574,33 +687,110 @@ impl Staged {
         self.progress.total.store(self.size, Ordering::Relaxed);
         self.modified = std::time::SystemTime::now();
         self.settle();
+        self.advance_stream(store, tuning, false).await;
         Ok(data.len() as u32)
     }
 
-    /// After a write at `offset`: keeps a streaming upload of a sequentially written new
-    /// file going (starting parts the writer has moved past, waiting when too many are in
-    /// flight), or abandons it when the write went back into uploaded parts. Never fails the
-    /// write: whatever the stream does not cover is uploaded from the staging file at close.
-    pub async fn stream_parts(
+    /// The full part in memory goes to the staging file and waits for its upload.
+    async fn seal_tail(&mut self) {
+        if let Some(tail) = self.tail.take() {
+            let bytes = tail.buf.freeze();
+            self.start_landing(tail.start, bytes.clone()).await;
+            if self.fresh {
+                self.sealed.push_back((tail.start, bytes));
+            }
+        }
+    }
+
+    /// Starts writing `bytes` at `offset` of the staging file, beside the program's next
+    /// writes. At most a few landings run at once, which also bounds the memory they hold.
+    async fn start_landing(&mut self, offset: u64, bytes: Bytes) {
+        while self.landing.len() > 2 {
+            if let Some(handle) = self.landing.pop_front() {
+                self.note_landing(handle.await);
+            }
+        }
+        let files = match &self.landing_files {
+            Some(files) => files.clone(),
+            None => match self.file.try_clone() {
+                Ok(file) => {
+                    let files = Arc::new(LandingFiles {
+                        file,
+                        direct: part_buffer::open_direct(&self.path),
+                    });
+                    self.landing_files = Some(files.clone());
+                    files
+                }
+                Err(e) => {
+                    self.note_landing(Ok(Err(e)));
+                    return;
+                }
+            },
+        };
+        self.landing.push_back(tokio::task::spawn_blocking(move || {
+            part_buffer::land(&files.file, files.direct.as_ref(), offset, &bytes)
+        }));
+    }
+
+    /// Records a landing's failure: the bytes it held are not in the staging file.
+    fn note_landing(&mut self, outcome: Result<std::io::Result<()>, tokio::task::JoinError>) {
+        let error = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(key = %self.key, staging = %self.path.display(), %error, "a part could not be written to the staging file; this file can no longer be saved whole");
+        self.lost.get_or_insert_with(|| {
+            format!("a part could not be written to the staging file: {error}")
+        });
+    }
+
+    /// Brings every byte into the staging file: the part in memory, and the landings still
+    /// running. Fails when a landing failed.
+    async fn land(&mut self) -> Result<(), FsError> {
+        if let Some(tail) = self.tail.take() {
+            if !tail.buf.is_empty() {
+                self.start_landing(tail.start, tail.buf.freeze()).await;
+            }
+        }
+        while let Some(handle) = self.landing.pop_front() {
+            self.note_landing(handle.await);
+        }
+        match &self.lost {
+            Some(why) => Err(FsError::Store(StoreError::Other(why.clone()))),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends streaming (the whole file uploads from the staging file at close).
+    fn stop_streaming(&mut self, store: &Arc<dyn ObjectStore>, why: &str) {
+        if let Some(stream) = self.streaming.take() {
+            stream.abandon(store, &self.key, why);
+        }
+        self.fresh = false;
+        self.sealed.clear();
+    }
+
+    /// Starts every part of a sequentially written new file that the writer has moved past
+    /// (with `to_end`, every part: the file is complete), from memory where a sealed part
+    /// holds it, else from the staging file. Waits while too many parts are in flight. Never
+    /// fails the write: a failed part stops streaming.
+    async fn advance_stream(
         &mut self,
-        offset: u64,
         store: &Arc<dyn ObjectStore>,
         tuning: WriteTuning,
+        to_end: bool,
     ) {
-        let store = &self.tracked(store);
-        if self.streaming.as_ref().is_some_and(|s| offset < s.frozen) {
-            if let Some(stream) = self.streaming.take() {
-                stream.abandon(store, &self.key, "a write went back into uploaded parts");
-            }
-            self.fresh = false;
-            return;
-        }
         let part = tuning.part_size.max(MIN_PART_SIZE);
-        if !self.fresh || self.failed || self.size < 2 * part {
-            // Small files go up in one PUT at close; wait until a part is surely not the last.
+        if !self.fresh || self.failed || self.lost.is_some() {
+            self.sealed.clear();
             return;
         }
         if self.streaming.is_none() {
+            if to_end || self.size < 2 * part {
+                // Small files go up in one PUT at close.
+                return;
+            }
             match store.create_multipart(&self.key, &self.headers()).await {
                 Ok(id) => {
                     self.streaming = Some(StreamingUpload {
@@ -613,7 +803,7 @@ impl Staged {
                 }
                 Err(e) => {
                     tracing::debug!(key = %self.key, error = %e, "no streaming upload; the file uploads at close");
-                    self.fresh = false;
+                    self.stop_streaming(store, "could not start");
                     return;
                 }
             }
@@ -621,72 +811,73 @@ impl Staged {
         let Some(mut stream) = self.streaming.take() else {
             return;
         };
-        // Start every part that lies wholly below the writer, keeping one part of slack so
-        // that the last part is never smaller than the minimum.
-        while stream.frozen + 2 * stream.part <= self.size
-            && (stream.done.len() + stream.in_flight.len()) < (MAX_PARTS as usize - 1)
-        {
-            while stream.in_flight.len() >= tuning.upload_concurrency.max(1) {
-                match stream.in_flight.pop_front() {
-                    Some(handle) => match handle.await {
-                        Ok(Ok(done)) => stream.done.push(done),
-                        Ok(Err(e)) => {
-                            stream.abandon(store, &self.key, &format!("a part failed: {e}"));
-                            self.fresh = false;
-                            return;
-                        }
-                        Err(e) => {
-                            stream.abandon(store, &self.key, &format!("a part task failed: {e}"));
-                            self.fresh = false;
-                            return;
-                        }
-                    },
-                    None => break,
-                }
+        loop {
+            let (start, end) = (stream.frozen, (stream.frozen + stream.part).min(self.size));
+            let past = if to_end {
+                start < self.size
+            } else {
+                end < self.size
+            };
+            let parts = (stream.done.len() + stream.in_flight.len()) as u64;
+            // The last part of the 10,000 stays for close, which sends the rest.
+            if !past || parts >= MAX_PARTS - 1 {
+                break;
             }
-            let (start, len) = (stream.frozen, stream.part);
-            if let Err(e) = stream.start_part(store, &self.key, &self.file, start, len) {
-                stream.abandon(store, &self.key, &format!("reading the staging file: {e}"));
-                self.fresh = false;
+            if let Err(e) = stream.make_room(tuning.upload_concurrency).await {
+                self.streaming = Some(stream);
+                self.stop_streaming(store, &format!("a part failed: {e}"));
                 return;
             }
-            stream.frozen += stream.part;
+            let body = match self.sealed.front() {
+                Some((at, bytes)) if *at == start && bytes.len() as u64 == end - start => {
+                    self.sealed.pop_front().map(|(_, b)| Ok(b))
+                }
+                _ => None,
+            }
+            .unwrap_or_else(|| read_piece(&self.file, start, end - start));
+            match body {
+                Ok(body) => {
+                    stream.start_part(store, &self.key, (start / stream.part) as u32 + 1, body)
+                }
+                Err(e) => {
+                    self.streaming = Some(stream);
+                    self.stop_streaming(store, &format!("reading the staging file: {e}"));
+                    return;
+                }
+            }
+            stream.frozen = end;
         }
+        self.sealed.retain(|(at, _)| *at >= stream.frozen);
         self.streaming = Some(stream);
     }
 
-    /// Finishes a streaming upload: waits for its parts, uploads the rest from the staging
-    /// file, completes. Any failure aborts it.
+    /// Finishes a streaming upload: starts the parts left (the one in memory last), waits for
+    /// them and for the staging file to hold every byte, completes. Any failure aborts it.
     async fn finish_streaming(
         &mut self,
-        mut stream: StreamingUpload,
         store: &Arc<dyn ObjectStore>,
         tuning: WriteTuning,
     ) -> Result<String, StoreError> {
+        self.seal_tail().await;
+        self.advance_stream(store, tuning, true).await;
+        let Some(mut stream) = self.streaming.take() else {
+            return Err(StoreError::Other("the streaming upload stopped".into()));
+        };
         let mut failure = None;
-        // The last part or two start at once, next to those still in flight.
-        let rest = self.size - stream.frozen;
-        if rest > 0 && rest <= 2 * stream.part {
-            let mut start = stream.frozen;
-            while start < self.size && failure.is_none() {
-                let len = stream.part.min(self.size - start);
-                if let Err(e) = stream.start_part(store, &self.key, &self.file, start, len) {
-                    failure = Some(e);
-                }
-                start += len;
-            }
-            stream.frozen = self.size;
-        }
         while let Some(handle) = stream.in_flight.pop_front() {
-            match handle.await {
-                Ok(Ok(done)) => stream.done.push(done),
-                Ok(Err(e)) => failure = Some(e),
-                Err(e) => failure = Some(StoreError::Other(format!("a part task failed: {e}"))),
+            match joined(handle.await) {
+                Ok(done) => stream.done.push(done),
+                Err(e) => failure = Some(e),
             }
+        }
+        // The recovery copy must be whole if anything fails from here on.
+        if let Err(e) = self.land().await {
+            failure.get_or_insert(StoreError::Other(e.to_string()));
         }
         let parts = match failure {
             Some(e) => Err(e),
-            None => send_parts(
+            // More than 10,000 parts' worth: the rest goes up from the file.
+            None if stream.frozen < self.size => send_parts(
                 store,
                 &self.key,
                 &stream.id,
@@ -700,6 +891,7 @@ impl Staged {
                 stream.done.append(&mut rest);
                 stream.done
             }),
+            None => Ok(stream.done),
         };
         complete_or_abort(store, &self.key, &stream.id, parts).await
     }
@@ -714,6 +906,7 @@ impl Staged {
             return Ok(Bytes::new());
         }
         let n = (self.size - offset).min(len as u64) as usize;
+        self.land().await?;
         self.fill(offset, offset + n as u64, store).await?;
         let mut buf = vec![0u8; n];
         self.file
@@ -722,12 +915,14 @@ impl Staged {
         Ok(Bytes::from(buf))
     }
 
-    pub fn truncate(&mut self, size: u64, store: &Arc<dyn ObjectStore>) -> Result<(), FsError> {
+    pub async fn truncate(
+        &mut self,
+        size: u64,
+        store: &Arc<dyn ObjectStore>,
+    ) -> Result<(), FsError> {
+        self.land().await?;
         if self.streaming.as_ref().is_some_and(|s| size < s.frozen) {
-            if let Some(stream) = self.streaming.take() {
-                stream.abandon(store, &self.key, "truncated into uploaded parts");
-            }
-            self.fresh = false;
+            self.stop_streaming(store, "truncated into uploaded parts");
         }
         if size > self.size {
             self.reserve(size - self.size)?;
@@ -771,24 +966,26 @@ impl Staged {
         let over_source = self.source.as_ref().is_some_and(|s| s.len > 0);
         let result = match self.check_conflict(store, tuning.conflict).await {
             Err(e) => {
-                if let Some(stream) = self.streaming.take() {
-                    stream.abandon(store, &self.key, "conflict");
-                }
+                self.stop_streaming(store, "conflict");
                 Err(e)
             }
-            Ok(()) => match self.streaming.take() {
-                Some(stream) => self.finish_streaming(stream, store, tuning).await,
-                None if over_source => self.upload_over_source(store, tuning).await,
-                None => {
+            Ok(()) if self.streaming.is_some() => self.finish_streaming(store, tuning).await,
+            Ok(()) => match self.land().await {
+                Err(e) => Err(StoreError::Other(e.to_string())),
+                Ok(()) if over_source => self.upload_over_source(store, tuning).await,
+                Ok(()) => {
                     let headers = self.headers();
                     upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await
                 }
             },
         };
-        // Whatever happened, the next change starts from a known state: no streaming.
+        // Whatever happened, the next change starts from a known state: no streaming, except
+        // into a file that is empty in the bucket (programs that create a file often close a
+        // first descriptor of it before writing through another, as dd does).
         self.fresh = false;
         match result {
             Ok(etag) => {
+                self.fresh = self.size == 0;
                 tracing::debug!(key = %self.key, size = self.size, %etag, "uploaded");
                 self.dirty = false;
                 self.progress.pending.store(false, Ordering::Relaxed);
@@ -798,9 +995,10 @@ impl Staged {
             }
             Err(e) => {
                 self.failed = true;
-                // The recovery copy should be whole: fetch what was never read, if the
-                // source still answers.
-                let whole = self.fill(0, self.size, store.as_ref()).await.is_ok();
+                // The recovery copy should be whole: bytes still in memory go to it, and
+                // what was never read is fetched, if the source still answers.
+                let landed = self.land().await.is_ok();
+                let whole = landed && self.fill(0, self.size, store.as_ref()).await.is_ok();
                 let kept = self.keep_for_recovery();
                 tracing::error!(
                     key = %self.key,
@@ -808,7 +1006,9 @@ impl Staged {
                     recovery = %kept,
                     complete = whole,
                     "upload failed: the program was told (close/fsync error); the written bytes are kept{}",
-                    if whole { "" } else { " (bytes never read from the old object are zeros there; the old object is still in the bucket)" }
+                    if !landed { " (a part could not be written to the staging file; see the error before)" }
+                    else if whole { "" }
+                    else { " (bytes never read from the old object are zeros there; the old object is still in the bucket)" }
                 );
                 Err(FsError::Store(e))
             }
