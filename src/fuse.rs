@@ -17,6 +17,7 @@ use fuser::{
 use futures::FutureExt;
 use tracing::Instrument;
 
+use crate::fs::buffers::BufferPool;
 use crate::fs::error::FsError;
 use crate::fs::inode::Ino;
 use crate::fs::meta::AttrChange;
@@ -24,16 +25,28 @@ use crate::fs::namespace::Caller;
 use crate::fs::xattr::SetMode;
 use crate::fs::{Attr, DirSinkEntry, Fs, Kind};
 
+/// Write payloads kept for reuse: enough for the writes in flight at once (each is at most
+/// 1 MiB).
+const WRITE_PAYLOADS_POOLED: u64 = 8 << 20;
+
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
     ttl: Duration,
+    /// Write payloads are copied out of fuser's buffer into these, reused: a fresh 1 MiB
+    /// allocation per write page-faults (and zeroes) its memory every time.
+    write_payloads: Arc<BufferPool>,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
         let ttl = fs.config().metadata_ttl;
-        FuseAdapter { fs, rt, ttl }
+        FuseAdapter {
+            fs,
+            rt,
+            ttl,
+            write_payloads: Arc::new(BufferPool::new(WRITE_PAYLOADS_POOLED)),
+        }
     }
 
     /// Runs one request as a task. The reply lives inside `work`: if the work panics, the
@@ -444,10 +457,14 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let fs = self.fs.clone();
-        let data = data.to_vec();
+        let (fs, payloads) = (self.fs.clone(), self.write_payloads.clone());
+        let mut payload = payloads.take(data.len());
+        payload.extend_from_slice(data);
+        let data = payload.freeze();
         self.serve("write", ino.0, async move {
-            match fs.write(fh.0, offset, &data).await {
+            let written = fs.write(fh.0, offset, &data).await;
+            payloads.give(data);
+            match written {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno("write", &e)),
             }
