@@ -155,6 +155,7 @@ impl MountConfig {
                     .max_upload_concurrency
                     .min((args.write_buffer_memory / args.part_size) as usize)
                     .clamp(1, 64),
+                buffer_memory: args.write_buffer_memory,
                 conflict: args.conflict,
             },
             listing_heads: !args.fast_listing,

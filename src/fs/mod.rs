@@ -119,6 +119,7 @@ impl Default for FsConfig {
             write: WriteTuning {
                 part_size: 8 << 20,
                 upload_concurrency: 4,
+                buffer_memory: 64 << 20,
                 conflict: write::ConflictPolicy::Warn,
             },
             listing_heads: true,

@@ -340,6 +340,7 @@ pub(super) fn write_rig_with(cache_cap: u64, cfg: FsConfig) -> WriteRig {
             write: WriteTuning {
                 part_size: write::MIN_PART_SIZE,
                 upload_concurrency: 2,
+                buffer_memory: cfg.write.buffer_memory,
                 conflict: cfg.write.conflict,
             },
             ..cfg

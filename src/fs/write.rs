@@ -36,6 +36,8 @@ pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub struct WriteTuning {
     pub part_size: u64,
     pub upload_concurrency: usize,
+    /// Memory that parts being uploaded may hold (`--write-buffer-memory`).
+    pub buffer_memory: u64,
     pub conflict: ConflictPolicy,
 }
 
@@ -192,9 +194,11 @@ impl CacheDir {
 /// the writer has moved past goes up in the background.
 struct StreamingUpload {
     id: String,
-    part: u64,
+    /// Size of the first parts (`streaming_part` grows it).
+    base: u64,
     done: Vec<UploadedPart>,
-    in_flight: VecDeque<JoinHandle<Result<UploadedPart, StoreError>>>,
+    /// Parts uploading, with their lengths.
+    in_flight: VecDeque<(u64, JoinHandle<Result<UploadedPart, StoreError>>)>,
     /// Bytes below this offset belong to parts already started; they must not change.
     frozen: u64,
 }
@@ -203,21 +207,28 @@ impl StreamingUpload {
     /// Starts uploading `body` as part `number`.
     fn start_part(&mut self, store: &Arc<dyn ObjectStore>, key: &str, number: u32, body: Bytes) {
         let (store, key, id) = (store.clone(), key.to_string(), self.id.clone());
-        self.in_flight.push_back(tokio::spawn(async move {
+        let len = body.len() as u64;
+        let task = tokio::spawn(async move {
             let etag = store.upload_part(&key, &id, number, body).await?;
             Ok(UploadedPart { number, etag })
-        }));
+        });
+        self.in_flight.push_back((len, task));
     }
 
-    /// Waits until fewer than `most` parts are in flight; a failed part fails the upload.
-    async fn make_room(&mut self, most: usize) -> Result<(), StoreError> {
-        while self.in_flight.len() >= most.max(1) {
-            let Some(handle) = self.in_flight.pop_front() else {
-                break;
+    /// Waits until a part of `next` bytes may start: fewer than `most` parts in flight, and
+    /// their bytes within `memory` (one part may always run). A failed part fails this.
+    async fn make_room(&mut self, most: usize, memory: u64, next: u64) -> Result<(), StoreError> {
+        loop {
+            let held: u64 = self.in_flight.iter().map(|(len, _)| len).sum();
+            let full = self.in_flight.len() >= most.max(1) || held + next > memory;
+            if !full {
+                return Ok(());
+            }
+            let Some((_, handle)) = self.in_flight.pop_front() else {
+                return Ok(());
             };
             self.done.push(joined(handle.await)?);
         }
-        Ok(())
     }
 
     /// Stops the upload: cancels parts in flight and asks the store to drop what it has.
@@ -227,7 +238,7 @@ impl StreamingUpload {
             why,
             "streaming upload abandoned; the whole file uploads at close"
         );
-        for handle in &self.in_flight {
+        for (_, handle) in &self.in_flight {
             handle.abort();
         }
         let (store, key, id) = (store.clone(), key.to_string(), self.id);
@@ -640,7 +651,6 @@ impl Staged {
             self.stop_streaming(store, "a write went back into uploaded parts");
         }
         self.reserve(data.len() as u64)?;
-        let part = tuning.part_size.max(MIN_PART_SIZE);
         let (mut at, mut rest) = (offset, data);
         while !rest.is_empty() {
             if let Some(tail) = &mut self.tail {
@@ -654,8 +664,10 @@ impl Staged {
                 continue;
             }
             let appending = self.fresh && self.source.is_none() && at == self.size;
-            if appending && at >= part && at % part == 0 {
-                if let Some(buf) = self.cache.parts.try_take(part as usize) {
+            let (number, start, len) = streaming_part(tuning.part_size, at);
+            // The first part stays in the file: most files are small, and go up in one PUT.
+            if appending && number > 1 && start == at && len <= tuning.buffer_memory {
+                if let Some(buf) = self.cache.parts.try_take(len as usize) {
                     self.tail = Some(Tail { start: at, buf });
                     continue;
                 }
@@ -663,7 +675,7 @@ impl Staged {
             // Into the staging file; an append stops at the part boundary, where a buffer
             // may take over.
             let n = if appending {
-                ((part - at % part) as usize).min(rest.len())
+                ((start + len - at) as usize).min(rest.len())
             } else {
                 rest.len()
             };
@@ -781,13 +793,13 @@ impl Staged {
         tuning: WriteTuning,
         to_end: bool,
     ) {
-        let part = tuning.part_size.max(MIN_PART_SIZE);
         if !self.fresh || self.failed || self.lost.is_some() {
             self.sealed.clear();
             return;
         }
         if self.streaming.is_none() {
-            if to_end || self.size < 2 * part {
+            let (_, second, _) = streaming_part(tuning.part_size, tuning.part_size);
+            if to_end || self.size < 2 * second {
                 // Small files go up in one PUT at close.
                 return;
             }
@@ -795,7 +807,7 @@ impl Staged {
                 Ok(id) => {
                     self.streaming = Some(StreamingUpload {
                         id,
-                        part,
+                        base: tuning.part_size,
                         done: Vec::new(),
                         in_flight: VecDeque::new(),
                         frozen: 0,
@@ -812,18 +824,21 @@ impl Staged {
             return;
         };
         loop {
-            let (start, end) = (stream.frozen, (stream.frozen + stream.part).min(self.size));
+            let (number, start, len) = streaming_part(stream.base, stream.frozen);
+            let end = (start + len).min(self.size);
             let past = if to_end {
                 start < self.size
             } else {
                 end < self.size
             };
-            let parts = (stream.done.len() + stream.in_flight.len()) as u64;
-            // The last part of the 10,000 stays for close, which sends the rest.
-            if !past || parts >= MAX_PARTS - 1 {
+            // Without `to_end`, part 10,000 waits for close: it must take the rest of the file.
+            if !past || start != stream.frozen || (!to_end && number as u64 >= MAX_PARTS) {
                 break;
             }
-            if let Err(e) = stream.make_room(tuning.upload_concurrency).await {
+            if let Err(e) = stream
+                .make_room(tuning.upload_concurrency, tuning.buffer_memory, end - start)
+                .await
+            {
                 self.streaming = Some(stream);
                 self.stop_streaming(store, &format!("a part failed: {e}"));
                 return;
@@ -836,9 +851,7 @@ impl Staged {
             }
             .unwrap_or_else(|| read_piece(&self.file, start, end - start));
             match body {
-                Ok(body) => {
-                    stream.start_part(store, &self.key, (start / stream.part) as u32 + 1, body)
-                }
+                Ok(body) => stream.start_part(store, &self.key, number, body),
                 Err(e) => {
                     self.streaming = Some(stream);
                     self.stop_streaming(store, &format!("reading the staging file: {e}"));
@@ -861,10 +874,15 @@ impl Staged {
         self.seal_tail().await;
         self.advance_stream(store, tuning, true).await;
         let Some(mut stream) = self.streaming.take() else {
-            return Err(StoreError::Other("the streaming upload stopped".into()));
+            // Streaming stopped (a part failed): the whole file goes up from the staging file.
+            self.land()
+                .await
+                .map_err(|e| StoreError::Other(e.to_string()))?;
+            let headers = self.headers();
+            return upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await;
         };
         let mut failure = None;
-        while let Some(handle) = stream.in_flight.pop_front() {
+        while let Some((_, handle)) = stream.in_flight.pop_front() {
             match joined(handle.await) {
                 Ok(done) => stream.done.push(done),
                 Err(e) => failure = Some(e),
@@ -874,23 +892,15 @@ impl Staged {
         if let Err(e) = self.land().await {
             failure.get_or_insert(StoreError::Other(e.to_string()));
         }
+        if failure.is_none() && stream.frozen < self.size {
+            failure = Some(StoreError::Other(format!(
+                "{} bytes do not fit in the 10,000 parts of a multipart upload (S3 objects \
+                 hold at most 5 TiB)",
+                self.size
+            )));
+        }
         let parts = match failure {
             Some(e) => Err(e),
-            // More than 10,000 parts' worth: the rest goes up from the file.
-            None if stream.frozen < self.size => send_parts(
-                store,
-                &self.key,
-                &stream.id,
-                tile(stream.frozen, self.size, stream.part, PlannedPart::Upload),
-                stream.done.len() as u32 + 1,
-                PartSources::file(&self.file),
-                tuning.upload_concurrency,
-            )
-            .await
-            .map(|mut rest| {
-                stream.done.append(&mut rest);
-                stream.done
-            }),
             None => Ok(stream.done),
         };
         complete_or_abort(store, &self.key, &stream.id, parts).await
@@ -1089,7 +1099,7 @@ impl Staged {
                 object: Some((source_key, Some(source_etag))),
                 file: Some(&self.file),
             },
-            tuning.upload_concurrency,
+            tuning.parts_at_once(part),
         )
         .await;
         complete_or_abort(store, key, upload, parts).await
@@ -1115,10 +1125,58 @@ impl Staged {
     }
 }
 
+/// Largest part S3 accepts.
+const MAX_PART_SIZE: u64 = 5 << 30;
+/// Largest object S3 stores.
+const MAX_OBJECT_SIZE: u64 = 5 << 40;
+/// Parts of one size before a streaming upload doubles it.
+const PARTS_PER_TIER: u64 = 1000;
+
+/// The part of a streaming upload that holds `offset`: (part number, start, length). The
+/// final size is unknown while a program writes, so parts grow: 1,000 parts of `base`, then
+/// 1,000 of twice that, and so on (at most 5 GiB each). With 8 MiB parts, files up to 7.8 GiB
+/// use 8 MiB parts, and 10,000 parts reach past 5 TiB, the largest object S3 stores.
+pub fn streaming_part(base: u64, offset: u64) -> (u32, u64, u64) {
+    let base = base.max(MIN_PART_SIZE);
+    let (mut tier_start, mut first_number) = (0u64, 1u64);
+    for tier in 0.. {
+        let mut len = (base << tier.min(20)).min(MAX_PART_SIZE);
+        let last_tier = first_number + PARTS_PER_TIER > MAX_PARTS || len == MAX_PART_SIZE;
+        if last_tier {
+            // The last parts are large enough to reach S3's largest object.
+            let needed =
+                MAX_OBJECT_SIZE.saturating_sub(tier_start) / (MAX_PARTS + 1 - first_number);
+            len = len.max(needed.next_multiple_of(1 << 20)).min(MAX_PART_SIZE);
+        }
+        let tier_end = tier_start + PARTS_PER_TIER * len;
+        if offset < tier_end || last_tier {
+            let index = (offset - tier_start) / len;
+            return (
+                (first_number + index).min(u32::MAX as u64) as u32,
+                tier_start + index * len,
+                len,
+            );
+        }
+        tier_start = tier_end;
+        first_number += PARTS_PER_TIER;
+    }
+    unreachable!("the last tier returns")
+}
+
 /// Part size for an object of `size` bytes: at least `part_size`, large enough that the object
 /// fits in 10,000 parts (so a 5 TiB object still uploads).
 pub fn part_size_for(size: u64, part_size: u64) -> u64 {
     part_size.max(MIN_PART_SIZE).max(size.div_ceil(MAX_PARTS))
+}
+
+impl WriteTuning {
+    /// Parts of `part` bytes uploaded at once: within the part count and the memory cap
+    /// (one at least), as parts grow for huge files.
+    pub fn parts_at_once(&self, part: u64) -> usize {
+        self.upload_concurrency
+            .min((self.buffer_memory / part.max(1)) as usize)
+            .max(1)
+    }
 }
 
 async fn upload_file(
@@ -1143,7 +1201,7 @@ async fn upload_file(
         tile(0, size, part, PlannedPart::Upload),
         1,
         PartSources::file(file),
-        tuning.upload_concurrency,
+        tuning.parts_at_once(part),
     )
     .await;
     complete_or_abort(store, key, &upload_id, parts).await
@@ -1313,6 +1371,33 @@ mod tests {
         assert!(cache.reserve(4096).is_ok(), "well above the floor");
         let err = cache.reserve(2 * margin).unwrap_err();
         assert_eq!(err.errno(), libc::ENOSPC);
+    }
+
+    #[test]
+    fn streaming_parts_tile_the_file_and_grow_to_reach_five_tib() {
+        for base in [MIN_PART_SIZE, 8 << 20, 100 << 20, 1 << 30] {
+            let mut offset = 0;
+            let mut last_len = 0;
+            for expected in 1..=MAX_PARTS as u32 {
+                let (number, start, len) = streaming_part(base, offset);
+                assert_eq!((number, start), (expected, offset), "base {base}");
+                assert!(len >= last_len && (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&len));
+                assert_eq!(len % part_buffer::DIRECT_ALIGN as u64, 0);
+                // Any offset inside the part maps to it.
+                assert_eq!(streaming_part(base, offset + len - 1).0, number);
+                (offset, last_len) = (offset + len, len);
+            }
+            assert!(
+                offset >= MAX_OBJECT_SIZE,
+                "base {base}: 10,000 parts reach {offset}"
+            );
+        }
+        let eight = 8 << 20;
+        assert_eq!(streaming_part(eight, 0), (1, 0, eight));
+        assert_eq!(
+            streaming_part(eight, 1000 * eight),
+            (1001, 1000 * eight, 2 * eight)
+        );
     }
 
     #[test]
