@@ -642,6 +642,36 @@ async fn parts_streamed_from_memory_are_whole_in_recovery_when_the_upload_fails(
 }
 
 #[tokio::test]
+async fn a_full_cache_makes_writes_wait_for_other_files_uploads() {
+    let w = write_rig(1 << 20);
+    let fs = w.rig.fs.clone();
+    let (_, a) = fs.create(Ino::ROOT, "a", 0o644, caller()).await.unwrap();
+    fs.write(a, 0, &[1u8; 768 << 10]).await.unwrap();
+    let (_, b) = fs.create(Ino::ROOT, "b", 0o644, caller()).await.unwrap();
+    // "a" holds most of the cache until its upload: "b" waits for it instead of failing.
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let closer = {
+        let (fs, closing) = (fs.clone(), closing.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            closing.store(true, std::sync::atomic::Ordering::SeqCst);
+            fs.flush(a).await.unwrap();
+            fs.release(a).await.unwrap();
+        })
+    };
+    fs.write(b, 0, &[2u8; 512 << 10]).await.unwrap();
+    assert!(
+        closing.load(std::sync::atomic::Ordering::SeqCst),
+        "the write went through only once \"a\" was being closed"
+    );
+    closer.await.unwrap();
+    fs.flush(b).await.unwrap();
+    fs.release(b).await.unwrap();
+    assert_eq!(w.rig.mem.content("a").unwrap().len(), 768 << 10);
+    assert_eq!(w.rig.mem.content("b").unwrap().len(), 512 << 10);
+}
+
+#[tokio::test]
 async fn a_full_cache_refuses_writes_with_enospc() {
     let w = write_rig(64 * 1024);
     let (_, fh) = w

@@ -25,6 +25,8 @@ use super::progress::{Tracked, UploadProgress};
 use super::ranges::RangeSet;
 use crate::store::{ByteRange, Metadata, ObjectInfo, ObjectStore, StoreError, UploadedPart};
 
+/// How long a write waits for other files' uploads to free cache space before ENOSPC.
+const DRAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Memory for write parts unless configured (the `--write-buffer-memory` default).
 const DEFAULT_WRITE_BUFFERS: u64 = 64 << 20;
 /// Largest number of parts S3 accepts in one multipart upload.
@@ -74,6 +76,8 @@ pub struct CacheDir {
     min_free_ratio: f64,
     /// Memory for parts on their way from programs to the bucket and the staging file.
     parts: PartPool,
+    /// Woken whenever staging space is freed.
+    drained: tokio::sync::Notify,
 }
 
 /// (bytes free for unprivileged users, total bytes) of the filesystem holding `path`.
@@ -110,6 +114,7 @@ impl CacheDir {
             next: AtomicU64::new(0),
             min_free_ratio: 0.0,
             parts: PartPool::new(DEFAULT_WRITE_BUFFERS),
+            drained: tokio::sync::Notify::new(),
         })
     }
 
@@ -183,6 +188,36 @@ impl CacheDir {
 
     fn release(&self, n: u64) {
         self.used.fetch_sub(n, Ordering::AcqRel);
+        self.drained.notify_waiters();
+    }
+
+    /// Like `reserve`, but when the space is held by other files (whose uploads free it once
+    /// done), waits for them instead of failing: ENOSPC comes only if no space was freed for
+    /// `DRAIN_PATIENCE`, or if the writer itself holds it all.
+    async fn reserve_or_wait(&self, more: u64, own: u64) -> Result<(), FsError> {
+        let mut told = false;
+        loop {
+            let freed = self.drained.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.reserve(more) {
+                Err(FsError::NoSpace) if self.used() > own => {
+                    if !told {
+                        tracing::info!(
+                            used = self.used(),
+                            wanted = more,
+                            "the cache is full: the write waits for other files' uploads to free space"
+                        );
+                        told = true;
+                    }
+                    if tokio::time::timeout(DRAIN_PATIENCE, freed).await.is_err() {
+                        tracing::warn!("no upload freed cache space for {DRAIN_PATIENCE:?}; the write fails with ENOSPC");
+                        return Err(FsError::NoSpace);
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     pub fn used(&self) -> u64 {
@@ -529,8 +564,8 @@ impl Staged {
     }
 
     /// Reserves `more` bytes of cache space before they are written (ENOSPC beyond the cap).
-    fn reserve(&mut self, more: u64) -> Result<(), FsError> {
-        self.cache.reserve(more)?;
+    async fn reserve(&mut self, more: u64) -> Result<(), FsError> {
+        self.cache.reserve_or_wait(more, self.reserved).await?;
         self.reserved += more;
         Ok(())
     }
@@ -555,7 +590,7 @@ impl Staged {
             let mut at = gap_start;
             while at < gap_end {
                 let to = gap_end.min(at + FILL_PIECE);
-                self.reserve(to - at)?;
+                self.reserve(to - at).await?;
                 let data = store
                     .get_range(&key, ByteRange::new(at, to), Some(&etag))
                     .await
@@ -650,7 +685,7 @@ impl Staged {
         if self.streaming.as_ref().is_some_and(|s| offset < s.frozen) {
             self.stop_streaming(store, "a write went back into uploaded parts");
         }
-        self.reserve(data.len() as u64)?;
+        self.reserve(data.len() as u64).await?;
         let (mut at, mut rest) = (offset, data);
         while !rest.is_empty() {
             if let Some(tail) = &mut self.tail {
@@ -935,7 +970,7 @@ impl Staged {
             self.stop_streaming(store, "truncated into uploaded parts");
         }
         if size > self.size {
-            self.reserve(size - self.size)?;
+            self.reserve(size - self.size).await?;
         }
         self.file.set_len(size).map_err(io_error)?;
         if let Some(src) = &mut self.source {
