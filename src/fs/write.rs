@@ -1,8 +1,9 @@
-//! Writing: every change to a file lands in a staging file in the cache directory first; the
-//! object is uploaded from it when the program flushes, fsyncs or closes (PutObject for small
-//! files, a multipart upload read back part by part otherwise), and those calls succeed only
-//! once the bucket holds the new object. When the upload fails, the multipart upload is
-//! aborted and the staging file moves to `recovery/` with a log line naming it and the key.
+//! Writing: every change to a file goes to a staging file in the cache directory (a new file
+//! written from start to end passes through part buffers on the way, see `streaming`); the
+//! object is uploaded when the program flushes, fsyncs or closes (PutObject for small files, a
+//! multipart upload otherwise), and those calls succeed only once the bucket holds the new
+//! object. When the upload fails, the multipart upload is aborted and the staging file moves
+//! to `recovery/` with a log line naming it and the key.
 //!
 //! An existing object opened for writing is not downloaded: the staging file starts sparse and
 //! fetches only the ranges a program reads (ranged GETs pinned by ETag). At upload, runs the
@@ -20,10 +21,13 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::error::FsError;
-use super::part_buffer::{self, PartBuf, PartPool};
+use super::part_buffer::PartPool;
+
+mod streaming;
 use super::progress::{Tracked, UploadProgress};
 use super::ranges::RangeSet;
 use crate::store::{ByteRange, Metadata, ObjectInfo, ObjectStore, StoreError, UploadedPart};
+use streaming::{streaming_part, LandingFiles, StreamingUpload, Tail};
 
 /// How long a write waits for other files' uploads to free cache space before ENOSPC.
 const DRAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -223,87 +227,6 @@ impl CacheDir {
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
-}
-
-/// A multipart upload that runs while a new file is written sequentially: every part that
-/// the writer has moved past goes up in the background.
-struct StreamingUpload {
-    id: String,
-    /// Size of the first parts (`streaming_part` grows it).
-    base: u64,
-    done: Vec<UploadedPart>,
-    /// Parts uploading, with their lengths.
-    in_flight: VecDeque<(u64, JoinHandle<Result<UploadedPart, StoreError>>)>,
-    /// Bytes below this offset belong to parts already started; they must not change.
-    frozen: u64,
-}
-
-impl StreamingUpload {
-    /// Starts uploading `body` as part `number`.
-    fn start_part(&mut self, store: &Arc<dyn ObjectStore>, key: &str, number: u32, body: Bytes) {
-        let (store, key, id) = (store.clone(), key.to_string(), self.id.clone());
-        let len = body.len() as u64;
-        let task = tokio::spawn(async move {
-            let etag = store.upload_part(&key, &id, number, body).await?;
-            Ok(UploadedPart { number, etag })
-        });
-        self.in_flight.push_back((len, task));
-    }
-
-    /// Waits until a part of `next` bytes may start: fewer than `most` parts in flight, and
-    /// their bytes within `memory` (one part may always run). A failed part fails this.
-    async fn make_room(&mut self, most: usize, memory: u64, next: u64) -> Result<(), StoreError> {
-        loop {
-            let held: u64 = self.in_flight.iter().map(|(len, _)| len).sum();
-            let full = self.in_flight.len() >= most.max(1) || held + next > memory;
-            if !full {
-                return Ok(());
-            }
-            let Some((_, handle)) = self.in_flight.pop_front() else {
-                return Ok(());
-            };
-            self.done.push(joined(handle.await)?);
-        }
-    }
-
-    /// Stops the upload: cancels parts in flight and asks the store to drop what it has.
-    fn abandon(self, store: &Arc<dyn ObjectStore>, key: &str, why: &str) {
-        tracing::debug!(
-            key,
-            why,
-            "streaming upload abandoned; the whole file uploads at close"
-        );
-        for (_, handle) in &self.in_flight {
-            handle.abort();
-        }
-        let (store, key, id) = (store.clone(), key.to_string(), self.id);
-        tokio::spawn(async move {
-            if let Err(e) = store.abort_multipart(&key, &id).await {
-                tracing::warn!(key, error = %e, "could not abort an abandoned multipart upload");
-            }
-        });
-    }
-}
-
-/// A part task's outcome, a panic or cancellation included.
-fn joined<T>(
-    outcome: Result<Result<T, StoreError>, tokio::task::JoinError>,
-) -> Result<T, StoreError> {
-    outcome.map_err(|e| StoreError::Other(format!("a part task failed: {e}")))?
-}
-
-/// The bytes a program appended to a new file from a part boundary on, held in memory until
-/// the part is complete: it then uploads from memory and lands in the staging file.
-struct Tail {
-    start: u64,
-    buf: PartBuf,
-}
-
-/// The staging file as seen by part landings that run beside the program's next writes.
-struct LandingFiles {
-    file: std::fs::File,
-    /// The same file opened with O_DIRECT, where the filesystem allows it.
-    direct: Option<std::fs::File>,
 }
 
 /// Largest part copied server-side in one UploadPartCopy (S3 allows 5 GiB).
@@ -738,209 +661,6 @@ impl Staged {
         Ok(data.len() as u32)
     }
 
-    /// The full part in memory goes to the staging file and waits for its upload.
-    async fn seal_tail(&mut self) {
-        if let Some(tail) = self.tail.take() {
-            let bytes = tail.buf.freeze();
-            self.start_landing(tail.start, bytes.clone()).await;
-            if self.fresh {
-                self.sealed.push_back((tail.start, bytes));
-            }
-        }
-    }
-
-    /// Starts writing `bytes` at `offset` of the staging file, beside the program's next
-    /// writes. At most a few landings run at once, which also bounds the memory they hold.
-    async fn start_landing(&mut self, offset: u64, bytes: Bytes) {
-        while self.landing.len() > 2 {
-            if let Some(handle) = self.landing.pop_front() {
-                self.note_landing(handle.await);
-            }
-        }
-        let files = match &self.landing_files {
-            Some(files) => files.clone(),
-            None => match self.file.try_clone() {
-                Ok(file) => {
-                    let files = Arc::new(LandingFiles {
-                        file,
-                        direct: part_buffer::open_direct(&self.path),
-                    });
-                    self.landing_files = Some(files.clone());
-                    files
-                }
-                Err(e) => {
-                    self.note_landing(Ok(Err(e)));
-                    return;
-                }
-            },
-        };
-        self.landing.push_back(tokio::task::spawn_blocking(move || {
-            part_buffer::land(&files.file, files.direct.as_ref(), offset, &bytes)
-        }));
-    }
-
-    /// Records a landing's failure: the bytes it held are not in the staging file.
-    fn note_landing(&mut self, outcome: Result<std::io::Result<()>, tokio::task::JoinError>) {
-        let error = match outcome {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
-        };
-        tracing::error!(key = %self.key, staging = %self.path.display(), %error, "a part could not be written to the staging file; this file can no longer be saved whole");
-        self.lost.get_or_insert_with(|| {
-            format!("a part could not be written to the staging file: {error}")
-        });
-    }
-
-    /// Brings every byte into the staging file: the part in memory, and the landings still
-    /// running. Fails when a landing failed.
-    async fn land(&mut self) -> Result<(), FsError> {
-        if let Some(tail) = self.tail.take() {
-            if !tail.buf.is_empty() {
-                self.start_landing(tail.start, tail.buf.freeze()).await;
-            }
-        }
-        while let Some(handle) = self.landing.pop_front() {
-            self.note_landing(handle.await);
-        }
-        match &self.lost {
-            Some(why) => Err(FsError::Store(StoreError::Other(why.clone()))),
-            None => Ok(()),
-        }
-    }
-
-    /// Ends streaming (the whole file uploads from the staging file at close).
-    fn stop_streaming(&mut self, store: &Arc<dyn ObjectStore>, why: &str) {
-        if let Some(stream) = self.streaming.take() {
-            stream.abandon(store, &self.key, why);
-        }
-        self.fresh = false;
-        self.sealed.clear();
-    }
-
-    /// Starts every part of a sequentially written new file that the writer has moved past
-    /// (with `to_end`, every part: the file is complete), from memory where a sealed part
-    /// holds it, else from the staging file. Waits while too many parts are in flight. Never
-    /// fails the write: a failed part stops streaming.
-    async fn advance_stream(
-        &mut self,
-        store: &Arc<dyn ObjectStore>,
-        tuning: WriteTuning,
-        to_end: bool,
-    ) {
-        if !self.fresh || self.failed || self.lost.is_some() {
-            self.sealed.clear();
-            return;
-        }
-        if self.streaming.is_none() {
-            let (_, second, _) = streaming_part(tuning.part_size, tuning.part_size);
-            if to_end || self.size < 2 * second {
-                // Small files go up in one PUT at close.
-                return;
-            }
-            match store.create_multipart(&self.key, &self.headers()).await {
-                Ok(id) => {
-                    self.streaming = Some(StreamingUpload {
-                        id,
-                        base: tuning.part_size,
-                        done: Vec::new(),
-                        in_flight: VecDeque::new(),
-                        frozen: 0,
-                    })
-                }
-                Err(e) => {
-                    tracing::debug!(key = %self.key, error = %e, "no streaming upload; the file uploads at close");
-                    self.stop_streaming(store, "could not start");
-                    return;
-                }
-            }
-        }
-        let Some(mut stream) = self.streaming.take() else {
-            return;
-        };
-        loop {
-            let (number, start, len) = streaming_part(stream.base, stream.frozen);
-            let end = (start + len).min(self.size);
-            let past = if to_end {
-                start < self.size
-            } else {
-                end < self.size
-            };
-            // Without `to_end`, part 10,000 waits for close: it must take the rest of the file.
-            if !past || start != stream.frozen || (!to_end && number as u64 >= MAX_PARTS) {
-                break;
-            }
-            if let Err(e) = stream
-                .make_room(tuning.upload_concurrency, tuning.buffer_memory, end - start)
-                .await
-            {
-                self.streaming = Some(stream);
-                self.stop_streaming(store, &format!("a part failed: {e}"));
-                return;
-            }
-            let body = match self.sealed.front() {
-                Some((at, bytes)) if *at == start && bytes.len() as u64 == end - start => {
-                    self.sealed.pop_front().map(|(_, b)| Ok(b))
-                }
-                _ => None,
-            }
-            .unwrap_or_else(|| read_piece(&self.file, start, end - start));
-            match body {
-                Ok(body) => stream.start_part(store, &self.key, number, body),
-                Err(e) => {
-                    self.streaming = Some(stream);
-                    self.stop_streaming(store, &format!("reading the staging file: {e}"));
-                    return;
-                }
-            }
-            stream.frozen = end;
-        }
-        self.sealed.retain(|(at, _)| *at >= stream.frozen);
-        self.streaming = Some(stream);
-    }
-
-    /// Finishes a streaming upload: starts the parts left (the one in memory last), waits for
-    /// them and for the staging file to hold every byte, completes. Any failure aborts it.
-    async fn finish_streaming(
-        &mut self,
-        store: &Arc<dyn ObjectStore>,
-        tuning: WriteTuning,
-    ) -> Result<String, StoreError> {
-        self.seal_tail().await;
-        self.advance_stream(store, tuning, true).await;
-        let Some(mut stream) = self.streaming.take() else {
-            // Streaming stopped (a part failed): the whole file goes up from the staging file.
-            self.land()
-                .await
-                .map_err(|e| StoreError::Other(e.to_string()))?;
-            let headers = self.headers();
-            return upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await;
-        };
-        let mut failure = None;
-        while let Some((_, handle)) = stream.in_flight.pop_front() {
-            match joined(handle.await) {
-                Ok(done) => stream.done.push(done),
-                Err(e) => failure = Some(e),
-            }
-        }
-        // The recovery copy must be whole if anything fails from here on.
-        if let Err(e) = self.land().await {
-            failure.get_or_insert(StoreError::Other(e.to_string()));
-        }
-        if failure.is_none() && stream.frozen < self.size {
-            failure = Some(StoreError::Other(format!(
-                "{} bytes do not fit in the 10,000 parts of a multipart upload (S3 objects \
-                 hold at most 5 TiB)",
-                self.size
-            )));
-        }
-        let parts = match failure {
-            Some(e) => Err(e),
-            None => Ok(stream.done),
-        };
-        complete_or_abort(store, &self.key, &stream.id, parts).await
-    }
-
     pub async fn read(
         &mut self,
         offset: u64,
@@ -1160,44 +880,6 @@ impl Staged {
     }
 }
 
-/// Largest part S3 accepts.
-const MAX_PART_SIZE: u64 = 5 << 30;
-/// Largest object S3 stores.
-const MAX_OBJECT_SIZE: u64 = 5 << 40;
-/// Parts of one size before a streaming upload doubles it.
-const PARTS_PER_TIER: u64 = 1000;
-
-/// The part of a streaming upload that holds `offset`: (part number, start, length). The
-/// final size is unknown while a program writes, so parts grow: 1,000 parts of `base`, then
-/// 1,000 of twice that, and so on (at most 5 GiB each). With 8 MiB parts, files up to 7.8 GiB
-/// use 8 MiB parts, and 10,000 parts reach past 5 TiB, the largest object S3 stores.
-pub fn streaming_part(base: u64, offset: u64) -> (u32, u64, u64) {
-    let base = base.max(MIN_PART_SIZE);
-    let (mut tier_start, mut first_number) = (0u64, 1u64);
-    for tier in 0.. {
-        let mut len = (base << tier.min(20)).min(MAX_PART_SIZE);
-        let last_tier = first_number + PARTS_PER_TIER > MAX_PARTS || len == MAX_PART_SIZE;
-        if last_tier {
-            // The last parts are large enough to reach S3's largest object.
-            let needed =
-                MAX_OBJECT_SIZE.saturating_sub(tier_start) / (MAX_PARTS + 1 - first_number);
-            len = len.max(needed.next_multiple_of(1 << 20)).min(MAX_PART_SIZE);
-        }
-        let tier_end = tier_start + PARTS_PER_TIER * len;
-        if offset < tier_end || last_tier {
-            let index = (offset - tier_start) / len;
-            return (
-                (first_number + index).min(u32::MAX as u64) as u32,
-                tier_start + index * len,
-                len,
-            );
-        }
-        tier_start = tier_end;
-        first_number += PARTS_PER_TIER;
-    }
-    unreachable!("the last tier returns")
-}
-
 /// Part size for an object of `size` bytes: at least `part_size`, large enough that the object
 /// fits in 10,000 parts (so a 5 TiB object still uploads).
 pub fn part_size_for(size: u64, part_size: u64) -> u64 {
@@ -1406,33 +1088,6 @@ mod tests {
         assert!(cache.reserve(4096).is_ok(), "well above the floor");
         let err = cache.reserve(2 * margin).unwrap_err();
         assert_eq!(err.errno(), libc::ENOSPC);
-    }
-
-    #[test]
-    fn streaming_parts_tile_the_file_and_grow_to_reach_five_tib() {
-        for base in [MIN_PART_SIZE, 8 << 20, 100 << 20, 1 << 30] {
-            let mut offset = 0;
-            let mut last_len = 0;
-            for expected in 1..=MAX_PARTS as u32 {
-                let (number, start, len) = streaming_part(base, offset);
-                assert_eq!((number, start), (expected, offset), "base {base}");
-                assert!(len >= last_len && (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&len));
-                assert_eq!(len % part_buffer::DIRECT_ALIGN as u64, 0);
-                // Any offset inside the part maps to it.
-                assert_eq!(streaming_part(base, offset + len - 1).0, number);
-                (offset, last_len) = (offset + len, len);
-            }
-            assert!(
-                offset >= MAX_OBJECT_SIZE,
-                "base {base}: 10,000 parts reach {offset}"
-            );
-        }
-        let eight = 8 << 20;
-        assert_eq!(streaming_part(eight, 0), (1, 0, eight));
-        assert_eq!(
-            streaming_part(eight, 1000 * eight),
-            (1001, 1000 * eight, 2 * eight)
-        );
     }
 
     #[test]
