@@ -308,6 +308,33 @@ fn round_trips_at_part_boundaries_and_appends_upload_only_new_bytes() {
 }
 
 #[test]
+fn a_big_file_uploads_while_it_is_written_even_after_an_early_close() {
+    let b = Bucket::new("streaming");
+    let m = Mount::new(&b.location(""), &[]);
+    let data = pattern(48 << 20, 7);
+    // As dd does: the new file's first descriptor is closed before any write (which uploads
+    // an empty object); the writes come through a duplicate.
+    let first = std::fs::File::create(m.join("movie.mkv")).unwrap();
+    let mut f = first.try_clone().unwrap();
+    drop(first);
+    let before = m.counter_in_process("MPU_PART");
+    std::io::Write::write_all(&mut f, &data).unwrap();
+    let during = m.counter_in_process("MPU_PART");
+    assert!(
+        during - before >= 3,
+        "8 MiB parts went up while the file was still being written: {before} -> {during}"
+    );
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(
+        b.get("movie.mkv").unwrap() == data,
+        "the bucket holds the file"
+    );
+    assert!(std::fs::read(m.join("movie.mkv")).unwrap() == data);
+    assert!(m.recovered().is_empty());
+}
+
+#[test]
 fn files_written_through_the_mount_land_in_the_bucket() {
     let b = Bucket::new("writes");
     b.put("existing.log", "line 1\n");

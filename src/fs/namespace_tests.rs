@@ -355,6 +355,25 @@ async fn xattrs_are_off_unless_asked_for() {
 }
 
 #[tokio::test]
+async fn appending_to_an_empty_object_streams_like_a_new_file() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    w.rig.mem.put("empty.log", Vec::new());
+    let f = fs.lookup(Ino::ROOT, "empty.log").await.unwrap();
+    let (fh, _) = fs.open(f.ino, true, false).await.unwrap();
+    let data: Vec<u8> = (0..(16u32 << 20) + 5).map(|i| (i % 251) as u8).collect();
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        fs.write(fh, (i as u64) << 20, chunk).await.unwrap();
+    }
+    assert!(
+        w.rig.count(RequestKind::UploadPart) >= 2,
+        "parts went up before close"
+    );
+    fs.release(fh).await.unwrap();
+    assert_eq!(w.rig.mem.content("empty.log").as_deref(), Some(&data[..]));
+}
+
+#[tokio::test]
 async fn appending_to_a_large_object_uploads_only_the_new_bytes() {
     let w = write_rig(1 << 30);
     let fs = &w.rig.fs;

@@ -463,7 +463,8 @@ impl Staged {
         staged.file.set_len(info.size).map_err(io_error)?;
         staged.size = info.size;
         staged.dirty = false;
-        staged.fresh = false;
+        // An empty object appended to streams like a new file.
+        staged.fresh = info.size == 0;
         staged.modified = super::meta::file_mtime(info);
         staged.base = Base::Etag(info.etag.clone());
         if info.size > 0 {

@@ -340,6 +340,15 @@ impl Mount {
         }
     }
 
+    /// One counter of the daemon, asked through the library rather than a child process: a
+    /// fork closes a copy of every open descriptor, which flushes (uploads) open files.
+    pub fn counter_in_process(&self, name: &str) -> u64 {
+        let text = pailfs::control::query(&self.path).expect("status from the daemon");
+        status_value(&text, name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in '{text}'"))
+    }
+
     /// One `name=value` field of `pailfs status`.
     pub fn status_field(&self, name: &str) -> String {
         let text = self.status();
