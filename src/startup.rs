@@ -119,7 +119,10 @@ pub fn explain(err: &StoreError, cfg: &MountConfig, signing_region: &str) -> Str
         StoreError::NoCredentials(detail) => format!(
             "no usable credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, name a profile with --profile, give --credentials-file FILE, or pass --no-sign-request for a public bucket. ({detail})"
         ),
-        StoreError::NotFound | StoreError::PreconditionFailed | StoreError::Other(_) => format!(
+        StoreError::NotFound
+        | StoreError::PreconditionFailed
+        | StoreError::QuotaExceeded(_)
+        | StoreError::Other(_) => format!(
             "listing {location} at {endpoint} failed: {err}"
         ),
     }

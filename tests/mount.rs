@@ -466,6 +466,25 @@ fn a_refused_upload_fails_close_and_keeps_the_bytes() {
 }
 
 #[test]
+fn a_full_bucket_quota_fails_close_with_edquot_and_keeps_the_bytes() {
+    let b = Bucket::new_shared("quota");
+    common::garage_cli(&["bucket", "set-quotas", "--max-size", "1MiB", &b.name]);
+    let m = Mount::new(&b.location(""), &[]);
+    let data = pattern(3 << 20, 8);
+    let mut f = std::fs::File::create(m.join("too-big.bin")).unwrap();
+    std::io::Write::write_all(&mut f, &data).unwrap();
+    let err = f.sync_all().expect_err("the bucket cannot take 3 MiB");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    drop(f);
+    assert_eq!(b.get("too-big.bin"), None);
+    let recovered = m.recovered();
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(std::fs::read(&recovered[0]).unwrap() == data);
+    let log = m.log_text();
+    assert!(log.contains("quota"), "the log says why: {log}");
+}
+
+#[test]
 fn read_only_mount_refuses_changes_without_sending_anything() {
     let b = Bucket::new("read-only");
     b.put("f.txt", "data");

@@ -73,6 +73,7 @@ impl FsError {
                 | StoreError::InvalidAccessKey
                 | StoreError::SignatureMismatch
                 | StoreError::NoCredentials(_) => libc::EACCES,
+                StoreError::QuotaExceeded(_) => libc::EDQUOT,
                 StoreError::Timeout => libc::ETIMEDOUT,
                 StoreError::Unreachable(_) => libc::EHOSTUNREACH,
                 StoreError::PreconditionFailed

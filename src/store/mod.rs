@@ -163,6 +163,8 @@ pub enum StoreError {
     Timeout,
     #[error("the server asks to slow down (throttled)")]
     Throttled,
+    #[error("the bucket's quota is reached: {0}")]
+    QuotaExceeded(String),
     #[error("no credentials: {0}")]
     NoCredentials(String),
     #[error("{0}")]

@@ -335,6 +335,17 @@ where
                 _ if status == 403 && message.contains("No such key") => {
                     StoreError::InvalidAccessKey
                 }
+                // Ceph answers QuotaExceeded, MinIO XMinioAdminBucketQuotaExceeded; Garage a
+                // 403 whose message names the quota.
+                _ if code.contains("QuotaExceeded")
+                    || (status == 403 && message.to_ascii_lowercase().contains("quota")) =>
+                {
+                    StoreError::QuotaExceeded(if message.is_empty() {
+                        code.to_string()
+                    } else {
+                        message
+                    })
+                }
                 "AccessDenied" | "AllAccessDisabled" => StoreError::AccessDenied(message),
                 _ => match status {
                     301 | 307 => StoreError::WrongRegion {
