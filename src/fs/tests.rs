@@ -814,3 +814,95 @@ async fn rename_copies_then_deletes_and_the_inode_follows() {
         .unwrap_err();
     assert_eq!(err.errno(), libc::EEXIST);
 }
+
+/// A model-based test of the write paths together: sequential appends (which stream parts
+/// from memory), writes back into them, reads, truncates and closes, in random order, against
+/// a Vec. After every step the file reads back as the model; after every close the bucket
+/// holds it.
+#[tokio::test]
+async fn random_appends_writes_truncates_and_closes_match_a_model() {
+    let w = write_rig(1 << 30);
+    let fs = w.rig.fs.clone();
+    let part = write::MIN_PART_SIZE;
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    };
+    for episode in 0..4u64 {
+        let name = format!("model-{episode}");
+        let (attr, mut fh) = fs.create(Ino::ROOT, &name, 0o644, caller()).await.unwrap();
+        let ino = attr.ino;
+        let mut model: Vec<u8> = Vec::new();
+        for step in 0..60u64 {
+            let seed = (episode * 100 + step) as u8;
+            match next(12) {
+                // Appends, the common case: from a few bytes to most of a part.
+                0..=5 => {
+                    let data = model_bytes(1 + next(part * 3 / 4) as usize, seed);
+                    let at = model.len() as u64;
+                    fs.write(fh, at, &data).await.unwrap();
+                    model.extend_from_slice(&data);
+                }
+                6 => {
+                    let at = next(model.len() as u64 + (1 << 20));
+                    let data = model_bytes(1 + next(256 << 10) as usize, seed);
+                    fs.write(fh, at, &data).await.unwrap();
+                    let end = at as usize + data.len();
+                    if model.len() < end {
+                        model.resize(end, 0);
+                    }
+                    model[at as usize..end].copy_from_slice(&data);
+                }
+                7 | 8 => {
+                    let at = next(model.len() as u64 + 1);
+                    let len = 1 + next(2 << 20) as u32;
+                    let got = fs.read(fh, at, len).await.unwrap();
+                    let end = (at as usize + len as usize).min(model.len());
+                    assert!(
+                        got[..] == model[at as usize..end],
+                        "episode {episode} step {step}: read at {at}"
+                    );
+                }
+                9 => {
+                    let size = next(model.len() as u64 + (1 << 20));
+                    fs.set_size(ino, size).await.unwrap();
+                    model.resize(size as usize, 0);
+                }
+                10 => {
+                    fs.flush(fh).await.unwrap();
+                    let held = w.rig.mem.content(&name).unwrap();
+                    assert!(
+                        held[..] == model[..],
+                        "episode {episode} step {step}: bucket after flush"
+                    );
+                }
+                _ => {
+                    fs.release(fh).await.unwrap();
+                    let held = w.rig.mem.content(&name).unwrap();
+                    assert!(
+                        held[..] == model[..],
+                        "episode {episode} step {step}: bucket after close"
+                    );
+                    fh = fs.open(ino, true, false).await.unwrap().0;
+                }
+            }
+            assert_eq!(fs.getattr(ino).await.unwrap().size, model.len() as u64);
+        }
+        fs.release(fh).await.unwrap();
+        assert!(w.rig.mem.content(&name).unwrap()[..] == model[..]);
+    }
+    assert_eq!(
+        w.rig.mem.open_uploads(),
+        0,
+        "no multipart upload left behind"
+    );
+    assert!(w.recovered().is_empty());
+    assert!(
+        w.cache.write_buffers().allocated() > 0,
+        "appends went through part buffers"
+    );
+    assert!(w.rig.count(RequestKind::UploadPart) > 0);
+}
