@@ -71,7 +71,14 @@ TOML
         sleep 0.1
     done
     [ -n "$node" ] || { echo "garage did not start; see $dir/garage.log" >&2; exit 1; }
-    "${g[@]}" layout assign -z dc1 -c 10G "$node" > /dev/null
+    # `node id` answers from local files, possibly before the server listens for RPC: the
+    # first command that needs the server retries until it does.
+    for i in $(seq 1 100); do
+        "${g[@]}" layout assign -z dc1 -c 10G "$node" > /dev/null 2>&1 && break
+        kill -0 "$pid" 2>/dev/null || { echo "garage exited; see $dir/garage.log" >&2; cat "$dir/garage.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    [ "$i" -lt 100 ] || "${g[@]}" layout assign -z dc1 -c 10G "$node" > /dev/null
     "${g[@]}" layout apply --version 1 > /dev/null
     local key_id="GK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     local secret
