@@ -234,9 +234,10 @@ impl Staged {
             return;
         }
         if self.streaming.is_none() {
+            // Once the writer is past the first part, the file needs a multipart upload
+            // anyway; smaller files go up in one PUT at close.
             let (_, second, _) = streaming_part(tuning.part_size, tuning.part_size);
-            if to_end || self.size < 2 * second {
-                // Small files go up in one PUT at close.
+            if to_end || self.size <= second {
                 return;
             }
             match store.create_multipart(&self.key, &self.headers()).await {
