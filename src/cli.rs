@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::options::{parse_duration, parse_mode, parse_size};
+use crate::config::options::{parse_cache_size, parse_duration, parse_mode, parse_size};
 use crate::store::s3::ChecksumPolicy;
 
 #[derive(Parser, Debug)]
@@ -205,8 +205,10 @@ pub struct MountArgs {
     /// [default: $XDG_CACHE_HOME/pailfs/MOUNT, or /var/cache/pailfs/MOUNT for root]
     #[arg(long, help_heading = "Writing")]
     pub cache_dir: Option<PathBuf>,
-    /// Most bytes staged in the cache directory at once; writes beyond it fail with ENOSPC
-    #[arg(long, value_parser = parse_size, default_value = "10GiB", help_heading = "Writing")]
+    /// Most bytes staged in the cache directory at once, or `none`. A file being written needs
+    /// its whole size there (its bytes stay until the bucket has it); beyond the cap, writes wait
+    /// for other files' uploads, then fail with ENOSPC
+    #[arg(long, value_parser = parse_cache_size, default_value = "none", help_heading = "Writing")]
     pub max_cache_size: u64,
     /// Share of the cache directory's filesystem (in percent) kept free; writes that would
     /// eat into it fail with ENOSPC

@@ -221,4 +221,17 @@ mod tests {
         let tiny = config(&["--write-buffer-memory", "1MiB"]);
         assert_eq!(tiny.fs.write.upload_concurrency, 1, "never below one part");
     }
+
+    #[test]
+    fn the_cache_has_no_byte_cap_unless_asked_only_the_free_space_floor() {
+        // A 20 GB video copied in needs 20 GB staged: no default cap may refuse it.
+        let defaults = config(&[]);
+        assert_eq!(defaults.max_cache_size, u64::MAX);
+        assert!((defaults.cache_min_free - 0.05).abs() < 1e-9);
+        assert_eq!(config(&["--max-cache-size", "2G"]).max_cache_size, 2 << 30);
+        assert_eq!(
+            config(&["--max-cache-size", "none"]).max_cache_size,
+            u64::MAX
+        );
+    }
 }

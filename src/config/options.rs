@@ -142,6 +142,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// Parses a cap on staged bytes: a size, or `none` for no cap of its own (the free-space floor
+/// of `--cache-min-free` still holds).
+pub fn parse_cache_size(text: &str) -> Result<u64, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(u64::MAX);
+    }
+    parse_size(text)
+}
+
 /// Parses an octal permission mode such as `644` or `0755`.
 pub fn parse_mode(text: &str) -> Result<u16, String> {
     let mode = u16::from_str_radix(text.trim_start_matches("0o"), 8)
@@ -282,6 +291,8 @@ mod tests {
         assert_eq!(parse_mode("0755").unwrap(), 0o755);
         assert!(parse_mode("999").is_err());
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_cache_size("none").unwrap(), u64::MAX);
+        assert_eq!(parse_cache_size("2G").unwrap(), 2 << 30);
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("-1").is_err());
     }

@@ -134,9 +134,9 @@ impl CacheDir {
         self
     }
 
-    /// Refuses (ENOSPC) a write that would leave less than the minimum free share of the
-    /// cache's filesystem: the local disk is never filled.
-    fn check_free_space(&self, more: u64) -> Result<(), FsError> {
+    /// Refuses a write that would leave less than the minimum free share of the cache's
+    /// filesystem (the local disk is never filled), saying why.
+    fn check_free_space(&self, more: u64) -> Result<(), String> {
         if self.min_free_ratio <= 0.0 {
             return Ok(());
         }
@@ -145,14 +145,10 @@ impl CacheDir {
         };
         let floor = (total as f64 * self.min_free_ratio) as u64;
         if free.saturating_sub(more) < floor {
-            tracing::warn!(
-                free,
-                wanted = more,
-                floor,
-                dir = %self.staging.display(),
-                "the cache directory's filesystem is nearly full (--cache-min-free); refusing the write with ENOSPC"
-            );
-            return Err(FsError::NoSpace);
+            return Err(format!(
+                "{} has {free} bytes free and keeps {floor} free (--cache-min-free)",
+                self.staging.display()
+            ));
         }
         Ok(())
     }
@@ -166,19 +162,16 @@ impl CacheDir {
         &self.recovery
     }
 
-    /// Accounts `more` bytes of staging space, or refuses with ENOSPC when over the cap.
-    fn reserve(&self, more: u64) -> Result<(), FsError> {
+    /// Accounts `more` bytes of staging space, or says which limit refuses them.
+    fn try_reserve(&self, more: u64) -> Result<(), String> {
         self.check_free_space(more)?;
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
-            if used + more > self.max_bytes {
-                tracing::warn!(
-                    used,
-                    wanted = more,
-                    cap = self.max_bytes,
-                    "cache directory full (--max-cache-size); refusing the write with ENOSPC"
-                );
-                return Err(FsError::NoSpace);
+            if used.saturating_add(more) > self.max_bytes {
+                return Err(format!(
+                    "{used} bytes are staged and the cap is {} (--max-cache-size)",
+                    self.max_bytes
+                ));
             }
             match self
                 .used
@@ -204,22 +197,27 @@ impl CacheDir {
             let freed = self.drained.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            match self.reserve(more) {
-                Err(FsError::NoSpace) if self.used() > own => {
-                    if !told {
-                        tracing::info!(
-                            used = self.used(),
-                            wanted = more,
-                            "the cache is full: the write waits for other files' uploads to free space"
-                        );
-                        told = true;
-                    }
-                    if tokio::time::timeout(DRAIN_PATIENCE, freed).await.is_err() {
-                        tracing::warn!("no upload freed cache space for {DRAIN_PATIENCE:?}; the write fails with ENOSPC");
-                        return Err(FsError::NoSpace);
-                    }
-                }
-                other => return other,
+            let why = match self.try_reserve(more) {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            };
+            if self.used() <= own {
+                tracing::warn!(
+                    "the cache is full ({why}) and the file being written holds it: the write fails with ENOSPC. A file needs its whole size in --cache-dir until the bucket has it; give it room (--max-cache-size, --cache-min-free) or a bigger disk (--cache-dir)"
+                );
+                return Err(FsError::NoSpace);
+            }
+            if !told {
+                tracing::info!(
+                    "the cache is full ({why}): the write waits for other files' uploads to free space"
+                );
+                told = true;
+            }
+            if tokio::time::timeout(DRAIN_PATIENCE, freed).await.is_err() {
+                tracing::warn!(
+                    "the cache is full ({why}) and no upload freed space for {DRAIN_PATIENCE:?}: the write fails with ENOSPC"
+                );
+                return Err(FsError::NoSpace);
             }
         }
     }
@@ -1086,9 +1084,9 @@ mod tests {
         let cache = CacheDir::open(dir.path(), u64::MAX)
             .unwrap()
             .with_min_free_ratio(ratio);
-        assert!(cache.reserve(4096).is_ok(), "well above the floor");
-        let err = cache.reserve(2 * margin).unwrap_err();
-        assert_eq!(err.errno(), libc::ENOSPC);
+        assert!(cache.try_reserve(4096).is_ok(), "well above the floor");
+        let why = cache.try_reserve(2 * margin).unwrap_err();
+        assert!(why.contains("--cache-min-free"), "{why}");
     }
 
     #[test]
