@@ -76,6 +76,15 @@ impl PartPool {
         })
     }
 
+    /// Frees the buffers nobody uses (when no file is being written, so that an idle mount
+    /// does not keep `--write-buffer-memory` resident).
+    pub fn trim(&self) {
+        let mut state = self.inner.lock();
+        let freed: usize = state.free.iter().map(Vec::len).sum();
+        state.free.clear();
+        state.allocated -= freed;
+    }
+
     /// Bytes of buffers in existence (free or in use); never above the cap.
     pub fn allocated(&self) -> usize {
         self.inner.lock().allocated
@@ -195,6 +204,13 @@ mod tests {
         assert!(again.is_empty());
         assert_eq!(again.as_ref().as_ptr(), ptr, "the same memory came back");
         assert!(pool.allocated() <= 3 * ((64 << 10) + DIRECT_ALIGN));
+        drop(again);
+        pool.trim();
+        assert_eq!(
+            pool.allocated(),
+            2 * ((64 << 10) + DIRECT_ALIGN),
+            "two still in use"
+        );
     }
 
     #[test]

@@ -184,7 +184,10 @@ impl CacheDir {
     }
 
     fn release(&self, n: u64) {
-        self.used.fetch_sub(n, Ordering::AcqRel);
+        if self.used.fetch_sub(n, Ordering::AcqRel) == n {
+            // Nothing is staged any more: no part buffer will be wanted soon.
+            self.parts.trim();
+        }
         self.drained.notify_waiters();
     }
 
