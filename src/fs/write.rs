@@ -577,13 +577,20 @@ impl Staged {
         self.dirty
     }
 
-    /// Refuses changes to a copy that can no longer be uploaded.
-    fn check_writable(&self) -> Result<(), FsError> {
+    /// Refuses to go on with a copy whose upload failed (the program was told; its bytes are
+    /// in recovery).
+    fn check_not_failed(&self) -> Result<(), FsError> {
         if self.failed {
             return Err(FsError::Store(StoreError::Other(
                 "an earlier upload of this file failed; its bytes are in recovery".into(),
             )));
         }
+        Ok(())
+    }
+
+    /// Refuses changes to a copy that can no longer be uploaded.
+    fn check_writable(&self) -> Result<(), FsError> {
+        self.check_not_failed()?;
         if let Some(why) = &self.lost {
             return Err(FsError::Store(StoreError::Other(why.clone())));
         }
@@ -623,22 +630,21 @@ impl Staged {
                 self.size = self.size.max(at);
                 continue;
             }
-            let appending = self.fresh && self.source.is_none() && at == self.size;
-            let (number, start, len) = streaming_part(tuning.part_size, at);
-            // The first part stays in the file: most files are small, and go up in one PUT.
-            if appending && number > 1 && start == at && len <= tuning.buffer_memory {
-                if let Some(buf) = self.cache.parts.try_take(len as usize) {
-                    self.tail = Some(Tail { start: at, buf });
-                    continue;
+            // Into the staging file, unless a part buffer takes over an append.
+            let mut n = rest.len();
+            if self.fresh && self.source.is_none() && at == self.size {
+                let (number, start, len) = streaming_part(tuning.part_size, at);
+                // The first part stays in the file: most files are small, and go up in one
+                // PUT.
+                if number > 1 && start == at && len <= tuning.buffer_memory {
+                    if let Some(buf) = self.cache.parts.try_take(len as usize) {
+                        self.tail = Some(Tail { start: at, buf });
+                        continue;
+                    }
                 }
+                // The append stops at the part boundary, where a buffer may take over.
+                n = n.min((start + len - at) as usize);
             }
-            // Into the staging file; an append stops at the part boundary, where a buffer
-            // may take over.
-            let n = if appending {
-                ((start + len - at) as usize).min(rest.len())
-            } else {
-                rest.len()
-            };
             if let Err(e) = self.file.write_all_at(&rest[..n], at) {
                 self.settle();
                 return Err(io_error(e));
@@ -725,25 +731,24 @@ impl Staged {
             return Ok(None);
         }
         tracing::debug!(key = %self.key, size = self.size, streaming = self.streaming.is_some(), "uploading");
-        if self.failed {
-            return Err(FsError::Store(StoreError::Other(
-                "an earlier upload of this file failed; its bytes are in recovery".into(),
-            )));
-        }
+        self.check_not_failed()?;
         let over_source = self.source.as_ref().is_some_and(|s| s.len > 0);
         let result = match self.check_conflict(store, tuning.conflict).await {
             Err(e) => {
                 self.stop_streaming(store, "conflict");
                 Err(e)
             }
-            Ok(()) if self.streaming.is_some() => self.finish_streaming(store, tuning).await,
-            Ok(()) => match self.land().await {
-                Err(e) => Err(StoreError::Other(e.to_string())),
-                Ok(()) if over_source => self.upload_over_source(store, tuning).await,
-                Ok(()) => {
-                    let headers = self.headers();
-                    upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await
-                }
+            Ok(()) => match self.finish_streaming(store, tuning).await {
+                Some(streamed) => streamed,
+                // No streaming upload (or it stopped): the file goes up from the staging file.
+                None => match self.land().await {
+                    Err(e) => Err(StoreError::Other(e.to_string())),
+                    Ok(()) if over_source => self.upload_over_source(store, tuning).await,
+                    Ok(()) => {
+                        let headers = self.headers();
+                        upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await
+                    }
+                },
             },
         };
         // Whatever happened, the next change starts from a known state: no streaming, except

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
-use super::{
-    complete_or_abort, read_piece, upload_file, Staged, WriteTuning, MAX_PARTS, MIN_PART_SIZE,
-};
+use super::{complete_or_abort, read_piece, Staged, WriteTuning, MAX_PARTS, MIN_PART_SIZE};
 use crate::fs::error::FsError;
 use crate::fs::part_buffer::{self, PartBuf};
 use crate::store::{ObjectStore, StoreError, UploadedPart};
@@ -303,21 +301,17 @@ impl Staged {
 
     /// Finishes a streaming upload: starts the parts left (the one in memory last), waits for
     /// them and for the staging file to hold every byte, completes. Any failure aborts it.
+    /// None when there is no streaming upload, or it stopped while finishing (a part failed):
+    /// then the whole file is to go up from the staging file.
     pub(super) async fn finish_streaming(
         &mut self,
         store: &Arc<dyn ObjectStore>,
         tuning: WriteTuning,
-    ) -> Result<String, StoreError> {
+    ) -> Option<Result<String, StoreError>> {
+        self.streaming.as_ref()?;
         self.seal_tail().await;
         self.advance_stream(store, tuning, true).await;
-        let Some(mut stream) = self.streaming.take() else {
-            // Streaming stopped (a part failed): the whole file goes up from the staging file.
-            self.land()
-                .await
-                .map_err(|e| StoreError::Other(e.to_string()))?;
-            let headers = self.headers();
-            return upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await;
-        };
+        let mut stream = self.streaming.take()?;
         let mut failure = None;
         while let Some((_, handle)) = stream.in_flight.pop_front() {
             match joined(handle.await) {
@@ -340,7 +334,7 @@ impl Staged {
             Some(e) => Err(e),
             None => Ok(stream.done),
         };
-        complete_or_abort(store, &self.key, &stream.id, parts).await
+        Some(complete_or_abort(store, &self.key, &stream.id, parts).await)
     }
 }
 
