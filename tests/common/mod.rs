@@ -325,11 +325,7 @@ impl Mount {
     /// The daemon's request counters, from `pailfs status MOUNTPOINT`.
     pub fn requests(&self) -> Requests {
         let text = self.status();
-        let get = |name: &str| -> u64 {
-            status_value(&text, name)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{name} missing in '{text}'"))
-        };
+        let get = |name: &str| counter(&text, name);
         Requests {
             head: get("HEAD"),
             list: get("LIST"),
@@ -344,9 +340,7 @@ impl Mount {
     /// fork closes a copy of every open descriptor, which flushes (uploads) open files.
     pub fn counter_in_process(&self, name: &str) -> u64 {
         let text = pailfs::control::query(&self.path).expect("status from the daemon");
-        status_value(&text, name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing in '{text}'"))
+        counter(&text, name)
     }
 
     /// One `name=value` field of `pailfs status`.
@@ -395,6 +389,13 @@ impl Drop for Mount {
 }
 
 /// The value of a `name=value` line of `pailfs status`.
+/// The number `name=N` in a status answer.
+fn counter(text: &str, name: &str) -> u64 {
+    status_value(text, name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in '{text}'"))
+}
+
 fn status_value(text: &str, name: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix('=').map(str::to_string))
