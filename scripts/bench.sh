@@ -9,29 +9,9 @@
 #   BENCH_ONLY="pailfs" scripts/bench.sh   mount only some of: pailfs s3fs rclone
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-scripts/install-deps.sh > /dev/null
-cargo build --release --quiet --bin pailfs --example s3tool
-tool=target/release/examples/s3tool
-pailfs=target/release/pailfs
-
-work=$(mktemp -d /tmp/pailfs-bench.XXXXXX)
-mnt="$work/mnt"
-mkdir -p "$mnt"
-cleanup() {
-    fusermount3 -u "$mnt" 2>/dev/null || true
-    scripts/garage.sh stop "$work/garage" || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-scripts/garage.sh start "$work/garage" --watch-pid $$
-# shellcheck disable=SC1091
-. "$work/garage/env"
+# shellcheck source=scripts/bench-setup.sh
+. scripts/bench-setup.sh bench
 B=bench
-
-field() { sed -n "s/.*\<$1=\([0-9.]*\).*/\1/p"; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 
 echo "seeding: 1 GiB object, 5,000 objects in ls5k/, 500 x 4 KiB in small/ ..."
 $tool mb $B
@@ -48,14 +28,6 @@ R[rand]=$($tool get-random $B big/1g.bin 4096 10 | field ops)
 R[rand]=$(awk -v o="${R[rand]}" 'BEGIN { printf "%.0f", o / 10 }')
 head -c $((1 << 30)) /dev/urandom > "$work/1g.src"
 R[write]=$($tool put-parallel $B raw/1g.bin "$work/1g.src" $((8 << 20)) 4 | field secs)
-
-wait_mounted() {
-    for _ in $(seq 1 200); do
-        grep -q " $mnt " /proc/self/mountinfo && return 0
-        sleep 0.05
-    done
-    echo "mount did not appear" >&2; return 1
-}
 
 declare -A T
 run_fs() {
