@@ -128,9 +128,36 @@ impl InodeTable {
         };
         if gone {
             if let Some(node) = self.nodes.remove(&ino) {
-                self.by_path.remove(&(node.kind, node.path));
+                self.unmap(ino, node.kind, &node.path);
             }
         }
+    }
+
+    /// Removes the path mapping of `(kind, path)` only while it still names `ino`: after a
+    /// rename over a looked-up target, the path belongs to the renamed inode, and forgetting
+    /// the replaced one must not take it away.
+    fn unmap(&mut self, ino: Ino, kind: Kind, path: &str) {
+        let slot = (kind, path.to_string());
+        if self.by_path.get(&slot) == Some(&ino) {
+            self.by_path.remove(&slot);
+        }
+    }
+
+    /// The name of `ino` is gone (unlinked, or replaced by a rename) while the kernel may
+    /// still hold it open: the number stays valid for those handles, but no path leads to it
+    /// any more, and a new file of the same name gets another number (the kernel would
+    /// otherwise share one inode, and its page cache, between the two files).
+    pub fn detach(&mut self, ino: Ino) {
+        if ino == Ino::ROOT {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        let (kind, path) = (node.kind, std::mem::take(&mut node.path));
+        // A path no key can have (NUL is refused in names): never matched by a lookup.
+        node.path = format!("\0detached/{}", ino.0);
+        self.unmap(ino, kind, &path);
     }
 
     /// Moves every remembered inode below directory `from` to the same place below `to`
@@ -164,8 +191,15 @@ impl InodeTable {
         );
         node.parent = parent;
         let kind = node.kind;
-        self.by_path.remove(&old);
-        self.by_path.insert((kind, path.to_string()), ino);
+        self.unmap(ino, old.0, &old.1);
+        // A node the target path had (renamed over) is detached: it keeps its number for the
+        // handles open on it, but the path is the renamed node's now.
+        if let Some(replaced) = self.by_path.insert((kind, path.to_string()), ino) {
+            if replaced != ino {
+                self.detach(replaced);
+                self.by_path.insert((kind, path.to_string()), ino);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -205,5 +239,40 @@ mod tests {
         );
         t.forget(Ino::ROOT, 100);
         assert!(t.get(Ino::ROOT).is_some(), "the root is never forgotten");
+    }
+
+    #[test]
+    fn a_path_keeps_its_inode_when_an_older_inode_of_it_is_forgotten() {
+        // An editor's atomic save: "doc" was looked up, "doc.tmp" is renamed over it, then the
+        // kernel forgets the replaced "doc".
+        let mut t = InodeTable::default();
+        let old = t.remember(Ino::ROOT, Kind::File, "doc");
+        let tmp = t.remember(Ino::ROOT, Kind::File, "doc.tmp");
+        t.move_to(tmp, Ino::ROOT, "doc");
+        assert_eq!(t.peek(Kind::File, "doc"), tmp);
+        t.forget(old, 1);
+        assert_eq!(
+            t.peek(Kind::File, "doc"),
+            tmp,
+            "the path still leads to the renamed file"
+        );
+        assert_eq!(
+            t.remember(Ino::ROOT, Kind::File, "doc"),
+            tmp,
+            "one path, one inode"
+        );
+        assert!(t.get(old).is_none());
+    }
+
+    #[test]
+    fn a_detached_inode_stays_valid_and_its_name_gets_a_new_number() {
+        let mut t = InodeTable::default();
+        let open = t.remember(Ino::ROOT, Kind::File, "scratch");
+        t.detach(open);
+        assert!(t.get(open).is_some(), "still open in the kernel");
+        let new = t.remember(Ino::ROOT, Kind::File, "scratch");
+        assert_ne!(new, open, "a new file of that name is another inode");
+        t.forget(open, 1);
+        assert_eq!(t.peek(Kind::File, "scratch"), new);
     }
 }

@@ -143,7 +143,11 @@ impl MetaCache {
 }
 
 fn meta_number(info: &ObjectInfo, name: &str) -> Option<u64> {
-    let text = info.metadata.get(name)?;
+    header_number(&info.metadata, name)
+}
+
+fn header_number(metadata: &Metadata, name: &str) -> Option<u64> {
+    let text = metadata.get(name)?;
     // s3fs writes whole seconds; some tools write fractions.
     let whole = text.split('.').next()?;
     whole.trim().parse().ok()
@@ -163,6 +167,11 @@ pub fn is_symlink(info: &ObjectInfo) -> bool {
 }
 
 /// The modification time of an object: its `mtime` header, else LastModified.
+/// The `mtime` header of metadata about to be uploaded, if set.
+pub fn mtime_header(metadata: &Metadata) -> Option<SystemTime> {
+    header_number(metadata, "mtime").map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+}
+
 pub fn file_mtime(info: &ObjectInfo) -> SystemTime {
     meta_number(info, "mtime")
         .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))

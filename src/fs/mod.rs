@@ -5,6 +5,7 @@ pub mod buffers;
 pub mod dir;
 pub mod error;
 pub mod inode;
+pub mod journal;
 pub mod meta;
 pub mod names;
 pub mod namespace;
@@ -12,6 +13,8 @@ pub mod part_buffer;
 pub mod progress;
 pub mod ranges;
 pub mod read;
+mod recover;
+mod staging;
 pub mod write;
 pub mod xattr;
 
@@ -24,14 +27,15 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::store::instrumented::RequestCounters;
-use crate::store::{ListRequest, Metadata, ObjectInfo, ObjectStore, StoreError};
+use crate::store::{ListRequest, ObjectInfo, ObjectStore, StoreError};
 use dir::{DirStream, ListedEntry};
 use error::FsError;
 use inode::{child_path, Ino, InodeTable};
 use meta::{dir_attr, file_attr, MetaCache};
 use names::{check_name, OddKeyLog};
 use read::{ReadTuning, Reader, BUDGET_UNIT};
-use write::{CacheDir, Staged, WriteTuning};
+use staging::{StagedRef, Start};
+use write::{CacheDir, WriteTuning};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -152,12 +156,11 @@ pub struct StatFs {
 
 /// An open file: a reader of the object in the bucket, or a handle on the staging copy of a
 /// file being written (which every handle of that inode then reads, so they see one content).
+/// The handle holds the copy itself, so that it keeps its bytes when the name goes.
 enum OpenFile {
     Object(Box<tokio::sync::Mutex<Reader>>),
-    Staged(Ino),
+    Staged { ino: Ino, staged: StagedRef },
 }
-
-type StagedRef = Arc<tokio::sync::Mutex<Staged>>;
 
 /// When written files are uploaded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -170,16 +173,6 @@ pub enum WriteBack {
     Async,
 }
 
-/// How a staging copy starts when a file is opened for writing.
-enum Start {
-    /// A copy of the object (or empty, when there is none yet).
-    Existing,
-    /// Empty (O_TRUNC, truncate to 0), keeping the object's metadata.
-    Truncated,
-    /// A new file, with these metadata headers.
-    New(Metadata),
-}
-
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
     counters: Option<Arc<RequestCounters>>,
@@ -189,6 +182,8 @@ pub struct Fs {
     meta: MetaCache,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     staged: Mutex<HashMap<Ino, StagedRef>>,
+    /// Staging copies whose name is gone (unlinked or replaced) while handles hold them.
+    unlinked: Mutex<HashMap<Ino, StagedRef>>,
     cache: Option<Arc<CacheDir>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
     /// ETag whose content the kernel page cache holds, per file: lets a reopen keep the cache.
@@ -237,6 +232,7 @@ impl Fs {
             inodes: Mutex::new(InodeTable::default()),
             files: Mutex::new(HashMap::new()),
             staged: Mutex::new(HashMap::new()),
+            unlinked: Mutex::new(HashMap::new()),
             cache: None,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -556,7 +552,7 @@ impl Fs {
                 continue;
             };
             let parent = node.path.rsplit_once('/').map_or("", |(p, _)| p);
-            if parent != dir || !staged.lock().await.only_local() {
+            if parent != dir || !self.is_only_local(&staged) {
                 continue;
             }
             out.push((ino, node.name().to_string()));
@@ -681,10 +677,21 @@ impl Fs {
             } else {
                 Start::Existing
             };
-            self.stage(ino, &node.path, start).await?;
-            let fh = self.new_fh();
-            lock(&self.files).insert(fh, Arc::new(OpenFile::Staged(ino)));
-            return Ok((fh, true));
+            let (staged, joined) = self.stage(ino, &node.path, start).await?;
+            // Pages the kernel cached stay valid only while they came from the version this
+            // copy was made against (another handle's copy: its own writes went through them).
+            let keep_cache = joined || {
+                let base = staged.lock().await.base_etag().map(str::to_string);
+                match base {
+                    Some(base) => {
+                        let same = self.cached_etags.get(&ino).as_deref() == Some(base.as_str());
+                        self.cached_etags.insert(ino, base);
+                        same
+                    }
+                    None => false,
+                }
+            };
+            return Ok((self.open_staged(ino, staged), keep_cache));
         }
         let attr = self.getattr(ino).await?;
         let etag = attr.etag.clone().unwrap_or_default();
@@ -718,8 +725,7 @@ impl Fs {
             .ok_or(FsError::BadHandle)?;
         let data = match file.as_ref() {
             OpenFile::Object(reader) => reader.lock().await.read(offset, len).await?,
-            OpenFile::Staged(ino) => {
-                let staged = self.staged_of(*ino).ok_or(FsError::BadHandle)?;
+            OpenFile::Staged { staged, .. } => {
                 let mut staged = staged.lock().await;
                 staged.read(offset, len, self.store.as_ref()).await?
             }
@@ -737,308 +743,12 @@ impl Fs {
         }
     }
 
-    /// Every file being written, taken out of the map so its locks can be awaited.
-    fn staged_files(&self) -> Vec<(Ino, StagedRef)> {
-        lock(&self.staged)
-            .iter()
-            .map(|(ino, s)| (*ino, s.clone()))
-            .collect()
-    }
-
     /// The key of the object behind a node: a directory's is its `dir/` marker.
     fn object_key(&self, node: &inode::Node) -> String {
         match node.kind {
             Kind::Dir => self.dir_prefix(&node.path),
             Kind::File | Kind::Symlink => self.key_of(&node.path),
         }
-    }
-
-    /// Metadata of a file written here that has no earlier version to take it from.
-    fn default_file_headers(&self) -> Metadata {
-        self.new_file_headers(self.cfg.file_mode, self.cfg.uid, self.cfg.gid)
-    }
-
-    /// Whether `staged` is still the staging copy of `ino` (not finished and dropped).
-    fn is_current(&self, ino: Ino, staged: &StagedRef) -> bool {
-        lock(&self.staged)
-            .get(&ino)
-            .is_some_and(|current| Arc::ptr_eq(current, staged))
-    }
-
-    fn staged_of(&self, ino: Ino) -> Option<StagedRef> {
-        lock(&self.staged).get(&ino).cloned()
-    }
-
-    /// Attributes of a file this mount is writing or has just written, from the metadata it
-    /// is (or was) uploaded with.
-    fn written_attr(&self, ino: Ino, size: u64, etag: Option<String>, headers: &Metadata) -> Attr {
-        let info = ObjectInfo {
-            key: String::new(),
-            size,
-            last_modified: SystemTime::now(),
-            etag: String::new(),
-            metadata: headers.clone(),
-            storage_class: None,
-        };
-        Attr {
-            etag,
-            ..file_attr(ino, &info, &self.cfg)
-        }
-    }
-
-    async fn staged_attr(&self, ino: Ino) -> Option<Attr> {
-        let staged = self.staged_of(ino)?;
-        let s = staged.lock().await;
-        Some(self.written_attr(ino, s.size(), None, &s.headers()))
-    }
-
-    /// Metadata for a new file: its mode and owner, s3fs-style.
-    fn new_file_headers(&self, perm: u16, uid: u32, gid: u32) -> Metadata {
-        let now = SystemTime::now();
-        let attr = Attr {
-            ino: Ino(0),
-            kind: Kind::File,
-            size: 0,
-            mtime: now,
-            atime: now,
-            ctime: now,
-            perm,
-            uid,
-            gid,
-            etag: None,
-        };
-        meta::attr_headers(&attr, &Metadata::new())
-    }
-
-    /// Takes a handle on the staging copy of `ino`, creating it when no handle has one yet:
-    /// empty when truncating or new, else a copy of the object.
-    async fn stage(&self, ino: Ino, path: &str, start: Start) -> Result<StagedRef, FsError> {
-        let truncate = !matches!(start, Start::Existing);
-        if let Some(staged) = self.staged_of(ino) {
-            let mut s = staged.lock().await;
-            // The last handle may have finished (and dropped) this copy while we waited for
-            // its lock: then it is in the bucket, and a new copy starts from there.
-            if self.is_current(ino, &staged) {
-                if truncate {
-                    s.truncate(0, &self.store).await?;
-                }
-                s.handles += 1;
-                drop(s);
-                return Ok(staged);
-            }
-        }
-        let cache = self.writable()?.clone();
-        let key = self.key_of(path);
-        let mut staged = match start {
-            Start::New(headers) => Staged::empty(cache, key, headers)?,
-            // O_TRUNC keeps the file's mode, owner and xattrs, as a local file would.
-            Start::Truncated => {
-                let known = self.meta.last_head(&key);
-                let headers = match &known {
-                    Some(info) => info.metadata.clone(),
-                    None => self.default_file_headers(),
-                };
-                let mut staged = Staged::empty(cache, key, headers)?;
-                staged.set_base(known.as_ref().map(|i| i.etag.as_str()));
-                staged
-            }
-            Start::Existing => match self.store.head(&key).await {
-                Ok(info) => {
-                    self.meta.put_head(&info);
-                    Staged::over(cache, &info)?
-                }
-                Err(StoreError::NotFound) => {
-                    // Absent: it did not exist when opened.
-                    Staged::empty(cache, key, self.default_file_headers())?
-                }
-                Err(e) => return Err(e.into()),
-            },
-        };
-        staged.handles = 1;
-        lock(&self.progress).push(Arc::downgrade(&staged.progress));
-        let staged = Arc::new(tokio::sync::Mutex::new(staged));
-        // Two opens may race to stage the same file: the first one in wins, the other joins
-        // it, unless it was finished and dropped meanwhile (then this one goes in).
-        loop {
-            let existing = {
-                let mut map = lock(&self.staged);
-                match map.get(&ino) {
-                    Some(existing) => existing.clone(),
-                    None => {
-                        map.insert(ino, staged.clone());
-                        return Ok(staged);
-                    }
-                }
-            };
-            let mut joined = existing.lock().await;
-            if self.is_current(ino, &existing) {
-                joined.handles += 1;
-                drop(joined);
-                return Ok(existing);
-            }
-        }
-    }
-
-    /// Creates `name` in `parent` with permissions `perm` owned by `uid:gid`, and opens it
-    /// for writing.
-    pub async fn create(
-        &self,
-        parent: Ino,
-        name: &str,
-        perm: u16,
-        caller: namespace::Caller,
-    ) -> Result<(Attr, u64), FsError> {
-        self.writable()?;
-        let (_, path) = self.child(parent, name)?;
-        let ino = lock(&self.inodes).remember(parent, Kind::File, &path);
-        let headers = self.new_file_headers(perm, caller.uid, caller.gid);
-        self.stage(ino, &path, Start::New(headers)).await?;
-        self.meta.forget_miss(parent, name);
-        let fh = self.new_fh();
-        lock(&self.files).insert(fh, Arc::new(OpenFile::Staged(ino)));
-        let attr = self.staged_attr(ino).await.ok_or(FsError::BadHandle)?;
-        Ok((attr, fh))
-    }
-
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
-        let file = lock(&self.files)
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle)?;
-        let OpenFile::Staged(ino) = file.as_ref() else {
-            return Err(FsError::BadHandle);
-        };
-        let staged = self.staged_of(*ino).ok_or(FsError::BadHandle)?;
-        let mut staged = staged.lock().await;
-        staged
-            .write(offset, data, &self.store, self.cfg.write)
-            .await
-    }
-
-    /// Truncates or extends a file to `size` (truncate(2), ftruncate(2), O_TRUNC).
-    pub async fn set_size(&self, ino: Ino, size: u64) -> Result<Attr, FsError> {
-        self.writable()?;
-        let node = self.node(ino)?;
-        if node.kind == Kind::Dir {
-            return Err(FsError::IsDir);
-        }
-        match self.staged_of(ino) {
-            // ftruncate(2) or O_TRUNC on an open file: change the staging copy; its handles
-            // upload it.
-            Some(staged) => staged.lock().await.truncate(size, &self.store).await?,
-            // truncate(2) on a path: no handle will flush it, so stage, change, upload now.
-            None => {
-                let start = if size == 0 {
-                    Start::Truncated
-                } else {
-                    Start::Existing
-                };
-                let staged = self.stage(ino, &node.path, start).await?;
-                staged.lock().await.truncate(size, &self.store).await?;
-                self.finish_handle(ino, true).await?;
-            }
-        }
-        self.getattr(ino).await
-    }
-
-    /// close(2): uploads the file's changes, if any, and reports the result. With
-    /// `--write-back=async` it only makes sure the staging copy is on disk; the upload follows
-    /// in the background after the last close.
-    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
-        if self.cfg.write_back == WriteBack::Async {
-            let staged = self.staged_of_handle(fh);
-            if let Some(staged) = staged {
-                staged.lock().await.sync_to_disk().await?;
-            }
-            return Ok(());
-        }
-        self.fsync(fh).await
-    }
-
-    fn staged_of_handle(&self, fh: u64) -> Option<StagedRef> {
-        let file = lock(&self.files).get(&fh).cloned()?;
-        match file.as_ref() {
-            OpenFile::Staged(ino) => self.staged_of(*ino),
-            OpenFile::Object(_) => None,
-        }
-    }
-
-    /// fsync(2): uploads the file's changes, if any, whatever the write-back mode.
-    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
-        let file = lock(&self.files).get(&fh).cloned();
-        let Some(file) = file else {
-            return Ok(());
-        };
-        let OpenFile::Staged(ino) = file.as_ref() else {
-            return Ok(());
-        };
-        let Some(staged) = self.staged_of(*ino) else {
-            return Ok(());
-        };
-        let mut staged = staged.lock().await;
-        self.upload_staged(*ino, &mut staged).await
-    }
-
-    /// Uploads a staging copy if it changed, and remembers what the bucket now holds.
-    async fn upload_staged(&self, ino: Ino, staged: &mut Staged) -> Result<(), FsError> {
-        let (size, headers) = (staged.size(), staged.headers());
-        if let Some(etag) = staged.upload(&self.store, self.cfg.write).await? {
-            self.cached_etags.insert(ino, etag.clone());
-            self.meta.forget_head(&staged.key);
-            self.meta
-                .put_attr(self.written_attr(ino, size, Some(etag), &headers));
-        }
-        Ok(())
-    }
-
-    /// Drops one handle of a staged file; the last one uploads what is still unsaved.
-    async fn finish_handle(&self, ino: Ino, upload: bool) -> Result<(), FsError> {
-        let Some(staged) = self.staged_of(ino) else {
-            return Ok(());
-        };
-        let mut s = staged.lock().await;
-        s.handles = s.handles.saturating_sub(1);
-        if s.handles > 0 {
-            return Ok(());
-        }
-        let result = if upload {
-            self.upload_staged(ino, &mut s).await
-        } else {
-            Ok(())
-        };
-        lock(&self.staged).remove(&ino);
-        result
-    }
-
-    /// `--write-back=async`: drops one handle; after the last one, the upload runs in the
-    /// background (at most `--max-upload-concurrency` files at once), and a failure keeps
-    /// the bytes in recovery with a log line (no program is left to tell).
-    async fn finish_handle_in_background(self: &Arc<Self>, ino: Ino) -> Result<(), FsError> {
-        let Some(staged) = self.staged_of(ino) else {
-            return Ok(());
-        };
-        {
-            let mut s = staged.lock().await;
-            s.handles = s.handles.saturating_sub(1);
-            if s.handles > 0 {
-                return Ok(());
-            }
-            if !s.is_dirty() {
-                lock(&self.staged).remove(&ino);
-                return Ok(());
-            }
-        }
-        let fs = self.clone();
-        tokio::spawn(async move {
-            let _permit = fs.background_uploads.clone().acquire_owned().await;
-            let mut s = staged.lock().await;
-            // Failures are logged (with the recovery path) by the upload itself.
-            let _ = fs.upload_staged(ino, &mut s).await;
-            if s.handles == 0 && fs.is_current(ino, &staged) {
-                lock(&fs.staged).remove(&ino);
-            }
-        });
-        Ok(())
     }
 
     pub async fn release(self: &Arc<Self>, fh: u64) -> Result<(), FsError> {
@@ -1052,10 +762,7 @@ impl Fs {
             (file, readers)
         };
         match file.as_deref() {
-            Some(OpenFile::Staged(ino)) if self.cfg.write_back == WriteBack::Async => {
-                self.finish_handle_in_background(*ino).await
-            }
-            Some(OpenFile::Staged(ino)) => self.finish_handle(*ino, true).await,
+            Some(OpenFile::Staged { ino, staged }) => self.release_staged(*ino, staged).await,
             Some(OpenFile::Object(_)) => {
                 if readers_left == 0 {
                     // Pooled read-ahead buffers only pay off while something streams.
@@ -1121,6 +828,10 @@ impl Fs {
         if expires > crate::store::PRESIGN_MAX || expires.is_zero() {
             return Err(FsError::Invalid);
         }
+        if method == crate::store::PresignMethod::Put && self.cfg.read_only {
+            // A read-only mount hands out no way to write, not even one that bypasses it.
+            return Err(FsError::ReadOnly);
+        }
         let path = path.trim_matches('/');
         if path.split('/').any(|segment| check_name(segment).is_err()) {
             return Err(FsError::Invalid);
@@ -1129,58 +840,6 @@ impl Fs {
             .store
             .presign(&self.key_of(path), method, expires)
             .await?)
-    }
-
-    /// Whether `ino` has a staging copy (an open file being written).
-    pub fn is_being_written(&self, ino: Ino) -> bool {
-        self.staged_of(ino).is_some()
-    }
-
-    /// Uploads every file still being written (SIGTERM, or an unmount with files open), so
-    /// that nothing written is left behind. A failed upload keeps its bytes in `recovery/`
-    /// (and is logged). Returns (files uploaded, files failed).
-    pub async fn finish_pending_uploads(&self) -> (usize, usize) {
-        let pending = self.staged_files();
-        let (mut done, mut failed) = (0, 0);
-        for (ino, staged) in pending {
-            let mut s = staged.lock().await;
-            if !s.is_dirty() {
-                continue;
-            }
-            match self.upload_staged(ino, &mut s).await {
-                Ok(()) => done += 1,
-                Err(_) => failed += 1,
-            }
-        }
-        (done, failed)
-    }
-
-    /// Files whose changes are not all in the bucket yet, with how far their upload is.
-    pub fn uploads_in_progress(&self) -> Vec<progress::UploadReport> {
-        let mut registry = lock(&self.progress);
-        registry.retain(|p| p.strong_count() > 0);
-        registry
-            .iter()
-            .filter_map(|p| p.upgrade())
-            .filter(|p| p.pending.load(Ordering::Relaxed))
-            .map(|p| p.report())
-            .collect()
-    }
-
-    /// Bytes of files waiting for their upload (those not busy uploading right now).
-    pub fn pending_bytes(&self) -> u64 {
-        let staged: Vec<StagedRef> = lock(&self.staged).values().cloned().collect();
-        staged
-            .iter()
-            .filter_map(|s| s.try_lock().ok())
-            .filter(|s| s.is_dirty())
-            .map(|s| s.size())
-            .sum()
-    }
-
-    /// Whether anything written is still waiting for its upload.
-    pub fn pending_uploads(&self) -> usize {
-        lock(&self.staged).len()
     }
 
     pub fn statfs(&self) -> StatFs {

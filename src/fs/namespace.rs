@@ -16,6 +16,9 @@ use super::write::{complete_or_abort, part_size_for, send_parts, tile, PartSourc
 use super::{lock, Attr, Fs, Kind, OpenFile};
 use crate::store::{ByteRange, ListRequest, Metadata, StoreError};
 
+/// Longest symlink target (PATH_MAX).
+const SYMLINK_MAX: u64 = 4096;
+
 /// Objects copied at once by a directory rename.
 const RENAME_CONCURRENCY: usize = 16;
 
@@ -27,16 +30,17 @@ pub struct Caller {
 }
 
 impl Fs {
-    /// Removes a file (DeleteObject). An open file being written is discarded at its close.
+    /// Removes a file (DeleteObject). A file open for writing loses its name at once, as on
+    /// a local disk: its handles keep reading and writing the staged bytes, and its last
+    /// close uploads nothing. If the bucket refuses the DELETE, nothing changes.
     pub async fn unlink(&self, parent: Ino, name: &str) -> Result<(), FsError> {
         self.writable()?;
         let (_, path) = self.child(parent, name)?;
         let ino = lock(&self.inodes).peek(Kind::File, &path);
-        if let Some(staged) = self.staged_of(ino) {
-            staged.lock().await.discard();
-        }
         let key = self.key_of(&path);
-        self.store.delete_object(&key).await?;
+        self.detach_staged(ino, async { Ok(self.store.delete_object(&key).await?) })
+            .await?;
+        lock(&self.inodes).detach(ino);
         self.meta.forget_attr(ino);
         self.meta.forget_head(&key);
         self.meta.put_miss(parent, name);
@@ -113,7 +117,7 @@ impl Fs {
     ) -> Result<Attr, FsError> {
         self.writable()?;
         let (_, path) = self.child(parent, name)?;
-        if target.is_empty() || target.len() > 4096 {
+        if target.is_empty() || target.len() as u64 > SYMLINK_MAX {
             return Err(FsError::Invalid);
         }
         let ino = lock(&self.inodes).peek(Kind::Symlink, &path);
@@ -145,13 +149,22 @@ impl Fs {
         Ok(attr)
     }
 
-    /// The target of a symbolic link.
+    /// The target of a symbolic link (at most `SYMLINK_MAX` bytes: an object marked as a
+    /// symlink but larger is refused, never read whole).
     pub async fn readlink(&self, ino: Ino) -> Result<Bytes, FsError> {
         let attr = self.getattr(ino).await?;
         if attr.kind != Kind::Symlink {
             return Err(FsError::Invalid);
         }
         let node = self.node(ino)?;
+        if attr.size > SYMLINK_MAX {
+            tracing::warn!(
+                path = %node.path,
+                size = attr.size,
+                "an object marked as a symlink holds more than {SYMLINK_MAX} bytes; not read as a link target (EINVAL)"
+            );
+            return Err(FsError::Invalid);
+        }
         let data = self
             .store
             .get_range(
@@ -197,17 +210,15 @@ impl Fs {
             let current = self.written_attr(ino, s.size(), None, &s.headers());
             let mut headers = s.metadata.clone();
             let new = edit(&current, &mut headers)?;
-            s.metadata = headers;
-            if new.mtime != current.mtime {
-                s.modified = new.mtime;
-            }
+            let modified = (new.mtime != current.mtime).then_some(new.mtime);
+            s.set_metadata(headers, modified)?;
             if !s.is_dirty() {
                 // Nothing to upload at close: the bucket's object takes the change now.
                 let key = s.key.clone();
                 let etag = self
                     .copy_whole(&key, &key, s.size(), Some(&s.headers()))
                     .await?;
-                s.retarget(&key, &etag);
+                s.retarget(&key, &etag)?;
                 self.meta.forget_head(&key);
                 // Same bytes, new ETag: the kernel's cached pages stay valid.
                 self.cached_etags.insert(ino, etag);
@@ -381,9 +392,27 @@ impl Fs {
             Some(s) => s.size(),
             None => self.getattr(ino).await?.size,
         };
-        let etag = self.copy_whole(&from_key, &to_key, size, None).await?;
+        // A file open elsewhere under the target name keeps its bytes: it is detached before
+        // the copy replaces its object.
+        let replaced = lock(&self.inodes).peek(Kind::File, to);
+        let copied = if replaced != ino {
+            let copy = async { self.copy_whole(&from_key, &to_key, size, None).await };
+            let mut etag = None;
+            self.detach_staged(replaced, async {
+                etag = Some(copy.await?);
+                Ok(())
+            })
+            .await?;
+            etag
+        } else {
+            None
+        };
+        let etag = match copied {
+            Some(etag) => etag,
+            None => self.copy_whole(&from_key, &to_key, size, None).await?,
+        };
         if let Some(s) = held.as_mut() {
-            s.retarget(&to_key, &etag);
+            s.retarget(&to_key, &etag)?;
         }
         drop(held);
         self.store.delete_object(&from_key).await?;
@@ -512,7 +541,7 @@ impl Fs {
         for staged in moving_staged {
             let mut s = staged.lock().await;
             if let Some((key, etag)) = moved.get(&s.key) {
-                s.retarget(key, etag);
+                s.retarget(key, etag)?;
             }
         }
         tracing::debug!(from = %from_prefix, to = %to_prefix, objects = total, ino = dir_ino.0, "directory renamed");

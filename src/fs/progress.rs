@@ -74,10 +74,13 @@ impl UploadProgress {
     }
 }
 
-/// A store that credits `progress` with every part and object it uploads or copies.
+/// A store that credits `progress` with every part and object it uploads or copies, and
+/// keeps each multipart upload it starts in the file's journal record until it completes or
+/// is aborted (so that one a crash leaves open is aborted at the next start).
 pub struct Tracked {
     pub inner: Arc<dyn ObjectStore>,
     pub progress: Arc<UploadProgress>,
+    pub journal: Arc<super::journal::JournalEntry>,
 }
 
 impl Tracked {
@@ -119,7 +122,9 @@ impl ObjectStore for Tracked {
         self.credit(result, len)
     }
     async fn create_multipart(&self, key: &str, metadata: &Metadata) -> Result<String, StoreError> {
-        self.inner.create_multipart(key, metadata).await
+        let id = self.inner.create_multipart(key, metadata).await?;
+        self.journal.note_upload(Some(&id));
+        Ok(id)
     }
     async fn upload_part_copy(
         &self,
@@ -153,10 +158,18 @@ impl ObjectStore for Tracked {
         upload_id: &str,
         parts: &[UploadedPart],
     ) -> Result<String, StoreError> {
-        self.inner.complete_multipart(key, upload_id, parts).await
+        let result = self.inner.complete_multipart(key, upload_id, parts).await;
+        if result.is_ok() {
+            self.journal.upload_ended(upload_id);
+        }
+        result
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        self.inner.abort_multipart(key, upload_id).await
+        let result = self.inner.abort_multipart(key, upload_id).await;
+        if result.is_ok() {
+            self.journal.upload_ended(upload_id);
+        }
+        result
     }
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
         self.inner.delete_object(key).await

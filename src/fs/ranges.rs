@@ -1,7 +1,8 @@
 //! `RangeSet`: a set of byte offsets kept as sorted, disjoint, non-adjacent half-open ranges.
 //! Staging files use it to know which bytes they hold and which a program changed.
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct RangeSet {
     ranges: Vec<(u64, u64)>,
 }

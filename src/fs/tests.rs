@@ -382,11 +382,30 @@ impl WriteRig {
         assert_eq!(n as usize, data.len());
     }
 
+    /// Contents of the files kept in `recovery/` (at any depth: `TIME/PATH`).
     pub fn recovered(&self) -> Vec<Vec<u8>> {
-        std::fs::read_dir(self.dir.path().join("recovery"))
-            .unwrap()
-            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        self.recovered_paths()
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
             .collect()
+    }
+
+    /// The files kept in `recovery/`, as paths below it.
+    pub fn recovered_paths(&self) -> Vec<std::path::PathBuf> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.path().join("recovery"), &mut out);
+        out.sort();
+        out
     }
 }
 

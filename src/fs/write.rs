@@ -21,6 +21,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::error::FsError;
+use super::journal::{Base, JournalEntry, Record, Source, StagedState};
 use super::part_buffer::PartPool;
 
 mod streaming;
@@ -57,22 +58,16 @@ pub enum ConflictPolicy {
     Fail,
 }
 
-/// The version of the object a staging copy was made against, for conflict checks.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Base {
-    /// The object did not exist (a new file).
-    Absent,
-    /// The object had this ETag.
-    Etag(String),
-    /// Not known (nothing to compare with).
-    Unknown,
-}
-
-/// The cache directory: `staging/` for files being written, `recovery/` for the bytes of
-/// uploads that failed. Space used by staging files is capped.
+/// The cache directory: `staging/` for files being written (each with its journal record),
+/// `recovery/` for the bytes of uploads that failed and of files a crash left unsaved. Space
+/// used by staging files is capped.
 pub struct CacheDir {
     staging: PathBuf,
     recovery: PathBuf,
+    /// The bucket this cache serves (journal records name it) and the internal path (the
+    /// recovery copy of a file is named by its path below it).
+    location: String,
+    prefix: String,
     max_bytes: u64,
     used: AtomicU64,
     next: AtomicU64,
@@ -110,16 +105,75 @@ impl CacheDir {
         private_dir(root)?;
         private_dir(&staging)?;
         private_dir(&recovery)?;
+        // Staging names are numbered; files a dead daemon left keep theirs until reconciled.
+        let next = std::fs::read_dir(&staging)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.split('-').next()?.parse::<u64>().ok()
+            })
+            .max()
+            .map_or(0, |n| n + 1);
         Ok(CacheDir {
             staging,
             recovery,
+            location: String::new(),
+            prefix: String::new(),
             max_bytes,
             used: AtomicU64::new(0),
-            next: AtomicU64::new(0),
+            next: AtomicU64::new(next),
             min_free_ratio: 0.0,
             parts: PartPool::new(DEFAULT_WRITE_BUFFERS),
             drained: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The bucket (as `s3://bucket/` at an endpoint) and internal path this cache serves.
+    pub fn for_mount(mut self, location: &str, prefix: &str) -> CacheDir {
+        self.location = location.to_string();
+        self.prefix = prefix.to_string();
+        self
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging
+    }
+
+    /// The path below the mount root of the object `key` (the key itself when it lies
+    /// outside the internal path).
+    pub fn path_of(&self, key: &str) -> String {
+        key.strip_prefix(&self.prefix).unwrap_or(key).to_string()
+    }
+
+    /// Where a file at `path` (below the mount root) is kept in `recovery/`: under a folder
+    /// named by `stamp` (the time), with its path, so a person finds it by name. Never an
+    /// existing file: a second copy gets a numbered suffix.
+    pub fn recovery_place(&self, stamp: &str, path: &str) -> PathBuf {
+        let clean: Vec<String> = path
+            .split('/')
+            .filter(|s| super::names::check_name(s).is_ok())
+            .map(str::to_string)
+            .collect();
+        let rel = if clean.is_empty() {
+            "unnamed".to_string()
+        } else {
+            clean.join("/")
+        };
+        let base = self.recovery.join(stamp).join(rel);
+        if let Some(parent) = base.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let mut target = base.clone();
+        let mut n = 1;
+        while target.exists() {
+            target = PathBuf::from(format!("{}.{n}", base.display()));
+            n += 1;
+        }
+        target
     }
 
     /// Caps the memory holding parts of sequentially written files (`--write-buffer-memory`).
@@ -235,20 +289,6 @@ const COPY_PART: u64 = 512 << 20;
 /// Largest ranged GET that fills a staging file.
 const FILL_PIECE: u64 = 8 << 20;
 
-/// The object a staging copy mirrors: bytes of `[0, len)` not in `local` still come from it
-/// (ranged GETs pinned by its ETag), and runs nobody changed are copied server-side at upload.
-struct Source {
-    key: String,
-    etag: String,
-    /// Bytes at the start of the file that may still come from the object (truncation
-    /// shortens it; bytes beyond it live in the staging file only).
-    len: u64,
-    /// Offsets below `len` that the staging file holds (fetched or written).
-    local: RangeSet,
-    /// Offsets below `len` that a program changed.
-    written: RangeSet,
-}
-
 /// One part of a multipart upload over a source object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlannedPart {
@@ -285,16 +325,18 @@ pub fn plan_parts(size: u64, part: u64, source_len: u64, written: &RangeSet) -> 
 pub struct Staged {
     cache: Arc<CacheDir>,
     pub key: String,
+    /// Where the bytes are: the staging data file, or its recovery copy after a failure.
     path: PathBuf,
     file: std::fs::File,
     size: u64,
     reserved: u64,
-    /// Bytes differ from what the bucket holds.
-    dirty: bool,
-    /// An upload failed and the program was told; the bytes are in recovery.
-    failed: bool,
-    /// Started empty (new file or O_TRUNC): sequential writes may stream parts.
-    fresh: bool,
+    /// Where the copy stands on its way to the bucket (see `StagedState`); every change of
+    /// it goes through one of the named transitions below and is written to the journal.
+    state: StagedState,
+    journal: Arc<JournalEntry>,
+    /// Started empty (new file or O_TRUNC) and written only sequentially so far: parts may
+    /// stream while it is written.
+    streamable: bool,
     streaming: Option<StreamingUpload>,
     /// Appended bytes of the current part, not yet in the staging file.
     tail: Option<Tail>,
@@ -305,7 +347,7 @@ pub struct Staged {
     landing_files: Option<Arc<LandingFiles>>,
     /// Why bytes are missing from the staging file (a part could not be written to it): this
     /// copy can no longer be uploaded whole.
-    lost: Option<String>,
+    damaged: Option<String>,
     pub handles: usize,
     /// User metadata the object is uploaded with (mode, owner, xattrs…); `mtime` is set from
     /// `modified` at each upload.
@@ -325,8 +367,9 @@ pub struct Staged {
 impl Drop for Staged {
     fn drop(&mut self) {
         self.cache.release(self.reserved);
-        if !self.failed {
+        if self.state != StagedState::Failed {
             let _ = std::fs::remove_file(&self.path);
+            self.journal.remove_record();
         }
     }
 }
@@ -343,50 +386,188 @@ impl Staged {
     /// An empty staging file (a new file, or one opened with O_TRUNC), to be uploaded with
     /// `metadata`.
     pub fn empty(cache: Arc<CacheDir>, key: String, metadata: Metadata) -> Result<Staged, FsError> {
-        let key_for_progress = key.clone();
+        Staged::created(cache, key, metadata, StagedState::Writing)
+    }
+
+    /// A new staging entry in `state`, its data file empty and its record written.
+    fn created(
+        cache: Arc<CacheDir>,
+        key: String,
+        metadata: Metadata,
+        state: StagedState,
+    ) -> Result<Staged, FsError> {
         let n = cache.next.fetch_add(1, Ordering::Relaxed);
-        let path = cache.staging.join(format!("{}-{n}", std::process::id()));
+        let record = Record {
+            location: cache.location.clone(),
+            key: key.clone(),
+            path: cache.path_of(&key),
+            state,
+            upload_id: None,
+            base: Base::Absent,
+            metadata: metadata.clone(),
+            size: 0,
+            source: None,
+        };
+        let journal = Arc::new(JournalEntry::new(&cache.staging, n, record));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
+            .create_new(true)
+            .open(&journal.data)
             .map_err(io_error)?;
-        Ok(Staged {
+        let staged = Staged::assemble(cache, key, journal, file, state, metadata);
+        staged.persist(false)?;
+        Ok(staged)
+    }
+
+    fn assemble(
+        cache: Arc<CacheDir>,
+        key: String,
+        journal: Arc<JournalEntry>,
+        file: std::fs::File,
+        state: StagedState,
+        metadata: Metadata,
+    ) -> Staged {
+        Staged {
+            progress: Arc::new(UploadProgress::new(&key)),
             cache,
             key,
-            path,
+            path: journal.data.clone(),
+            journal,
             file,
             size: 0,
             reserved: 0,
-            dirty: true,
-            failed: false,
-            fresh: true,
+            state,
+            streamable: true,
             streaming: None,
             tail: None,
             sealed: VecDeque::new(),
             landing: VecDeque::new(),
             landing_files: None,
-            lost: None,
+            damaged: None,
             handles: 0,
             metadata,
             modified: std::time::SystemTime::now(),
             source: None,
             base: Base::Absent,
-            progress: Arc::new(UploadProgress::new(&key_for_progress)),
             tracked: None,
-        })
+        }
     }
 
-    /// `store`, wrapped so that what it uploads or copies is credited to this file's progress.
+    /// A staging copy a dead daemon left, from its journal record: `Closed` (its close was
+    /// acknowledged), with no handle, ready for its upload.
+    pub fn from_record(cache: Arc<CacheDir>, journal: JournalEntry) -> Result<Staged, FsError> {
+        let record = journal.record();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&journal.data)
+            .map_err(io_error)?;
+        let size = file.metadata().map_err(io_error)?.len();
+        let journal = Arc::new(journal);
+        let mut staged = Staged::assemble(
+            cache,
+            record.key.clone(),
+            journal,
+            file,
+            StagedState::Closed,
+            record.metadata.clone(),
+        );
+        staged.size = size;
+        staged.streamable = false;
+        staged.base = record.base;
+        staged.modified =
+            super::meta::mtime_header(&record.metadata).unwrap_or_else(std::time::SystemTime::now);
+        staged.source = record.source.map(|mut src| {
+            if src.len > size {
+                src.len = size;
+                src.local.clip(size);
+                src.written.clip(size);
+            }
+            src
+        });
+        let held = staged.local_bytes();
+        staged.cache.used.fetch_add(held, Ordering::AcqRel);
+        staged.reserved = held;
+        staged.progress.pending.store(true, Ordering::Relaxed);
+        staged.progress.total.store(size, Ordering::Relaxed);
+        staged.persist(true)?;
+        Ok(staged)
+    }
+
+    /// Writes the journal record of this copy as it is now; `durable` fsyncs it (a state a
+    /// program is told about). The multipart upload id is kept as the store wrapper noted it.
+    fn persist(&self, durable: bool) -> Result<(), FsError> {
+        let headers = self.headers();
+        self.journal
+            .update(durable, |r| {
+                r.key = self.key.clone();
+                r.path = self.cache.path_of(&self.key);
+                r.state = self.state;
+                r.base = self.base.clone();
+                r.metadata = headers;
+                r.size = self.size;
+                r.source = self.source.clone();
+            })
+            .map_err(|e| {
+                tracing::error!(record = %self.path.display(), error = %e, "could not write the staging journal");
+                io_error(e)
+            })
+    }
+
+    pub fn state(&self) -> StagedState {
+        self.state
+    }
+
+    /// Transition: a program changed the bytes. `Clean` becomes `Writing`; an acknowledged
+    /// copy stays acknowledged (its bytes must reach the bucket all the same), but its record
+    /// follows the changed ranges of a lazily staged object.
+    fn mark_written(&mut self) -> Result<(), FsError> {
+        match self.state {
+            StagedState::Clean => {
+                self.state = StagedState::Writing;
+                self.persist(false)
+            }
+            StagedState::Closed if self.source.is_some() => self.persist(false),
+            _ => Ok(()),
+        }
+    }
+
+    /// Transition (async write-back's close): every byte is on local disk and the journal
+    /// says the close was acknowledged, so a crash from here on still uploads the file.
+    pub async fn acknowledge(&mut self) -> Result<(), FsError> {
+        if !self.state.is_dirty() {
+            return Ok(());
+        }
+        self.land().await?;
+        self.file.sync_data().map_err(io_error)?;
+        if self.state == StagedState::Writing {
+            self.state = StagedState::Closed;
+        }
+        self.persist(true)
+    }
+
+    /// Transition: the name was removed while the file is open (unlink, or a rename over
+    /// it). The handles keep reading and writing these bytes; nothing is uploaded, and a
+    /// multipart upload in flight is aborted.
+    pub fn unlink(&mut self, store: &Arc<dyn ObjectStore>) {
+        let store = self.tracked(store);
+        self.stop_streaming(&store, "the file was unlinked");
+        self.state = StagedState::Unlinked;
+        self.progress.pending.store(false, Ordering::Relaxed);
+        let _ = self.persist(false);
+    }
+
+    /// `store`, wrapped so that what it uploads or copies is credited to this file's progress
+    /// and every multipart upload it starts is in the journal until it ends.
     fn tracked(&mut self, store: &Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
-        let progress = &self.progress;
+        let (progress, journal) = (&self.progress, &self.journal);
         self.tracked
             .get_or_insert_with(|| {
                 Arc::new(Tracked {
                     inner: store.clone(),
                     progress: progress.clone(),
+                    journal: journal.clone(),
                 })
             })
             .clone()
@@ -398,6 +579,29 @@ impl Staged {
             Some(etag) => Base::Etag(etag.to_string()),
             None => Base::Unknown,
         };
+        let _ = self.persist(false);
+    }
+
+    /// chmod, chown, utimensat, xattrs on a file being written: its coming upload carries
+    /// them. An acknowledged copy records them durably (the change was acknowledged too).
+    pub fn set_metadata(
+        &mut self,
+        metadata: Metadata,
+        modified: Option<std::time::SystemTime>,
+    ) -> Result<(), FsError> {
+        self.metadata = metadata;
+        if let Some(modified) = modified {
+            self.modified = modified;
+        }
+        self.persist(self.state.is_acknowledged())
+    }
+
+    /// The ETag of the object version this copy was made against, when known.
+    pub fn base_etag(&self) -> Option<&str> {
+        match &self.base {
+            Base::Etag(etag) => Some(etag),
+            _ => None,
+        }
     }
 
     /// Checks that the bucket still holds the version this copy was made against. A file the
@@ -460,12 +664,16 @@ impl Staged {
     /// A staging copy of the object as it is in the bucket (for appends and in-place edits),
     /// holding none of its bytes yet: they are fetched when read, or copied at upload.
     pub fn over(cache: Arc<CacheDir>, info: &ObjectInfo) -> Result<Staged, FsError> {
-        let mut staged = Staged::empty(cache, info.key.clone(), info.metadata.clone())?;
+        let mut staged = Staged::created(
+            cache,
+            info.key.clone(),
+            info.metadata.clone(),
+            StagedState::Clean,
+        )?;
         staged.file.set_len(info.size).map_err(io_error)?;
         staged.size = info.size;
-        staged.dirty = false;
         // An empty object appended to streams like a new file.
-        staged.fresh = info.size == 0;
+        staged.streamable = info.size == 0;
         staged.modified = super::meta::file_mtime(info);
         staged.base = Base::Etag(info.etag.clone());
         if info.size > 0 {
@@ -477,6 +685,7 @@ impl Staged {
                 written: RangeSet::default(),
             });
         }
+        staged.persist(false)?;
         Ok(staged)
     }
 
@@ -502,6 +711,13 @@ impl Staged {
             self.cache.release(self.reserved - held);
             self.reserved = held;
         }
+    }
+
+    /// Brings every byte of the file into the staging file, fetching what still lives only
+    /// in the source object (before that object is deleted or replaced).
+    pub async fn fill_all(&mut self, store: &dyn ObjectStore) -> Result<(), FsError> {
+        self.land().await?;
+        self.fill(0, self.size, store).await
     }
 
     /// Fetches the bytes of `[start, end)` that still live only in the source object.
@@ -537,50 +753,36 @@ impl Staged {
         Ok(())
     }
 
-    /// The file was renamed (its object copied to `key`, now at `etag`).
-    pub fn retarget(&mut self, key: &str, etag: &str) {
+    /// The file was renamed (its object copied to `key`, now at `etag`). The journal says so
+    /// (durably) before the rename returns, so a crash cannot upload to the old name.
+    pub fn retarget(&mut self, key: &str, etag: &str) -> Result<(), FsError> {
         self.key = key.to_string();
         *self.progress.key.lock().unwrap_or_else(|e| e.into_inner()) = key.to_string();
         if let Some(src) = &mut self.source {
             src.key = key.to_string();
             src.etag = etag.to_string();
         }
+        self.persist(true)
     }
 
     /// Whether a listing of the bucket may not show this file although programs see it: new,
     /// never uploaded, and not deleted.
     pub fn only_local(&self) -> bool {
-        self.base == Base::Absent && self.dirty
-    }
-
-    /// Makes the staging copy durable on local disk (async write-back's promise at close).
-    pub async fn sync_to_disk(&mut self) -> Result<(), FsError> {
-        self.land().await?;
-        self.file.sync_data().map_err(io_error)
+        self.base == Base::Absent && self.state.is_dirty()
     }
 
     pub fn size(&self) -> u64 {
         self.size
     }
 
-    /// The file was unlinked while open: like a local file, its content goes when the last
-    /// handle closes, and nothing is uploaded.
-    pub fn discard(&mut self) {
-        self.dirty = false;
-        self.progress.pending.store(false, Ordering::Relaxed);
-        self.fresh = false;
-        self.tail = None;
-        self.sealed.clear();
-    }
-
     pub fn is_dirty(&self) -> bool {
-        self.dirty
+        self.state.is_dirty()
     }
 
     /// Refuses to go on with a copy whose upload failed (the program was told; its bytes are
     /// in recovery).
     fn check_not_failed(&self) -> Result<(), FsError> {
-        if self.failed {
+        if self.state == StagedState::Failed {
             return Err(FsError::Store(StoreError::Other(
                 "an earlier upload of this file failed; its bytes are in recovery".into(),
             )));
@@ -591,7 +793,7 @@ impl Staged {
     /// Refuses changes to a copy that can no longer be uploaded.
     fn check_writable(&self) -> Result<(), FsError> {
         self.check_not_failed()?;
-        if let Some(why) = &self.lost {
+        if let Some(why) = &self.damaged {
             return Err(FsError::Store(StoreError::Other(why.clone())));
         }
         Ok(())
@@ -632,7 +834,7 @@ impl Staged {
             }
             // Into the staging file, unless a part buffer takes over an append.
             let mut n = rest.len();
-            if self.fresh && self.source.is_none() && at == self.size {
+            if self.streamable && self.source.is_none() && at == self.size {
                 let (number, start, len) = streaming_part(tuning.part_size, at);
                 // The first part stays in the file: most files are small, and go up in one
                 // PUT.
@@ -660,11 +862,11 @@ impl Staged {
                 src.written.insert(offset, changed_end);
             }
         }
-        self.dirty = true;
         self.progress.pending.store(true, Ordering::Relaxed);
         self.progress.total.store(self.size, Ordering::Relaxed);
         self.modified = std::time::SystemTime::now();
         self.settle();
+        self.mark_written()?;
         self.advance_stream(store, tuning, false).await;
         Ok(data.len() as u32)
     }
@@ -709,10 +911,9 @@ impl Staged {
             }
         }
         self.size = size;
-        self.dirty = true;
         self.modified = std::time::SystemTime::now();
         self.settle();
-        Ok(())
+        self.mark_written()
     }
 
     /// Uploads the staging copy if it changed. On failure, keeps the bytes in `recovery/`.
@@ -726,12 +927,16 @@ impl Staged {
             self.progress.restart();
         }
         self.progress.total.store(self.size, Ordering::Relaxed);
-        if !self.dirty {
-            tracing::debug!(key = %self.key, "nothing to upload: unchanged since the last upload");
+        self.check_not_failed()?;
+        if !self.state.is_dirty() {
+            tracing::debug!(key = %self.key, state = ?self.state, "nothing to upload");
             return Ok(None);
         }
         tracing::debug!(key = %self.key, size = self.size, streaming = self.streaming.is_some(), "uploading");
-        self.check_not_failed()?;
+        if self.state == StagedState::Closed {
+            self.state = StagedState::Uploading;
+            let _ = self.persist(false);
+        }
         let over_source = self.source.as_ref().is_some_and(|s| s.len > 0);
         let result = match self.check_conflict(store, tuning.conflict).await {
             Err(e) => {
@@ -754,19 +959,14 @@ impl Staged {
         // Whatever happened, the next change starts from a known state: no streaming, except
         // into a file that is empty in the bucket (programs that create a file often close a
         // first descriptor of it before writing through another, as dd does).
-        self.fresh = false;
+        self.streamable = false;
         match result {
             Ok(etag) => {
-                self.fresh = self.size == 0;
-                tracing::debug!(key = %self.key, size = self.size, %etag, "uploaded");
-                self.dirty = false;
-                self.progress.pending.store(false, Ordering::Relaxed);
-                self.base = Base::Etag(etag.clone());
-                self.now_mirrors(&etag);
+                self.uploaded(&etag);
                 Ok(Some(etag))
             }
             Err(e) => {
-                self.failed = true;
+                self.state = StagedState::Failed;
                 // The recovery copy should be whole: bytes still in memory go to it, and
                 // what was never read is fetched, if the source still answers.
                 let landed = self.land().await.is_ok();
@@ -787,8 +987,18 @@ impl Staged {
         }
     }
 
-    /// After an upload the bucket holds exactly this file: it becomes the new source, so
-    /// a later change uploads only what differs from it.
+    /// Transition: the bucket holds exactly these bytes (as `etag`). The copy is `Clean` and
+    /// becomes the source of later changes, so that they upload only what differs.
+    fn uploaded(&mut self, etag: &str) {
+        tracing::debug!(key = %self.key, size = self.size, %etag, "uploaded");
+        self.streamable = self.size == 0;
+        self.state = StagedState::Clean;
+        self.progress.pending.store(false, Ordering::Relaxed);
+        self.base = Base::Etag(etag.to_string());
+        self.now_mirrors(etag);
+        let _ = self.persist(false);
+    }
+
     fn now_mirrors(&mut self, etag: &str) {
         let mut local = match self.source.take() {
             Some(src) => {
@@ -867,15 +1077,16 @@ impl Staged {
         complete_or_abort(store, key, upload, parts).await
     }
 
+    /// Moves the bytes to `recovery/TIME/PATH` (the journal record goes: a failed copy is
+    /// the user's now, not the mount's).
     fn keep_for_recovery(&mut self) -> String {
-        let name = super::names::safe_file_name(&self.key);
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let target = self.cache.recovery.join(format!("{stamp}-{name}"));
+        let stamp = super::journal::utc_stamp(std::time::SystemTime::now());
+        let target = self
+            .cache
+            .recovery_place(&stamp, &self.cache.path_of(&self.key));
         match std::fs::rename(&self.path, &target) {
             Ok(()) => {
+                self.journal.remove_record();
                 self.path = target.clone();
                 target.display().to_string()
             }

@@ -189,6 +189,21 @@ impl Bucket {
     }
 }
 
+/// Every file below `dir`, at any depth, sorted.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_below(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Runs a command that must succeed; returns its output.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -350,10 +365,9 @@ impl Mount {
     }
 
     /// Files kept in the cache directory's recovery/ after failed uploads.
+    /// (At any depth: `recovery/TIME/PATH`.)
     pub fn recovered(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.cache.join("recovery"))
-            .map(|d| d.map(|e| e.expect("entry").path()).collect())
-            .unwrap_or_default()
+        files_below(&self.cache.join("recovery"))
     }
 
     pub fn log_text(&self) -> String {

@@ -142,7 +142,7 @@ impl Staged {
         if let Some(tail) = self.tail.take() {
             let bytes = tail.buf.freeze();
             self.start_landing(tail.start, bytes.clone()).await;
-            if self.fresh {
+            if self.streamable {
                 self.sealed.push_back((tail.start, bytes));
             }
         }
@@ -186,7 +186,7 @@ impl Staged {
             Err(e) => e.to_string(),
         };
         tracing::error!(key = %self.key, staging = %self.path.display(), %error, "a part could not be written to the staging file; this file can no longer be saved whole");
-        self.lost.get_or_insert_with(|| {
+        self.damaged.get_or_insert_with(|| {
             format!("a part could not be written to the staging file: {error}")
         });
     }
@@ -202,7 +202,7 @@ impl Staged {
         while let Some(handle) = self.landing.pop_front() {
             self.note_landing(handle.await);
         }
-        match &self.lost {
+        match &self.damaged {
             Some(why) => Err(FsError::Store(StoreError::Other(why.clone()))),
             None => Ok(()),
         }
@@ -213,7 +213,7 @@ impl Staged {
         if let Some(stream) = self.streaming.take() {
             stream.abandon(store, &self.key, why);
         }
-        self.fresh = false;
+        self.streamable = false;
         self.sealed.clear();
     }
 
@@ -227,7 +227,7 @@ impl Staged {
         tuning: WriteTuning,
         to_end: bool,
     ) {
-        if !self.fresh || self.failed || self.lost.is_some() {
+        if !self.streamable || !self.state.is_dirty() || self.damaged.is_some() {
             self.sealed.clear();
             return;
         }

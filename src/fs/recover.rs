@@ -1,0 +1,154 @@
+//! Reconciling at start: what a daemon that did not finish (SIGKILL, the OOM killer, a power
+//! cut, SIGTERM past systemd's stop timeout) left in the cache directory's `staging/`. Its
+//! journal says, for each staging file, what to do:
+//!
+//! - a file whose close was acknowledged is uploaded (in the background, with its progress in
+//!   `pailfs status`; the conflict policy applies against the version it was opened over);
+//! - a file never closed is moved to `recovery/TIME/PATH` and named in the start-up output;
+//! - a copy the bucket already holds, or one unlinked while open, is deleted;
+//! - any multipart upload the journal recorded is aborted first.
+//!
+//! Nothing is deleted that the bucket does not have, or that the user did not delete.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::error::FsError;
+use super::journal::{self, JournalEntry, StagedState};
+use super::staging::StagedFile;
+use super::write::Staged;
+use super::{lock, Fs, Kind};
+use crate::store::StoreError;
+
+/// What reconciling found and did, for the start-up output and the log.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Acknowledged files now uploading: (path below the mount root, size).
+    pub uploading: Vec<(String, u64)>,
+    /// Unsaved files moved to `recovery/`: (what they were, where they are, size).
+    pub recovered: Vec<(String, PathBuf, u64)>,
+    /// Multipart uploads aborted.
+    pub aborted: usize,
+}
+
+impl Reconciled {
+    /// One line per finding, for a person reading the start-up output.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (path, size) in &self.uploading {
+            out.push(format!(
+                "uploading {path} ({size} bytes): its close was acknowledged before the last mount stopped"
+            ));
+        }
+        for (what, place, size) in &self.recovered {
+            out.push(format!(
+                "{what} ({size} bytes) was still being written when the last mount stopped; its bytes are in {}",
+                place.display()
+            ));
+        }
+        if self.aborted > 0 {
+            out.push(format!(
+                "aborted {} unfinished multipart upload(s) of the last mount",
+                self.aborted
+            ));
+        }
+        out
+    }
+}
+
+impl Fs {
+    /// Settles what a dead daemon left in the cache directory (see the module doc). Runs
+    /// before the mount answers; uploads of acknowledged files go on in the background.
+    pub async fn reconcile(self: &Arc<Self>) -> Result<Reconciled, FsError> {
+        let Ok(cache) = self.writable() else {
+            return Ok(Reconciled::default());
+        };
+        let cache = cache.clone();
+        let left = journal::leftovers(cache.staging_dir())
+            .map_err(|e| FsError::Store(StoreError::Other(format!("reading staging: {e}"))))?;
+        let stamp = journal::utc_stamp(std::time::SystemTime::now());
+        let mut done = Reconciled::default();
+        for entry in left.entries {
+            let record = entry.record();
+            if let Some(id) = &record.upload_id {
+                match self.store.abort_multipart(&record.key, id).await {
+                    Ok(()) | Err(StoreError::NotFound) => done.aborted += 1,
+                    Err(e) => {
+                        tracing::warn!(key = %record.key, upload_id = %id, error = %e, "could not abort a multipart upload the last mount left; a lifecycle rule for incomplete uploads removes its parts")
+                    }
+                }
+                let _ = entry.update(true, |r| r.upload_id = None);
+            }
+            let here =
+                record.location == cache.location() && record.key.starts_with(self.prefix.as_str());
+            match record.state {
+                StagedState::Clean | StagedState::Unlinked => remove_entry(&entry),
+                StagedState::Closed | StagedState::Uploading if here => {
+                    let size = self.adopt(entry, &cache)?;
+                    done.uploading.push((record.path.clone(), size));
+                }
+                _ => {
+                    let size = std::fs::metadata(&entry.data).map_or(0, |m| m.len());
+                    if size == 0 && record.base == journal::Base::Absent {
+                        // A new file nothing was written to holds nothing to recover.
+                        remove_entry(&entry);
+                        continue;
+                    }
+                    let place = cache.recovery_place(&stamp, &record.path);
+                    if let Err(e) = std::fs::rename(&entry.data, &place) {
+                        tracing::error!(staging = %entry.data.display(), error = %e, "could not move an unsaved staging file to recovery; it stays where it is");
+                        continue;
+                    }
+                    entry.remove_record();
+                    let what = if here {
+                        record.path.clone()
+                    } else {
+                        format!("{} (of {})", record.key, record.location)
+                    };
+                    done.recovered.push((what, place, size));
+                }
+            }
+        }
+        for path in left.unknown {
+            let name = path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().to_string());
+            let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let place = cache.recovery_place(&stamp, &format!("unknown/{name}"));
+            if std::fs::rename(&path, &place).is_ok() {
+                done.recovered.push((
+                    format!("a staging file without a record ({name})"),
+                    place,
+                    size,
+                ));
+            }
+        }
+        for line in done.lines() {
+            tracing::warn!("{line}");
+        }
+        Ok(done)
+    }
+
+    /// Takes an acknowledged copy over as a file being written with no handle, and uploads
+    /// it in the background. Returns its size.
+    fn adopt(
+        self: &Arc<Self>,
+        entry: JournalEntry,
+        cache: &Arc<super::write::CacheDir>,
+    ) -> Result<u64, FsError> {
+        let path = cache.path_of(&entry.record().key);
+        let staged = Staged::from_record(cache.clone(), entry)?;
+        let size = staged.size();
+        lock(&self.progress).push(Arc::downgrade(&staged.progress));
+        let ino = lock(&self.inodes).peek(Kind::File, &path);
+        let staged = Arc::new(StagedFile::new(staged));
+        lock(&self.staged).insert(ino, staged.clone());
+        self.upload_in_background(ino, staged);
+        Ok(size)
+    }
+}
+
+fn remove_entry(entry: &JournalEntry) {
+    let _ = std::fs::remove_file(&entry.data);
+    entry.remove_record();
+}
