@@ -32,7 +32,8 @@ pub fn default_log_file(mountpoint: &Path) -> PathBuf {
 
 /// Parent side: start the daemon (this program again, in the foreground, detached from the
 /// terminal) and wait until it reports the mount ready or explains why it is not.
-pub fn spawn_daemon(args: &[String], cfg: &MountConfig) -> Result<String, String> {
+/// Returns the log path and the notes the daemon reported with its readiness.
+pub fn spawn_daemon(args: &[String], cfg: &MountConfig) -> Result<(String, Vec<String>), String> {
     let log_path = cfg
         .log_file
         .clone()
@@ -81,8 +82,12 @@ pub fn spawn_daemon(args: &[String], cfg: &MountConfig) -> Result<String, String
     let mut message = Vec::new();
     let mut reader = std::fs::File::from(read_end);
     let _ = reader.read_to_end(&mut message);
-    if message.starts_with(READY) {
-        return Ok(log_path.display().to_string());
+    if let Some(notes) = message.strip_prefix(READY) {
+        let notes = String::from_utf8_lossy(notes)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        return Ok((log_path.display().to_string(), notes));
     }
     let status = child.wait().ok();
     let text = String::from_utf8_lossy(&message).trim().to_string();
@@ -95,6 +100,16 @@ pub fn spawn_daemon(args: &[String], cfg: &MountConfig) -> Result<String, String
     } else {
         Err(text)
     }
+}
+
+/// The bucket a cache directory serves, as its journal records name it: a record is uploaded
+/// only by a mount of the same bucket at the same endpoint.
+fn cache_identity(cfg: &MountConfig) -> String {
+    format!(
+        "s3://{}/ at {}",
+        cfg.location.bucket,
+        cfg.s3.endpoint.as_deref().unwrap_or("AWS")
+    )
 }
 
 /// Reports the outcome of start-up to whoever waits on the readiness pipe.
@@ -124,11 +139,14 @@ impl Readiness {
         self.daemon
     }
 
-    /// The mount answers: tells the waiting `pailfs mount` (daemon mode) and systemd
-    /// (`Type=notify`).
-    pub fn ready(&mut self, status: &str) {
+    /// The mount answers: tells the waiting `pailfs mount` (daemon mode), with `notes` for
+    /// it to print (what start-up found), and systemd (`Type=notify`).
+    pub fn ready(&mut self, status: &str, notes: &[String]) {
         if let Some(mut pipe) = self.pipe.take() {
             let _ = pipe.write_all(READY);
+            for note in notes {
+                let _ = writeln!(pipe, "{note}");
+            }
         }
         crate::notify::notify(&format!("READY=1\nSTATUS={status}"));
     }
@@ -282,19 +300,44 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         cfg.location.prefix.clone(),
         cfg.fs.clone(),
     );
+    let mut _cache_lock = None;
     if !cfg.fs.read_only {
-        let cache = crate::fs::write::CacheDir::open(&cfg.cache_dir, cfg.max_cache_size).map(|c| {
-            c.with_min_free_ratio(cfg.cache_min_free)
-                .with_write_buffers(cfg.write_buffer_memory)
-        }).map_err(|e| {
+        let cannot_use = |e: &dyn std::fmt::Display| {
             format!(
                 "cannot use the cache directory {}: {e}; choose another with --cache-dir (or mount --read-only)",
                 cfg.cache_dir.display()
             )
-        })?;
+        };
+        std::fs::create_dir_all(&cfg.cache_dir).map_err(|e| cannot_use(&e))?;
+        // One live mount per cache directory: two would reconcile (and upload) each other's
+        // files being written.
+        _cache_lock = Some(crate::fs::journal::CacheLock::acquire(
+            &cfg.cache_dir,
+            &format!(
+                "mountpoint {}\nlocation {}",
+                cfg.mountpoint.display(),
+                cache_identity(&cfg)
+            ),
+        )?);
+        let cache = crate::fs::write::CacheDir::open(&cfg.cache_dir, cfg.max_cache_size)
+            .map(|c| {
+                c.with_min_free_ratio(cfg.cache_min_free)
+                    .with_write_buffers(cfg.write_buffer_memory)
+                    .for_mount(&cache_identity(&cfg), &cfg.location.prefix)
+            })
+            .map_err(|e| cannot_use(&e))?;
         fs = fs.with_cache(Arc::new(cache));
     }
     let fs = Arc::new(fs);
+    // What a daemon that did not finish left: acknowledged files upload (in the background),
+    // unsaved ones go to recovery/, and the start-up output names them.
+    let reconciled = runtime.block_on(fs.reconcile()).map_err(|e| {
+        format!(
+            "reconciling the cache directory {}: {e}",
+            cfg.cache_dir.display()
+        )
+    })?;
+    let notes = reconciled.lines();
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let mut options = vec![
         MountOption::FSName(format!(
@@ -359,13 +402,19 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         read_only = cfg.fs.read_only,
         "mounted"
     );
-    readiness.ready(&format!(
-        "mounted s3://{}/{} on {}",
-        cfg.location.bucket,
-        cfg.location.prefix,
-        cfg.mountpoint.display()
-    ));
+    readiness.ready(
+        &format!(
+            "mounted s3://{}/{} on {}",
+            cfg.location.bucket,
+            cfg.location.prefix,
+            cfg.mountpoint.display()
+        ),
+        &notes,
+    );
     if !readiness.is_daemon() {
+        for note in &notes {
+            eprintln!("pailfs: {note}");
+        }
         eprintln!(
             "pailfs: mounted s3://{}/{} on {}; press Ctrl-C (or run fusermount3 -u {}) to unmount",
             cfg.location.bucket,

@@ -310,7 +310,10 @@ fn main() -> ExitCode {
                     cfg.location.describe(cfg.s3.endpoint.as_deref())
                 );
                 return match spawn_daemon(&args[1..], &cfg) {
-                    Ok(log) => {
+                    Ok((log, notes)) => {
+                        for note in notes {
+                            eprintln!("pailfs: {note}");
+                        }
                         eprintln!(
                             "pailfs: mounted on {} (log: {log}; unmount with: fusermount3 -u {})",
                             cfg.mountpoint.display(),

@@ -862,6 +862,8 @@ impl Fs {
 }
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
 mod namespace_tests;
 #[cfg(test)]
 mod tests;

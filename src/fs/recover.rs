@@ -20,13 +20,25 @@ use super::write::Staged;
 use super::{lock, Fs, Kind};
 use crate::store::StoreError;
 
+/// An unsaved file moved to `recovery/`.
+#[derive(Debug)]
+pub struct Recovered {
+    /// What it was: its path below the mount root (or its key, for another bucket's file).
+    pub what: String,
+    pub place: PathBuf,
+    pub size: u64,
+    /// It was an edit of an object the bucket still holds, staged lazily: the copy has zeros
+    /// where the edit neither wrote nor read.
+    pub partial: bool,
+}
+
 /// What reconciling found and did, for the start-up output and the log.
 #[derive(Debug, Default)]
 pub struct Reconciled {
     /// Acknowledged files now uploading: (path below the mount root, size).
     pub uploading: Vec<(String, u64)>,
-    /// Unsaved files moved to `recovery/`: (what they were, where they are, size).
-    pub recovered: Vec<(String, PathBuf, u64)>,
+    /// Unsaved files moved to `recovery/`.
+    pub recovered: Vec<Recovered>,
     /// Multipart uploads aborted.
     pub aborted: usize,
 }
@@ -40,10 +52,17 @@ impl Reconciled {
                 "uploading {path} ({size} bytes): its close was acknowledged before the last mount stopped"
             ));
         }
-        for (what, place, size) in &self.recovered {
+        for r in &self.recovered {
             out.push(format!(
-                "{what} ({size} bytes) was still being written when the last mount stopped; its bytes are in {}",
-                place.display()
+                "{} ({} bytes) was still being written when the last mount stopped; its bytes are in {}{}",
+                r.what,
+                r.size,
+                r.place.display(),
+                if r.partial {
+                    " (an edit of an object the bucket still holds: bytes the edit did not touch are zeros there)"
+                } else {
+                    ""
+                }
             ));
         }
         if self.aborted > 0 {
@@ -105,7 +124,12 @@ impl Fs {
                     } else {
                         format!("{} (of {})", record.key, record.location)
                     };
-                    done.recovered.push((what, place, size));
+                    done.recovered.push(Recovered {
+                        what,
+                        place,
+                        size,
+                        partial: record.source.is_some(),
+                    });
                 }
             }
         }
@@ -116,11 +140,12 @@ impl Fs {
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
             let place = cache.recovery_place(&stamp, &format!("unknown/{name}"));
             if std::fs::rename(&path, &place).is_ok() {
-                done.recovered.push((
-                    format!("a staging file without a record ({name})"),
+                done.recovered.push(Recovered {
+                    what: format!("a staging file without a record ({name})"),
                     place,
                     size,
-                ));
+                    partial: false,
+                });
             }
         }
         for line in done.lines() {

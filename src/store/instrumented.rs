@@ -67,6 +67,9 @@ pub struct Instrumented {
     inner: Arc<dyn ObjectStore>,
     counters: Arc<RequestCounters>,
     faults: Mutex<HashMap<RequestKind, Fault>>,
+    /// Requests begun, and the number from which none reaches the store (`halt_after`).
+    begun: AtomicU64,
+    halt_at: AtomicU64,
 }
 
 impl Instrumented {
@@ -75,7 +78,16 @@ impl Instrumented {
             inner,
             counters: Arc::new(RequestCounters::default()),
             faults: Mutex::new(HashMap::new()),
+            begun: AtomicU64::new(0),
+            halt_at: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// From the `n`th next request on (of any kind), requests never answer: the store stops
+    /// as if the process sending them was killed there (crash tests).
+    pub fn halt_after(&self, n: u64) {
+        let now = self.begun.load(Ordering::SeqCst);
+        self.halt_at.store(now.saturating_add(n), Ordering::SeqCst);
     }
 
     pub fn counters(&self) -> Arc<RequestCounters> {
@@ -94,7 +106,10 @@ impl Instrumented {
         );
     }
 
-    fn begin(&self, kind: RequestKind) -> Result<(), StoreError> {
+    async fn begin(&self, kind: RequestKind) -> Result<(), StoreError> {
+        if self.begun.fetch_add(1, Ordering::SeqCst) >= self.halt_at.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.counters.slot(kind).fetch_add(1, Ordering::Relaxed);
         let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fault) = faults.get_mut(&kind) {
@@ -120,12 +135,12 @@ impl Instrumented {
 #[async_trait]
 impl ObjectStore for Instrumented {
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
-        self.begin(RequestKind::Head)?;
+        self.begin(RequestKind::Head).await?;
         self.finish(self.inner.head(key).await)
     }
 
     async fn list(&self, request: ListRequest) -> Result<ListPage, StoreError> {
-        self.begin(RequestKind::List)?;
+        self.begin(RequestKind::List).await?;
         self.finish(self.inner.list(request).await)
     }
 
@@ -135,7 +150,7 @@ impl ObjectStore for Instrumented {
         body: Bytes,
         metadata: &Metadata,
     ) -> Result<String, StoreError> {
-        self.begin(RequestKind::Put)?;
+        self.begin(RequestKind::Put).await?;
         let len = body.len() as u64;
         let result = self.finish(self.inner.put_object(key, body, metadata).await);
         if result.is_ok() {
@@ -147,7 +162,7 @@ impl ObjectStore for Instrumented {
     }
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
-        self.begin(RequestKind::Delete)?;
+        self.begin(RequestKind::Delete).await?;
         self.finish(self.inner.delete_object(key).await)
     }
 
@@ -157,12 +172,12 @@ impl ObjectStore for Instrumented {
         to: &str,
         metadata: Option<&Metadata>,
     ) -> Result<String, StoreError> {
-        self.begin(RequestKind::Copy)?;
+        self.begin(RequestKind::Copy).await?;
         self.finish(self.inner.copy_object(from, to, metadata).await)
     }
 
     async fn create_multipart(&self, key: &str, metadata: &Metadata) -> Result<String, StoreError> {
-        self.begin(RequestKind::CreateMultipart)?;
+        self.begin(RequestKind::CreateMultipart).await?;
         self.finish(self.inner.create_multipart(key, metadata).await)
     }
 
@@ -175,7 +190,7 @@ impl ObjectStore for Instrumented {
         source_etag: Option<&str>,
         range: ByteRange,
     ) -> Result<String, StoreError> {
-        self.begin(RequestKind::PartCopy)?;
+        self.begin(RequestKind::PartCopy).await?;
         self.finish(
             self.inner
                 .upload_part_copy(key, upload_id, number, source, source_etag, range)
@@ -190,7 +205,7 @@ impl ObjectStore for Instrumented {
         number: u32,
         body: Bytes,
     ) -> Result<String, StoreError> {
-        self.begin(RequestKind::UploadPart)?;
+        self.begin(RequestKind::UploadPart).await?;
         let len = body.len() as u64;
         let result = self.finish(self.inner.upload_part(key, upload_id, number, body).await);
         if result.is_ok() {
@@ -207,12 +222,12 @@ impl ObjectStore for Instrumented {
         upload_id: &str,
         parts: &[UploadedPart],
     ) -> Result<String, StoreError> {
-        self.begin(RequestKind::CompleteMultipart)?;
+        self.begin(RequestKind::CompleteMultipart).await?;
         self.finish(self.inner.complete_multipart(key, upload_id, parts).await)
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        self.begin(RequestKind::AbortMultipart)?;
+        self.begin(RequestKind::AbortMultipart).await?;
         self.finish(self.inner.abort_multipart(key, upload_id).await)
     }
 
@@ -232,7 +247,7 @@ impl ObjectStore for Instrumented {
         if_match: Option<&str>,
         buffer: bytes::BytesMut,
     ) -> Result<Bytes, StoreError> {
-        self.begin(RequestKind::Get)?;
+        self.begin(RequestKind::Get).await?;
         let result = self.finish(
             self.inner
                 .get_range_into(key, range, if_match, buffer)

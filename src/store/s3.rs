@@ -696,17 +696,31 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| needs(classify(e), "s3:GetObject"))?;
+        // A server that ignores Range answers 200 with the whole object: from offset 0 its
+        // first bytes are still the range; from elsewhere they are not.
+        if out.content_range().is_none() && range.start > 0 {
+            return Err(StoreError::Other(
+                "the server ignored the Range header of a ranged GET (answered the whole object)"
+                    .into(),
+            ));
+        }
         // Stream into one buffer of the final size: collecting chunks and then joining them
-        // would hold every part twice and copy it once more.
+        // would hold every part twice and copy it once more. Never more than asked, whatever
+        // the server sends.
         let mut body = out.body;
+        let want = range.len() as usize;
         buffer.clear();
-        buffer.reserve(range.len() as usize);
-        while let Some(chunk) = body
-            .try_next()
-            .await
-            .map_err(|e| StoreError::Unreachable(format!("reading the response body: {e}")))?
-        {
-            buffer.extend_from_slice(&chunk);
+        buffer.reserve(want);
+        while buffer.len() < want {
+            let Some(chunk) = body
+                .try_next()
+                .await
+                .map_err(|e| StoreError::Unreachable(format!("reading the response body: {e}")))?
+            else {
+                break;
+            };
+            let room = want - buffer.len();
+            buffer.extend_from_slice(&chunk[..chunk.len().min(room)]);
         }
         Ok(buffer.freeze())
     }
