@@ -172,6 +172,28 @@ impl Bucket {
         Some(bytes.into_bytes().to_vec())
     }
 
+    /// Multipart uploads the bucket holds open (ListMultipartUploads): (key, upload id).
+    pub fn open_uploads(&self) -> Vec<(String, String)> {
+        let out = self
+            .rt
+            .block_on(
+                self.client
+                    .list_multipart_uploads()
+                    .bucket(&self.name)
+                    .send(),
+            )
+            .expect("list multipart uploads");
+        out.uploads()
+            .iter()
+            .map(|u| {
+                (
+                    u.key().unwrap_or_default().to_string(),
+                    u.upload_id().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
     pub fn delete(&self, key: &str) {
         self.rt
             .block_on(
@@ -368,6 +390,31 @@ impl Mount {
     /// (At any depth: `recovery/TIME/PATH`.)
     pub fn recovered(&self) -> Vec<PathBuf> {
         files_below(&self.cache.join("recovery"))
+    }
+
+    /// The daemon's process id, from the lock it holds on its cache directory.
+    pub fn daemon_pid(&self) -> i32 {
+        let lock = std::fs::read_to_string(self.cache.join("lock")).expect("cache lock file");
+        lock.lines()
+            .find_map(|l| l.strip_prefix("pid ")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in the cache lock: {lock}"))
+    }
+
+    /// Kills the daemon with SIGKILL (no cleanup of any kind runs) and waits for it to be
+    /// gone. The dead mount stays until `unmount`.
+    pub fn kill_daemon(&self) {
+        let pid = self.daemon_pid();
+        // SAFETY: kill(2) on the daemon this test started; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill {pid}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.split(' ').nth(2) == Some("Z") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the daemon survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn log_text(&self) -> String {
