@@ -322,7 +322,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         let cache = crate::fs::write::CacheDir::open(&cfg.cache_dir, cfg.max_cache_size)
             .map(|c| {
                 c.with_min_free_ratio(cfg.cache_min_free)
-                    .with_write_buffers(cfg.write_buffer_memory)
+                    .with_write_buffers(cfg.write_buffer_memory, cfg.fs.write.upload_concurrency)
                     .for_mount(&cache_identity(&cfg), &cfg.location.prefix)
             })
             .map_err(|e| cannot_use(&e))?;

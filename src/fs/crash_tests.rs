@@ -504,3 +504,62 @@ async fn a_read_only_mount_signs_no_uploads() {
         .await
         .is_ok());
 }
+
+#[tokio::test]
+async fn stat_answers_from_the_staged_copy_while_its_upload_runs() {
+    let w = write_rig(1 << 30);
+    let fs = w.rig.fs.clone();
+    let (attr, fh) = fs
+        .create(Ino::ROOT, "slow.bin", 0o644, caller())
+        .await
+        .unwrap();
+    fs.write(fh, 0, &[7u8; 300_000]).await.unwrap();
+    // The upload at close hangs (the store stopped answering) while holding the copy.
+    w.rig.store.halt_after(0);
+    let closing = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.flush(fh).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stat = tokio::time::timeout(Duration::from_millis(500), fs.getattr(attr.ino))
+        .await
+        .expect("stat does not wait for the upload")
+        .unwrap();
+    assert_eq!(stat.size, 300_000);
+    let looked = tokio::time::timeout(Duration::from_millis(500), fs.lookup(Ino::ROOT, "slow.bin"))
+        .await
+        .expect("lookup does not wait for the upload")
+        .unwrap();
+    assert_eq!(looked.ino, attr.ino);
+    assert!(!closing.is_finished());
+    closing.abort();
+}
+
+#[tokio::test]
+async fn the_upload_budget_is_shared_by_every_file_of_the_mount() {
+    let budget = write::UploadBudget::new(2, 16 << 20);
+    let first = budget.admit(1 << 20).await;
+    let _second = budget.admit(1 << 20).await;
+    let wait = Duration::from_millis(100);
+    assert!(
+        tokio::time::timeout(wait, budget.admit(1 << 20))
+            .await
+            .is_err(),
+        "a third part waits, whichever file it belongs to"
+    );
+    drop(first);
+    let third = tokio::time::timeout(wait, budget.admit(1 << 20))
+        .await
+        .expect("admitted once a part is done");
+    drop(third);
+    // Bytes count too: a part as large as the whole budget waits for all of it.
+    let held = budget.admit(1 << 20).await;
+    assert!(tokio::time::timeout(wait, budget.admit(64 << 20))
+        .await
+        .is_err());
+    drop(held);
+    drop(_second);
+    assert!(tokio::time::timeout(wait, budget.admit(64 << 20))
+        .await
+        .is_ok());
+}

@@ -151,7 +151,7 @@ impl JournalEntry {
     pub fn update(&self, durable: bool, edit: impl FnOnce(&mut Record)) -> std::io::Result<()> {
         let mut record = lock(&self.record);
         edit(&mut record);
-        write_record(&self.record_path, &record, durable)
+        super::blocking::blocking(|| write_record(&self.record_path, &record, durable))
     }
 
     /// Records the multipart upload now in flight for these bytes. Durable: an id the

@@ -1,6 +1,7 @@
 //! Filesystem semantics over an `ObjectStore`, with no FUSE types: plain inode numbers,
 //! handles, offsets and names in; attributes, bytes and `FsError`s out.
 
+mod blocking;
 pub mod buffers;
 pub mod dir;
 pub mod error;

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
+use super::blocking::blocking;
 use super::error::FsError;
 use super::journal::{Base, JournalEntry, Record, Source, StagedState};
 use super::part_buffer::PartPool;
@@ -34,6 +35,8 @@ use streaming::{streaming_part, LandingFiles, StreamingUpload, Tail};
 const DRAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Memory for write parts unless configured (the `--write-buffer-memory` default).
 const DEFAULT_WRITE_BUFFERS: u64 = 64 << 20;
+/// Parts uploaded at once unless configured (the `--max-upload-concurrency` default).
+const DEFAULT_UPLOADS_AT_ONCE: usize = 4;
 /// Largest number of parts S3 accepts in one multipart upload.
 const MAX_PARTS: u64 = 10_000;
 /// Smallest part S3 accepts (except the last).
@@ -75,6 +78,8 @@ pub struct CacheDir {
     min_free_ratio: f64,
     /// Memory for parts on their way from programs to the bucket and the staging file.
     parts: PartPool,
+    /// Parts being uploaded, by every file of the mount.
+    uploads: UploadBudget,
     /// Woken whenever staging space is freed.
     drained: tokio::sync::Notify,
 }
@@ -124,6 +129,7 @@ impl CacheDir {
             next: AtomicU64::new(next),
             min_free_ratio: 0.0,
             parts: PartPool::new(DEFAULT_WRITE_BUFFERS),
+            uploads: UploadBudget::new(DEFAULT_UPLOADS_AT_ONCE, DEFAULT_WRITE_BUFFERS),
             drained: tokio::sync::Notify::new(),
         })
     }
@@ -177,9 +183,17 @@ impl CacheDir {
     }
 
     /// Caps the memory holding parts of sequentially written files (`--write-buffer-memory`).
-    pub fn with_write_buffers(mut self, bytes: u64) -> CacheDir {
+    /// and the parts being uploaded, by all files together (`--max-upload-concurrency` parts
+    /// at once).
+    pub fn with_write_buffers(mut self, bytes: u64, parts_at_once: usize) -> CacheDir {
         self.parts = PartPool::new(bytes);
+        self.uploads = UploadBudget::new(parts_at_once, bytes);
         self
+    }
+
+    /// The mount-wide budget of parts being uploaded.
+    pub fn uploads(&self) -> &UploadBudget {
+        &self.uploads
     }
 
     /// Keeps at least `min_free_ratio` of the cache's filesystem free, whoever else uses it.
@@ -281,6 +295,45 @@ impl CacheDir {
 
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// Mount-wide limits on parts being uploaded, shared by every file being written: at most
+/// `--max-upload-concurrency` parts at once, holding at most `--write-buffer-memory` bytes, so
+/// that N files written at once use no more memory or connections than one.
+pub struct UploadBudget {
+    parts: Arc<tokio::sync::Semaphore>,
+    mib: Arc<tokio::sync::Semaphore>,
+    total_mib: u32,
+}
+
+/// One part's share of the `UploadBudget`, returned when dropped.
+pub struct UploadPermit {
+    _part: tokio::sync::OwnedSemaphorePermit,
+    _mib: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl UploadBudget {
+    pub fn new(parts: usize, memory: u64) -> UploadBudget {
+        let total_mib = (memory >> 20).clamp(1, u32::MAX as u64 >> 4) as u32;
+        UploadBudget {
+            parts: Arc::new(tokio::sync::Semaphore::new(parts.max(1))),
+            mib: Arc::new(tokio::sync::Semaphore::new(total_mib as usize)),
+            total_mib,
+        }
+    }
+
+    /// Waits until a part of `len` bytes may be held and sent (a part larger than the whole
+    /// budget waits for all of it).
+    pub async fn admit(&self, len: u64) -> UploadPermit {
+        let mib = (len.div_ceil(1 << 20) as u32).clamp(1, self.total_mib);
+        // The semaphores are never closed, so acquiring only waits.
+        let part = self.parts.clone().acquire_owned().await;
+        let bytes = self.mib.clone().acquire_many_owned(mib).await;
+        match (part, bytes) {
+            (Ok(_part), Ok(_mib)) => UploadPermit { _part, _mib },
+            _ => unreachable!("upload budget semaphores are never closed"),
+        }
     }
 }
 
@@ -540,7 +593,7 @@ impl Staged {
             return Ok(());
         }
         self.land().await?;
-        self.file.sync_data().map_err(io_error)?;
+        blocking(|| self.file.sync_data()).map_err(io_error)?;
         if self.state == StagedState::Writing {
             self.state = StagedState::Closed;
         }
@@ -670,7 +723,7 @@ impl Staged {
             info.metadata.clone(),
             StagedState::Clean,
         )?;
-        staged.file.set_len(info.size).map_err(io_error)?;
+        blocking(|| staged.file.set_len(info.size)).map_err(io_error)?;
         staged.size = info.size;
         // An empty object appended to streams like a new file.
         staged.streamable = info.size == 0;
@@ -742,7 +795,7 @@ impl Staged {
                 if data.len() as u64 != to - at {
                     return Err(FsError::Changed);
                 }
-                self.file.write_all_at(&data, at).map_err(io_error)?;
+                blocking(|| self.file.write_all_at(&data, at)).map_err(io_error)?;
                 if let Some(src) = &mut self.source {
                     src.local.insert(at, to);
                 }
@@ -847,7 +900,7 @@ impl Staged {
                 // The append stops at the part boundary, where a buffer may take over.
                 n = n.min((start + len - at) as usize);
             }
-            if let Err(e) = self.file.write_all_at(&rest[..n], at) {
+            if let Err(e) = blocking(|| self.file.write_all_at(&rest[..n], at)) {
                 self.settle();
                 return Err(io_error(e));
             }
@@ -884,9 +937,7 @@ impl Staged {
         self.land().await?;
         self.fill(offset, offset + n as u64, store).await?;
         let mut buf = vec![0u8; n];
-        self.file
-            .read_exact_at(&mut buf, offset)
-            .map_err(io_error)?;
+        blocking(|| self.file.read_exact_at(&mut buf, offset)).map_err(io_error)?;
         Ok(Bytes::from(buf))
     }
 
@@ -902,7 +953,7 @@ impl Staged {
         if size > self.size {
             self.reserve(size - self.size).await?;
         }
-        self.file.set_len(size).map_err(io_error)?;
+        blocking(|| self.file.set_len(size)).map_err(io_error)?;
         if let Some(src) = &mut self.source {
             if size < src.len {
                 src.len = size;
@@ -951,7 +1002,15 @@ impl Staged {
                     Ok(()) if over_source => self.upload_over_source(store, tuning).await,
                     Ok(()) => {
                         let headers = self.headers();
-                        upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await
+                        upload_file(
+                            store,
+                            &self.key,
+                            (&self.file, &self.cache.uploads),
+                            self.size,
+                            &headers,
+                            tuning,
+                        )
+                        .await
                     }
                 },
             },
@@ -1045,7 +1104,15 @@ impl Staged {
             self.fill(0, self.size, store.as_ref())
                 .await
                 .map_err(as_store)?;
-            return upload_file(store, &self.key, &self.file, self.size, &headers, tuning).await;
+            return upload_file(
+                store,
+                &self.key,
+                (&self.file, &self.cache.uploads),
+                self.size,
+                &headers,
+                tuning,
+            )
+            .await;
         }
         for planned in &plan {
             if let PlannedPart::Upload(start, end) = *planned {
@@ -1069,7 +1136,7 @@ impl Staged {
             1,
             PartSources {
                 object: Some((source_key, Some(source_etag))),
-                file: Some(&self.file),
+                file: Some((&self.file, &self.cache.uploads)),
             },
             tuning.parts_at_once(part),
         )
@@ -1114,16 +1181,18 @@ impl WriteTuning {
     }
 }
 
+/// Uploads the whole staging file: one PUT up to a part, a multipart upload above.
 async fn upload_file(
     store: &Arc<dyn ObjectStore>,
     key: &str,
-    file: &std::fs::File,
+    (file, budget): (&std::fs::File, &UploadBudget),
     size: u64,
     metadata: &Metadata,
     tuning: WriteTuning,
 ) -> Result<String, StoreError> {
     let part = part_size_for(size, tuning.part_size);
     if size <= part {
+        let _permit = budget.admit(size).await;
         return store
             .put_object(key, read_piece(file, 0, size)?, metadata)
             .await;
@@ -1135,7 +1204,7 @@ async fn upload_file(
         &upload_id,
         tile(0, size, part, PlannedPart::Upload),
         1,
-        PartSources::file(file),
+        PartSources::file(file, budget),
         tuning.parts_at_once(part),
     )
     .await;
@@ -1181,15 +1250,16 @@ pub fn tile(
 pub struct PartSources<'a> {
     /// For `Copy` parts: the object copied from, and the ETag it must still have.
     pub object: Option<(&'a str, Option<&'a str>)>,
-    /// For `Upload` parts: the staging file.
-    pub file: Option<&'a std::fs::File>,
+    /// For `Upload` parts: the staging file, and the mount-wide budget each part read from it
+    /// waits for.
+    pub file: Option<(&'a std::fs::File, &'a UploadBudget)>,
 }
 
 impl<'a> PartSources<'a> {
-    pub fn file(file: &'a std::fs::File) -> Self {
+    pub fn file(file: &'a std::fs::File, budget: &'a UploadBudget) -> Self {
         PartSources {
             object: None,
-            file: Some(file),
+            file: Some((file, budget)),
         }
     }
 }
@@ -1227,7 +1297,8 @@ pub async fn send_parts(
                         .await?
                 }
                 PlannedPart::Upload(start, end) => {
-                    let file = from.file.ok_or_else(|| missing("file"))?;
+                    let (file, budget) = from.file.ok_or_else(|| missing("file"))?;
+                    let _permit = budget.admit(end - start).await;
                     let body = read_piece(file, start, end - start)?;
                     store.upload_part(key, upload_id, number, body).await?
                 }
@@ -1243,7 +1314,7 @@ pub async fn send_parts(
 
 fn read_piece(file: &std::fs::File, offset: u64, len: u64) -> Result<Bytes, StoreError> {
     let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset)
+    blocking(|| file.read_exact_at(&mut buf, offset))
         .map_err(|e| StoreError::Other(format!("reading the staging file: {e}")))?;
     Ok(Bytes::from(buf))
 }

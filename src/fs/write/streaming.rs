@@ -12,7 +12,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
-use super::{complete_or_abort, read_piece, Staged, WriteTuning, MAX_PARTS, MIN_PART_SIZE};
+use super::{
+    complete_or_abort, read_piece, Staged, UploadPermit, WriteTuning, MAX_PARTS, MIN_PART_SIZE,
+};
 use crate::fs::error::FsError;
 use crate::fs::part_buffer::{self, PartBuf};
 use crate::store::{ObjectStore, StoreError, UploadedPart};
@@ -31,11 +33,20 @@ pub(super) struct StreamingUpload {
 }
 
 impl StreamingUpload {
-    /// Starts uploading `body` as part `number`.
-    fn start_part(&mut self, store: &Arc<dyn ObjectStore>, key: &str, number: u32, body: Bytes) {
+    /// Starts uploading `body` as part `number`, holding `permit` (its share of the mount's
+    /// upload budget) until it is done.
+    fn start_part(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        key: &str,
+        number: u32,
+        body: Bytes,
+        permit: UploadPermit,
+    ) {
         let (store, key, id) = (store.clone(), key.to_string(), self.id.clone());
         let len = body.len() as u64;
         let task = tokio::spawn(async move {
+            let _permit = permit;
             let etag = store.upload_part(&key, &id, number, body).await?;
             Ok(UploadedPart { number, etag })
         });
@@ -278,6 +289,8 @@ impl Staged {
                 self.stop_streaming(store, &format!("a part failed: {e}"));
                 return;
             }
+            // Other files' parts count too: the budget is the mount's.
+            let permit = self.cache.uploads().admit(end - start).await;
             let body = match self.sealed.front() {
                 Some((at, bytes)) if *at == start && bytes.len() as u64 == end - start => {
                     self.sealed.pop_front().map(|(_, b)| Ok(b))
@@ -286,7 +299,7 @@ impl Staged {
             }
             .unwrap_or_else(|| read_piece(&self.file, start, end - start));
             match body {
-                Ok(body) => stream.start_part(store, &self.key, number, body),
+                Ok(body) => stream.start_part(store, &self.key, number, body, permit),
                 Err(e) => {
                     self.streaming = Some(stream);
                     self.stop_streaming(store, &format!("reading the staging file: {e}"));
