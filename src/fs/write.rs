@@ -1,9 +1,15 @@
 //! Writing: every change to a file goes to a staging file in the cache directory (a new file
 //! written from start to end passes through part buffers on the way, see `streaming`); the
 //! object is uploaded when the program flushes, fsyncs or closes (PutObject for small files, a
-//! multipart upload otherwise), and those calls succeed only once the bucket holds the new
-//! object. When the upload fails, the multipart upload is aborted and the staging file moves
-//! to `recovery/` with a log line naming it and the key.
+//! multipart upload otherwise, see `upload` and `parts`), and those calls succeed only once the
+//! bucket holds the new object. When the upload fails, the multipart upload is aborted and the
+//! staging file moves to `recovery/TIME/PATH` with a log line naming it and the key.
+//!
+//! A staging copy (`Staged`) is a state machine: its `StagedState` (documented in `journal`,
+//! which records it beside the bytes) changes only through the transitions defined in this
+//! file, each named for what happened: `mark_written`, `acknowledge`, `begin_upload`,
+//! `uploaded`, `upload_failed`, `unlink`. The streaming fields (`tail`, `sealed`, `landing`,
+//! `streaming`) are how bytes travel, not where the file stands.
 //!
 //! An existing object opened for writing is not downloaded: the staging file starts sparse and
 //! fetches only the ranges a program reads (ranged GETs pinned by ETag). At upload, runs the
@@ -12,35 +18,31 @@
 
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::blocking::blocking;
 use super::error::FsError;
 use super::journal::{Base, JournalEntry, Record, Source, StagedState};
-use super::part_buffer::PartPool;
 
+mod cache_dir;
+mod parts;
 mod streaming;
+mod upload;
 use super::progress::{Tracked, UploadProgress};
 use super::ranges::RangeSet;
-use crate::store::{ByteRange, Metadata, ObjectInfo, ObjectStore, StoreError, UploadedPart};
+use crate::store::{ByteRange, Metadata, ObjectInfo, ObjectStore, StoreError};
+pub use cache_dir::{CacheDir, UploadBudget, UploadPermit};
+pub use parts::{
+    complete_or_abort, part_size_for, plan_parts, send_parts, tile, PartSources, PlannedPart,
+    MIN_PART_SIZE,
+};
+use parts::{read_piece, MAX_PARTS};
 use streaming::{streaming_part, LandingFiles, StreamingUpload, Tail};
-
-/// How long a write waits for other files' uploads to free cache space before ENOSPC.
-const DRAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
-/// Memory for write parts unless configured (the `--write-buffer-memory` default).
-const DEFAULT_WRITE_BUFFERS: u64 = 64 << 20;
-/// Parts uploaded at once unless configured (the `--max-upload-concurrency` default).
-const DEFAULT_UPLOADS_AT_ONCE: usize = 4;
-/// Largest number of parts S3 accepts in one multipart upload.
-const MAX_PARTS: u64 = 10_000;
-/// Smallest part S3 accepts (except the last).
-pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 
 #[derive(Clone, Copy, Debug)]
 pub struct WriteTuning {
@@ -61,318 +63,8 @@ pub enum ConflictPolicy {
     Fail,
 }
 
-/// The cache directory: `staging/` for files being written (each with its journal record),
-/// `recovery/` for the bytes of uploads that failed and of files a crash left unsaved. Space
-/// used by staging files is capped.
-pub struct CacheDir {
-    staging: PathBuf,
-    recovery: PathBuf,
-    /// The bucket this cache serves (journal records name it) and the internal path (the
-    /// recovery copy of a file is named by its path below it).
-    location: String,
-    prefix: String,
-    max_bytes: u64,
-    used: AtomicU64,
-    next: AtomicU64,
-    /// Share of the filesystem that must stay free.
-    min_free_ratio: f64,
-    /// Memory for parts on their way from programs to the bucket and the staging file.
-    parts: PartPool,
-    /// Parts being uploaded, by every file of the mount.
-    uploads: UploadBudget,
-    /// Woken whenever staging space is freed.
-    drained: tokio::sync::Notify,
-}
-
-/// (bytes free for unprivileged users, total bytes) of the filesystem holding `path`.
-fn filesystem_space(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs fills the struct we pass; the path is a valid NUL-terminated string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let unit = st.f_frsize as u64;
-    Some((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
-}
-
-fn private_dir(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-}
-
-impl CacheDir {
-    pub fn open(root: &Path, max_bytes: u64) -> std::io::Result<CacheDir> {
-        let staging = root.join("staging");
-        let recovery = root.join("recovery");
-        private_dir(root)?;
-        private_dir(&staging)?;
-        private_dir(&recovery)?;
-        // Staging names are numbered; files a dead daemon left keep theirs until reconciled.
-        let next = std::fs::read_dir(&staging)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().to_string();
-                name.split('-').next()?.parse::<u64>().ok()
-            })
-            .max()
-            .map_or(0, |n| n + 1);
-        Ok(CacheDir {
-            staging,
-            recovery,
-            location: String::new(),
-            prefix: String::new(),
-            max_bytes,
-            used: AtomicU64::new(0),
-            next: AtomicU64::new(next),
-            min_free_ratio: 0.0,
-            parts: PartPool::new(DEFAULT_WRITE_BUFFERS),
-            uploads: UploadBudget::new(DEFAULT_UPLOADS_AT_ONCE, DEFAULT_WRITE_BUFFERS),
-            drained: tokio::sync::Notify::new(),
-        })
-    }
-
-    /// The bucket (as `s3://bucket/` at an endpoint) and internal path this cache serves.
-    pub fn for_mount(mut self, location: &str, prefix: &str) -> CacheDir {
-        self.location = location.to_string();
-        self.prefix = prefix.to_string();
-        self
-    }
-
-    pub fn location(&self) -> &str {
-        &self.location
-    }
-
-    pub fn staging_dir(&self) -> &Path {
-        &self.staging
-    }
-
-    /// The path below the mount root of the object `key` (the key itself when it lies
-    /// outside the internal path).
-    pub fn path_of(&self, key: &str) -> String {
-        key.strip_prefix(&self.prefix).unwrap_or(key).to_string()
-    }
-
-    /// Where a file at `path` (below the mount root) is kept in `recovery/`: under a folder
-    /// named by `stamp` (the time), with its path, so a person finds it by name. Never an
-    /// existing file: a second copy gets a numbered suffix.
-    pub fn recovery_place(&self, stamp: &str, path: &str) -> PathBuf {
-        let clean: Vec<String> = path
-            .split('/')
-            .filter(|s| super::names::check_name(s).is_ok())
-            .map(str::to_string)
-            .collect();
-        let rel = if clean.is_empty() {
-            "unnamed".to_string()
-        } else {
-            clean.join("/")
-        };
-        let base = self.recovery.join(stamp).join(rel);
-        if let Some(parent) = base.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        let mut target = base.clone();
-        let mut n = 1;
-        while target.exists() {
-            target = PathBuf::from(format!("{}.{n}", base.display()));
-            n += 1;
-        }
-        target
-    }
-
-    /// Caps the memory holding parts of sequentially written files (`--write-buffer-memory`).
-    /// and the parts being uploaded, by all files together (`--max-upload-concurrency` parts
-    /// at once).
-    pub fn with_write_buffers(mut self, bytes: u64, parts_at_once: usize) -> CacheDir {
-        self.parts = PartPool::new(bytes);
-        self.uploads = UploadBudget::new(parts_at_once, bytes);
-        self
-    }
-
-    /// The mount-wide budget of parts being uploaded.
-    pub fn uploads(&self) -> &UploadBudget {
-        &self.uploads
-    }
-
-    /// Keeps at least `min_free_ratio` of the cache's filesystem free, whoever else uses it.
-    pub fn with_min_free_ratio(mut self, ratio: f64) -> CacheDir {
-        self.min_free_ratio = ratio.clamp(0.0, 0.9);
-        self
-    }
-
-    /// Refuses a write that would leave less than the minimum free share of the cache's
-    /// filesystem (the local disk is never filled), saying why.
-    fn check_free_space(&self, more: u64) -> Result<(), String> {
-        if self.min_free_ratio <= 0.0 {
-            return Ok(());
-        }
-        let Some((free, total)) = filesystem_space(&self.staging) else {
-            return Ok(());
-        };
-        let floor = (total as f64 * self.min_free_ratio) as u64;
-        if free.saturating_sub(more) < floor {
-            return Err(format!(
-                "{} has {free} bytes free and keeps {floor} free (--cache-min-free)",
-                self.staging.display()
-            ));
-        }
-        Ok(())
-    }
-
-    /// The memory for parts of files being written.
-    pub fn write_buffers(&self) -> &PartPool {
-        &self.parts
-    }
-
-    pub fn recovery_dir(&self) -> &Path {
-        &self.recovery
-    }
-
-    /// Accounts `more` bytes of staging space, or says which limit refuses them.
-    fn try_reserve(&self, more: u64) -> Result<(), String> {
-        self.check_free_space(more)?;
-        let mut used = self.used.load(Ordering::Relaxed);
-        loop {
-            if used.saturating_add(more) > self.max_bytes {
-                return Err(format!(
-                    "{used} bytes are staged and the cap is {} (--max-cache-size)",
-                    self.max_bytes
-                ));
-            }
-            match self
-                .used
-                .compare_exchange(used, used + more, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return Ok(()),
-                Err(now) => used = now,
-            }
-        }
-    }
-
-    fn release(&self, n: u64) {
-        if self.used.fetch_sub(n, Ordering::AcqRel) == n {
-            // Nothing is staged any more: no part buffer will be wanted soon.
-            self.parts.trim();
-        }
-        self.drained.notify_waiters();
-    }
-
-    /// Like `reserve`, but when the space is held by other files (whose uploads free it once
-    /// done), waits for them instead of failing: ENOSPC comes only if no space was freed for
-    /// `DRAIN_PATIENCE`, or if the writer itself holds it all.
-    async fn reserve_or_wait(&self, more: u64, own: u64) -> Result<(), FsError> {
-        let mut told = false;
-        loop {
-            let freed = self.drained.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let why = match self.try_reserve(more) {
-                Ok(()) => return Ok(()),
-                Err(why) => why,
-            };
-            if self.used() <= own {
-                tracing::warn!(
-                    "the cache is full ({why}) and the file being written holds it: the write fails with ENOSPC. A file needs its whole size in --cache-dir until the bucket has it; give it room (--max-cache-size, --cache-min-free) or a bigger disk (--cache-dir)"
-                );
-                return Err(FsError::NoSpace);
-            }
-            if !told {
-                tracing::info!(
-                    "the cache is full ({why}): the write waits for other files' uploads to free space"
-                );
-                told = true;
-            }
-            if tokio::time::timeout(DRAIN_PATIENCE, freed).await.is_err() {
-                tracing::warn!(
-                    "the cache is full ({why}) and no upload freed space for {DRAIN_PATIENCE:?}: the write fails with ENOSPC"
-                );
-                return Err(FsError::NoSpace);
-            }
-        }
-    }
-
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
-    }
-}
-
-/// Mount-wide limits on parts being uploaded, shared by every file being written: at most
-/// `--max-upload-concurrency` parts at once, holding at most `--write-buffer-memory` bytes, so
-/// that N files written at once use no more memory or connections than one.
-pub struct UploadBudget {
-    parts: Arc<tokio::sync::Semaphore>,
-    mib: Arc<tokio::sync::Semaphore>,
-    total_mib: u32,
-}
-
-/// One part's share of the `UploadBudget`, returned when dropped.
-pub struct UploadPermit {
-    _part: tokio::sync::OwnedSemaphorePermit,
-    _mib: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl UploadBudget {
-    pub fn new(parts: usize, memory: u64) -> UploadBudget {
-        let total_mib = (memory >> 20).clamp(1, u32::MAX as u64 >> 4) as u32;
-        UploadBudget {
-            parts: Arc::new(tokio::sync::Semaphore::new(parts.max(1))),
-            mib: Arc::new(tokio::sync::Semaphore::new(total_mib as usize)),
-            total_mib,
-        }
-    }
-
-    /// Waits until a part of `len` bytes may be held and sent (a part larger than the whole
-    /// budget waits for all of it).
-    pub async fn admit(&self, len: u64) -> UploadPermit {
-        let mib = (len.div_ceil(1 << 20) as u32).clamp(1, self.total_mib);
-        // The semaphores are never closed, so acquiring only waits.
-        let part = self.parts.clone().acquire_owned().await;
-        let bytes = self.mib.clone().acquire_many_owned(mib).await;
-        match (part, bytes) {
-            (Ok(_part), Ok(_mib)) => UploadPermit { _part, _mib },
-            _ => unreachable!("upload budget semaphores are never closed"),
-        }
-    }
-}
-
-/// Largest part copied server-side in one UploadPartCopy (S3 allows 5 GiB).
-const COPY_PART: u64 = 512 << 20;
 /// Largest ranged GET that fills a staging file.
 const FILL_PIECE: u64 = 8 << 20;
-
-/// One part of a multipart upload over a source object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PlannedPart {
-    /// `[start, end)` unchanged: UploadPartCopy from the source.
-    Copy(u64, u64),
-    /// `[start, end)` read from the staging file (filled where needed).
-    Upload(u64, u64),
-}
-
-/// Parts for uploading a file of `size` bytes whose first `source_len` bytes mirror an object,
-/// except the `written` ones: unchanged runs of at least the minimum part size (or ending the
-/// file) are copied, everything else is uploaded in parts of `part` bytes.
-pub fn plan_parts(size: u64, part: u64, source_len: u64, written: &RangeSet) -> Vec<PlannedPart> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < size {
-        if pos < source_len && !written.overlaps(pos, pos + 1) {
-            let run_end = written.next_start(pos).unwrap_or(u64::MAX).min(source_len);
-            if run_end - pos >= MIN_PART_SIZE || run_end == size {
-                let end = run_end.min(pos + COPY_PART.max(part));
-                out.push(PlannedPart::Copy(pos, end));
-                pos = end;
-                continue;
-            }
-        }
-        let end = (pos + part).min(size);
-        out.push(PlannedPart::Upload(pos, end));
-        pos = end;
-    }
-    out
-}
 
 /// One file being written: its staging copy and what is known about it.
 pub struct Staged {
@@ -600,6 +292,48 @@ impl Staged {
         self.persist(true)
     }
 
+    /// Transition: an upload starts. An acknowledged copy is `Uploading` until it ends (a
+    /// crash meanwhile uploads it again); an unacknowledged one stays `Writing` (a crash
+    /// meanwhile sends it to recovery: its program was never told it was saved).
+    fn begin_upload(&mut self) {
+        if self.state == StagedState::Closed {
+            self.state = StagedState::Uploading;
+            let _ = self.persist(false);
+        }
+    }
+
+    /// Transition: the bucket holds exactly these bytes (as `etag`). The copy is `Clean` and
+    /// becomes the source of later changes, so that they upload only what differs.
+    pub(super) fn uploaded(&mut self, etag: &str) {
+        tracing::debug!(key = %self.key, size = self.size, %etag, "uploaded");
+        self.streamable = self.size == 0;
+        self.state = StagedState::Clean;
+        self.progress.pending.store(false, Ordering::Relaxed);
+        self.base = Base::Etag(etag.to_string());
+        self.now_mirrors(etag);
+        let _ = self.persist(false);
+    }
+
+    /// Transition: an upload failed and its program is told. The bytes move to `recovery/`
+    /// (made as whole as possible first: the part in memory lands, bytes never read are
+    /// fetched if the old object still answers), and the copy refuses further changes.
+    async fn upload_failed(&mut self, error: &StoreError, store: &dyn ObjectStore) {
+        self.state = StagedState::Failed;
+        let landed = self.land().await.is_ok();
+        let whole = landed && self.fill(0, self.size, store).await.is_ok();
+        let kept = self.keep_for_recovery();
+        tracing::error!(
+            key = %self.key,
+            %error,
+            recovery = %kept,
+            complete = whole,
+            "upload failed: the program was told (close/fsync error); the written bytes are kept{}",
+            if !landed { " (a part could not be written to the staging file; see the error before)" }
+            else if whole { "" }
+            else { " (bytes never read from the old object are zeros there; the old object is still in the bucket)" }
+        );
+    }
+
     /// Transition: the name was removed while the file is open (unlink, or a rename over
     /// it). The handles keep reading and writing these bytes; nothing is uploaded, and a
     /// multipart upload in flight is aborted.
@@ -654,51 +388,6 @@ impl Staged {
         match &self.base {
             Base::Etag(etag) => Some(etag),
             _ => None,
-        }
-    }
-
-    /// Checks that the bucket still holds the version this copy was made against. A file the
-    /// program created is checked only under `--conflict=fail` (it costs a HEAD per new file).
-    async fn check_conflict(
-        &self,
-        store: &Arc<dyn ObjectStore>,
-        policy: ConflictPolicy,
-    ) -> Result<(), StoreError> {
-        let expected = match &self.base {
-            Base::Unknown => return Ok(()),
-            Base::Absent if policy == ConflictPolicy::Warn => return Ok(()),
-            Base::Absent => None,
-            Base::Etag(etag) => Some(etag.as_str()),
-        };
-        let now = match store.head(&self.key).await {
-            Ok(info) => Some(info.etag),
-            Err(StoreError::NotFound) => None,
-            // The upload will meet the same trouble and report it.
-            Err(_) => return Ok(()),
-        };
-        if now.as_deref() == expected {
-            return Ok(());
-        }
-        let describe = |e: Option<&str>| e.unwrap_or("absent").to_string();
-        match policy {
-            ConflictPolicy::Warn => {
-                tracing::warn!(
-                    key = %self.key,
-                    opened_at = %describe(expected),
-                    now = %describe(now.as_deref()),
-                    "conflict: the object changed in the bucket since this file was opened here; this close replaces that version (last close wins; --conflict=fail refuses instead)"
-                );
-                Ok(())
-            }
-            ConflictPolicy::Fail => {
-                tracing::error!(
-                    key = %self.key,
-                    opened_at = %describe(expected),
-                    now = %describe(now.as_deref()),
-                    "conflict: the object changed in the bucket since this file was opened here; upload refused (--conflict=fail)"
-                );
-                Err(StoreError::PreconditionFailed)
-            }
         }
     }
 
@@ -965,426 +654,5 @@ impl Staged {
         self.modified = std::time::SystemTime::now();
         self.settle();
         self.mark_written()
-    }
-
-    /// Uploads the staging copy if it changed. On failure, keeps the bytes in `recovery/`.
-    pub async fn upload(
-        &mut self,
-        store: &Arc<dyn ObjectStore>,
-        tuning: WriteTuning,
-    ) -> Result<Option<String>, FsError> {
-        let store = &self.tracked(store);
-        if self.streaming.is_none() {
-            self.progress.restart();
-        }
-        self.progress.total.store(self.size, Ordering::Relaxed);
-        self.check_not_failed()?;
-        if !self.state.is_dirty() {
-            tracing::debug!(key = %self.key, state = ?self.state, "nothing to upload");
-            return Ok(None);
-        }
-        tracing::debug!(key = %self.key, size = self.size, streaming = self.streaming.is_some(), "uploading");
-        if self.state == StagedState::Closed {
-            self.state = StagedState::Uploading;
-            let _ = self.persist(false);
-        }
-        let over_source = self.source.as_ref().is_some_and(|s| s.len > 0);
-        let result = match self.check_conflict(store, tuning.conflict).await {
-            Err(e) => {
-                self.stop_streaming(store, "conflict");
-                Err(e)
-            }
-            Ok(()) => match self.finish_streaming(store, tuning).await {
-                Some(streamed) => streamed,
-                // No streaming upload (or it stopped): the file goes up from the staging file.
-                None => match self.land().await {
-                    Err(e) => Err(StoreError::Other(e.to_string())),
-                    Ok(()) if over_source => self.upload_over_source(store, tuning).await,
-                    Ok(()) => {
-                        let headers = self.headers();
-                        upload_file(
-                            store,
-                            &self.key,
-                            (&self.file, &self.cache.uploads),
-                            self.size,
-                            &headers,
-                            tuning,
-                        )
-                        .await
-                    }
-                },
-            },
-        };
-        // Whatever happened, the next change starts from a known state: no streaming, except
-        // into a file that is empty in the bucket (programs that create a file often close a
-        // first descriptor of it before writing through another, as dd does).
-        self.streamable = false;
-        match result {
-            Ok(etag) => {
-                self.uploaded(&etag);
-                Ok(Some(etag))
-            }
-            Err(e) => {
-                self.state = StagedState::Failed;
-                // The recovery copy should be whole: bytes still in memory go to it, and
-                // what was never read is fetched, if the source still answers.
-                let landed = self.land().await.is_ok();
-                let whole = landed && self.fill(0, self.size, store.as_ref()).await.is_ok();
-                let kept = self.keep_for_recovery();
-                tracing::error!(
-                    key = %self.key,
-                    error = %e,
-                    recovery = %kept,
-                    complete = whole,
-                    "upload failed: the program was told (close/fsync error); the written bytes are kept{}",
-                    if !landed { " (a part could not be written to the staging file; see the error before)" }
-                    else if whole { "" }
-                    else { " (bytes never read from the old object are zeros there; the old object is still in the bucket)" }
-                );
-                Err(FsError::Store(e))
-            }
-        }
-    }
-
-    /// Transition: the bucket holds exactly these bytes (as `etag`). The copy is `Clean` and
-    /// becomes the source of later changes, so that they upload only what differs.
-    fn uploaded(&mut self, etag: &str) {
-        tracing::debug!(key = %self.key, size = self.size, %etag, "uploaded");
-        self.streamable = self.size == 0;
-        self.state = StagedState::Clean;
-        self.progress.pending.store(false, Ordering::Relaxed);
-        self.base = Base::Etag(etag.to_string());
-        self.now_mirrors(etag);
-        let _ = self.persist(false);
-    }
-
-    fn now_mirrors(&mut self, etag: &str) {
-        let mut local = match self.source.take() {
-            Some(src) => {
-                let mut local = src.local;
-                local.insert(src.len, self.size);
-                local
-            }
-            None => {
-                let mut all = RangeSet::default();
-                all.insert(0, self.size);
-                all
-            }
-        };
-        local.clip(self.size);
-        self.source = (self.size > 0).then(|| Source {
-            key: self.key.clone(),
-            etag: etag.to_string(),
-            len: self.size,
-            local,
-            written: RangeSet::default(),
-        });
-    }
-
-    /// Uploads a file that mirrors an object: unchanged runs are copied server-side, the
-    /// rest (filled from the object where a part needs it) is uploaded.
-    async fn upload_over_source(
-        &mut self,
-        store: &Arc<dyn ObjectStore>,
-        tuning: WriteTuning,
-    ) -> Result<String, StoreError> {
-        let as_store = |e: FsError| match e {
-            FsError::Changed => StoreError::PreconditionFailed,
-            FsError::Store(e) => e,
-            other => StoreError::Other(other.to_string()),
-        };
-        let part = part_size_for(self.size, tuning.part_size);
-        let plan = match &self.source {
-            Some(src) if self.size > part => plan_parts(self.size, part, src.len, &src.written),
-            _ => Vec::new(),
-        };
-        let headers = self.headers();
-        if plan.len() < 2 || plan.len() as u64 > MAX_PARTS {
-            // Small, or too fragmented for 10,000 parts: the whole file goes up.
-            self.fill(0, self.size, store.as_ref())
-                .await
-                .map_err(as_store)?;
-            return upload_file(
-                store,
-                &self.key,
-                (&self.file, &self.cache.uploads),
-                self.size,
-                &headers,
-                tuning,
-            )
-            .await;
-        }
-        for planned in &plan {
-            if let PlannedPart::Upload(start, end) = *planned {
-                self.fill(start, end, store.as_ref())
-                    .await
-                    .map_err(as_store)?;
-            }
-        }
-        let Some(src) = &self.source else {
-            return Err(StoreError::Other("the source object vanished".into()));
-        };
-        let (source_key, source_etag) = (src.key.as_str(), src.etag.as_str());
-        let key = self.key.as_str();
-        let upload_id = store.create_multipart(key, &headers).await?;
-        let upload = upload_id.as_str();
-        let parts = send_parts(
-            store,
-            key,
-            upload,
-            plan,
-            1,
-            PartSources {
-                object: Some((source_key, Some(source_etag))),
-                file: Some((&self.file, &self.cache.uploads)),
-            },
-            tuning.parts_at_once(part),
-        )
-        .await;
-        complete_or_abort(store, key, upload, parts).await
-    }
-
-    /// Moves the bytes to `recovery/TIME/PATH` (the journal record goes: a failed copy is
-    /// the user's now, not the mount's).
-    fn keep_for_recovery(&mut self) -> String {
-        let stamp = super::journal::utc_stamp(std::time::SystemTime::now());
-        let target = self
-            .cache
-            .recovery_place(&stamp, &self.cache.path_of(&self.key));
-        match std::fs::rename(&self.path, &target) {
-            Ok(()) => {
-                self.journal.remove_record();
-                self.path = target.clone();
-                target.display().to_string()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "could not move the staging file to recovery; it stays at its staging path");
-                self.path.display().to_string()
-            }
-        }
-    }
-}
-
-/// Part size for an object of `size` bytes: at least `part_size`, large enough that the object
-/// fits in 10,000 parts (so a 5 TiB object still uploads).
-pub fn part_size_for(size: u64, part_size: u64) -> u64 {
-    part_size.max(MIN_PART_SIZE).max(size.div_ceil(MAX_PARTS))
-}
-
-impl WriteTuning {
-    /// Parts of `part` bytes uploaded at once: within the part count and the memory cap
-    /// (one at least), as parts grow for huge files.
-    pub fn parts_at_once(&self, part: u64) -> usize {
-        self.upload_concurrency
-            .min((self.buffer_memory / part.max(1)) as usize)
-            .max(1)
-    }
-}
-
-/// Uploads the whole staging file: one PUT up to a part, a multipart upload above.
-async fn upload_file(
-    store: &Arc<dyn ObjectStore>,
-    key: &str,
-    (file, budget): (&std::fs::File, &UploadBudget),
-    size: u64,
-    metadata: &Metadata,
-    tuning: WriteTuning,
-) -> Result<String, StoreError> {
-    let part = part_size_for(size, tuning.part_size);
-    if size <= part {
-        let _permit = budget.admit(size).await;
-        return store
-            .put_object(key, read_piece(file, 0, size)?, metadata)
-            .await;
-    }
-    let upload_id = store.create_multipart(key, metadata).await?;
-    let parts = send_parts(
-        store,
-        key,
-        &upload_id,
-        tile(0, size, part, PlannedPart::Upload),
-        1,
-        PartSources::file(file, budget),
-        tuning.parts_at_once(part),
-    )
-    .await;
-    complete_or_abort(store, key, &upload_id, parts).await
-}
-
-/// Completes an upload from `parts`; when they or the completion failed, aborts it first so
-/// that no parts stay behind (and billed), and passes the failure on.
-pub async fn complete_or_abort(
-    store: &Arc<dyn ObjectStore>,
-    key: &str,
-    upload_id: &str,
-    parts: Result<Vec<UploadedPart>, StoreError>,
-) -> Result<String, StoreError> {
-    let result = match parts {
-        Ok(parts) => store.complete_multipart(key, upload_id, &parts).await,
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        if let Err(abort) = store.abort_multipart(key, upload_id).await {
-            tracing::warn!(key, error = %abort, "could not abort the failed multipart upload; the bucket may keep its parts until a lifecycle rule removes them");
-        }
-    }
-    result
-}
-
-/// `[from, to)` cut into parts of `part` bytes (the last may be shorter), each made by
-/// `as_part` (`PlannedPart::Upload` or `PlannedPart::Copy`).
-pub fn tile(
-    from: u64,
-    to: u64,
-    part: u64,
-    as_part: fn(u64, u64) -> PlannedPart,
-) -> Vec<PlannedPart> {
-    (from..to)
-        .step_by(part as usize)
-        .map(|start| as_part(start, to.min(start + part)))
-        .collect()
-}
-
-/// Where the bytes of planned parts come from.
-#[derive(Clone, Copy)]
-pub struct PartSources<'a> {
-    /// For `Copy` parts: the object copied from, and the ETag it must still have.
-    pub object: Option<(&'a str, Option<&'a str>)>,
-    /// For `Upload` parts: the staging file, and the mount-wide budget each part read from it
-    /// waits for.
-    pub file: Option<(&'a std::fs::File, &'a UploadBudget)>,
-}
-
-impl<'a> PartSources<'a> {
-    pub fn file(file: &'a std::fs::File, budget: &'a UploadBudget) -> Self {
-        PartSources {
-            object: None,
-            file: Some((file, budget)),
-        }
-    }
-}
-
-/// Sends `plan` as parts `first`, `first + 1`, … of an upload: copies inside the server,
-/// uploads read from the staging file when they start (so `concurrency`, the most at once,
-/// also bounds the memory held).
-pub async fn send_parts(
-    store: &Arc<dyn ObjectStore>,
-    key: &str,
-    upload_id: &str,
-    plan: Vec<PlannedPart>,
-    first: u32,
-    from: PartSources<'_>,
-    concurrency: usize,
-) -> Result<Vec<UploadedPart>, StoreError> {
-    let missing =
-        |what: &str| StoreError::Other(format!("a planned part has no {what} to come from"));
-    futures::stream::iter(plan)
-        .enumerate()
-        .map(|(i, planned)| async move {
-            let number = first + i as u32;
-            let etag = match planned {
-                PlannedPart::Copy(start, end) => {
-                    let (source, etag) = from.object.ok_or_else(|| missing("object"))?;
-                    store
-                        .upload_part_copy(
-                            key,
-                            upload_id,
-                            number,
-                            source,
-                            etag,
-                            ByteRange::new(start, end),
-                        )
-                        .await?
-                }
-                PlannedPart::Upload(start, end) => {
-                    let (file, budget) = from.file.ok_or_else(|| missing("file"))?;
-                    let _permit = budget.admit(end - start).await;
-                    let body = read_piece(file, start, end - start)?;
-                    store.upload_part(key, upload_id, number, body).await?
-                }
-            };
-            Ok(UploadedPart { number, etag })
-        })
-        .buffered(concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect()
-}
-
-fn read_piece(file: &std::fs::File, offset: u64, len: u64) -> Result<Bytes, StoreError> {
-    let mut buf = vec![0u8; len as usize];
-    blocking(|| file.read_exact_at(&mut buf, offset))
-        .map_err(|e| StoreError::Other(format!("reading the staging file: {e}")))?;
-    Ok(Bytes::from(buf))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_append_copies_the_old_bytes_and_uploads_only_the_new_ones() {
-        let mib = 1u64 << 20;
-        let plan = plan_parts(101 * mib, 8 * mib, 100 * mib, &RangeSet::default());
-        assert_eq!(
-            plan,
-            vec![
-                PlannedPart::Copy(0, 100 * mib),
-                PlannedPart::Upload(100 * mib, 101 * mib)
-            ]
-        );
-        // A 4 KiB patch in the middle: one uploaded part around it, copies on both sides.
-        let mut written = RangeSet::default();
-        written.insert(50 * mib, 50 * mib + 4096);
-        let plan = plan_parts(100 * mib, 8 * mib, 100 * mib, &written);
-        assert_eq!(
-            plan,
-            vec![
-                PlannedPart::Copy(0, 50 * mib),
-                PlannedPart::Upload(50 * mib, 58 * mib),
-                PlannedPart::Copy(58 * mib, 100 * mib)
-            ]
-        );
-        // Every non-last part is at least the minimum, and the parts tile the file.
-        let mut written = RangeSet::default();
-        for i in 0..30 {
-            written.insert(i * 7 * mib + 3, i * 7 * mib + 9);
-        }
-        let plan = plan_parts(230 * mib, 8 * mib, 200 * mib, &written);
-        let mut at = 0;
-        for (i, p) in plan.iter().enumerate() {
-            let (PlannedPart::Copy(a, b) | PlannedPart::Upload(a, b)) = *p;
-            assert_eq!(a, at);
-            assert!(b - a >= MIN_PART_SIZE || i == plan.len() - 1, "{p:?}");
-            if let PlannedPart::Copy(..) = p {
-                assert!(!written.overlaps(a, b) && b <= 200 * mib);
-            }
-            at = b;
-        }
-        assert_eq!(at, 230 * mib);
-    }
-
-    #[test]
-    fn the_cache_filesystem_keeps_its_free_share() {
-        let dir = tempfile::tempdir().unwrap();
-        let (free, total) = filesystem_space(dir.path()).unwrap();
-        let margin = 64u64 << 20;
-        let ratio = free.saturating_sub(margin) as f64 / total as f64;
-        let cache = CacheDir::open(dir.path(), u64::MAX)
-            .unwrap()
-            .with_min_free_ratio(ratio);
-        assert!(cache.try_reserve(4096).is_ok(), "well above the floor");
-        let why = cache.try_reserve(2 * margin).unwrap_err();
-        assert!(why.contains("--cache-min-free"), "{why}");
-    }
-
-    #[test]
-    fn part_size_keeps_huge_objects_within_ten_thousand_parts() {
-        assert_eq!(part_size_for(1 << 30, 8 << 20), 8 << 20);
-        let five_tib = 5u64 << 40;
-        let p = part_size_for(five_tib, 8 << 20);
-        assert!(five_tib.div_ceil(p) <= 10_000);
-        assert_eq!(part_size_for(100, 1 << 20), MIN_PART_SIZE);
     }
 }
