@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::journal::StagedState;
 use super::namespace::caller;
-use super::tests::{write_rig, write_rig_with};
+use super::tests::{files_below, wait_uploaded, write_rig, write_rig_with};
 use super::*;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::MemoryStore;
@@ -58,19 +58,8 @@ fn bytes(n: usize, seed: u64) -> Vec<u8> {
 
 /// Files under `dir/recovery`, by the path they were kept for (`TIME/PATH` → `PATH`).
 fn recovered(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if entry.path().is_dir() {
-                walk(&entry.path(), out);
-            } else {
-                out.push(entry.path());
-            }
-        }
-    }
     let root = dir.join("recovery");
-    let mut files = Vec::new();
-    walk(&root, &mut files);
-    files
+    files_below(&root)
         .into_iter()
         .map(|p| {
             let rel = p.strip_prefix(&root).unwrap().to_string_lossy().to_string();
@@ -171,14 +160,7 @@ async fn crash_and_reconcile(seed: u64, halt: u64, write_back: WriteBack) {
 
     let (_, fs) = mount_on(dir.path(), &mem, WriteBack::Sync);
     let report = fs.reconcile().await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while fs.pending_uploads() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "uploads never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_uploaded(&fs, Duration::from_secs(20)).await;
     let context = format!("seed {seed}, halt after {halt}, {write_back:?}: {report:?}");
     for (name, data) in &told.saved {
         let got = mem.content(name);
@@ -307,11 +289,7 @@ async fn the_journal_records_each_state_a_program_was_told() {
         ("b.txt", StagedState::Closed)
     );
     fs.release(fh).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while fs.pending_uploads() > 0 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_uploaded(fs, Duration::from_secs(10)).await;
     assert_eq!(
         w.rig.mem.content("b.txt").as_deref(),
         Some(&b"hello again"[..])

@@ -358,6 +358,33 @@ pub(super) fn write_rig_with(cache_cap: u64, cfg: FsConfig) -> WriteRig {
     }
 }
 
+/// Every file below `dir` (at any depth), sorted.
+pub(super) fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_below(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Waits (at most `limit`) until no file of `fs` waits for its upload.
+pub(super) async fn wait_uploaded(fs: &Fs, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while fs.pending_uploads() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "uploads never finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 fn model_bytes(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -392,20 +419,7 @@ impl WriteRig {
 
     /// The files kept in `recovery/`, as paths below it.
     pub fn recovered_paths(&self) -> Vec<std::path::PathBuf> {
-        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else {
-                    out.push(path);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.dir.path().join("recovery"), &mut out);
-        out.sort();
-        out
+        files_below(&self.dir.path().join("recovery"))
     }
 }
 

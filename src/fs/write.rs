@@ -131,10 +131,13 @@ impl Staged {
     /// An empty staging file (a new file, or one opened with O_TRUNC), to be uploaded with
     /// `metadata`.
     pub fn empty(cache: Arc<CacheDir>, key: String, metadata: Metadata) -> Result<Staged, FsError> {
-        Staged::created(cache, key, metadata, StagedState::Writing)
+        let staged = Staged::created(cache, key, metadata, StagedState::Writing)?;
+        staged.persist(false)?;
+        Ok(staged)
     }
 
-    /// A new staging entry in `state`, its data file empty and its record written.
+    /// A new staging entry in `state`, its data file empty; the caller writes its record once
+    /// it is complete.
     fn created(
         cache: Arc<CacheDir>,
         key: String,
@@ -160,9 +163,7 @@ impl Staged {
             .create_new(true)
             .open(&journal.data)
             .map_err(io_error)?;
-        let staged = Staged::assemble(cache, key, journal, file, state, metadata);
-        staged.persist(false)?;
-        Ok(staged)
+        Ok(Staged::assemble(cache, key, journal, file, state, metadata))
     }
 
     fn assemble(
