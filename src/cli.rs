@@ -168,9 +168,18 @@ pub struct MountArgs {
     /// Permissions shown for directories without metadata (octal)
     #[arg(long, value_parser = parse_mode, default_value = "755", help_heading = "Mount")]
     pub dir_mode: u16,
-    /// How long metadata and misses are cached (also the kernel's entry/attr timeout)
-    #[arg(long, value_parser = parse_duration, default_value = "1s", help_heading = "Mount")]
+    /// How long metadata, misses and directory snapshots are trusted (also the kernel's
+    /// entry/attr timeout): a change made by another client shows within it
+    #[arg(long, value_parser = parse_duration, default_value = "1min", help_heading = "Mount")]
     pub metadata_ttl: Duration,
+    /// How old the version of a file an open reads may be: a change made by another client
+    /// shows to the next open within it (a HEAD when the attributes are older)
+    #[arg(long, value_parser = parse_duration, default_value = "1s", help_heading = "Mount")]
+    pub content_ttl: Duration,
+    /// Memory for directory snapshots (complete listings that answer lookups), all
+    /// directories together; a larger directory is not kept
+    #[arg(long, value_parser = parse_size, default_value = "64MiB", help_heading = "Mount")]
+    pub dir_snapshot_memory: u64,
     /// List directories with LIST alone, without a HEAD per new or changed file: faster on
     /// huge directories, but modes, owners, mtimes and symlinks stored as metadata show only
     /// once a file is looked up (stat)

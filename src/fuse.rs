@@ -40,7 +40,10 @@ pub struct FuseAdapter {
 
 impl FuseAdapter {
     pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
-        let ttl = fs.config().metadata_ttl;
+        // The kernel asks again after --content-ttl at most (pailfs answers from its own
+        // caches, trusted for --metadata-ttl, at memory speed): its idea of a file's size
+        // then follows what opens see.
+        let ttl = fs.config().metadata_ttl.min(fs.config().content_ttl);
         FuseAdapter {
             fs,
             rt,

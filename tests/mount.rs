@@ -139,7 +139,10 @@ fn ls_l_of_plain_objects_costs_a_sample_of_heads_and_small_files_cost_one_get() 
     // A TTL longer than the test: on a loaded machine the 50 reads can outlast the default
     // 1 s, and the kernel's look-ups of expired names would cost HEADs this test does not
     // count.
-    let m = Mount::new(&b.location(""), &["--metadata-ttl", "5min"]);
+    let m = Mount::new(
+        &b.location(""),
+        &["--metadata-ttl", "5min", "--content-ttl", "5min"],
+    );
     let before = m.requests();
     assert_eq!(ls_l_lines(&m.join("many")), 301);
     let after_ls = m.requests();

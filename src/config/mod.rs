@@ -143,6 +143,7 @@ impl MountConfig {
             file_mode: args.file_mode,
             dir_mode: args.dir_mode,
             metadata_ttl: args.metadata_ttl,
+            content_ttl: args.content_ttl,
             read_only: args.read_only,
             read_part_size: args.read_part_size,
             max_read_window: args.max_read_window.max(args.read_part_size),
@@ -162,6 +163,7 @@ impl MountConfig {
             write_back: args.write_back,
             xattrs: args.xattrs,
             max_dir_rename_objects: args.max_dir_rename_objects,
+            snapshot_memory: args.dir_snapshot_memory,
             ..FsConfig::default()
         };
         Ok(MountConfig {

@@ -4,6 +4,7 @@
 
 use super::error::FsError;
 use super::names::{check_name, OddKeyLog};
+use super::snapshot::Collector;
 use super::Kind;
 use crate::store::{ListRequest, ObjectInfo, ObjectStore};
 
@@ -42,6 +43,9 @@ pub struct DirStream {
     pub marker: Option<ObjectInfo>,
     /// A page was fetched and not yet handed out by `take_new_page`.
     new_page: bool,
+    /// The entries handed out so far, in order, to become the directory's snapshot once the
+    /// listing ends (taken then; none after a rewind restarts it).
+    pub collector: Option<Collector>,
 }
 
 impl DirStream {
@@ -56,6 +60,7 @@ impl DirStream {
             held: Vec::new(),
             marker: None,
             new_page: false,
+            collector: Some(Collector::new()),
         }
     }
 

@@ -21,7 +21,8 @@ pub const S_IFLNK: u64 = 0o120000;
 /// and a memo of HEAD answers that stays valid while the object keeps its ETag and
 /// LastModified (so listings need not HEAD an unchanged object again).
 pub struct MetaCache {
-    attrs: Cache<Ino, Attr>,
+    /// Attributes, with when the bucket said so (a listing or a HEAD).
+    attrs: Cache<Ino, (Attr, std::time::Instant)>,
     misses: Cache<(Ino, String), ()>,
     heads: Cache<String, ObjectInfo>,
     /// Hits and misses of the attribute cache, the miss cache and the HEAD memo (for
@@ -108,7 +109,7 @@ impl MetaCache {
     }
 
     pub fn attr(&self, ino: Ino) -> Option<Attr> {
-        let found = self.attrs.get(&ino);
+        let found = self.attrs.get(&ino).map(|(attr, _)| attr);
         self.count(if found.is_some() {
             Stat::AttrHit
         } else {
@@ -117,12 +118,22 @@ impl MetaCache {
         found
     }
 
+    /// Attributes learned at most `age` ago (opens want a recent version, not just a
+    /// cached one).
+    pub fn attr_within(&self, ino: Ino, age: Duration) -> Option<Attr> {
+        self.attrs
+            .get(&ino)
+            .filter(|(_, at)| at.elapsed() <= age)
+            .map(|(attr, _)| attr)
+    }
+
     pub fn forget_attr(&self, ino: Ino) {
         self.attrs.invalidate(&ino);
     }
 
     pub fn put_attr(&self, attr: Attr) {
-        self.attrs.insert(attr.ino, attr);
+        self.attrs
+            .insert(attr.ino, (attr, std::time::Instant::now()));
     }
 
     pub fn is_miss(&self, parent: Ino, name: &str) -> bool {

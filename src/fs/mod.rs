@@ -15,6 +15,7 @@ pub mod progress;
 pub mod ranges;
 pub mod read;
 mod recover;
+pub mod snapshot;
 mod staging;
 pub mod write;
 pub mod xattr;
@@ -81,6 +82,10 @@ pub struct FsConfig {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub metadata_ttl: Duration,
+    /// How old the version a file is opened at may be (`--content-ttl`): a change made
+    /// elsewhere shows to the next open within it, however long names are trusted. The
+    /// kernel's attribute timeout is never longer either, so its idea of a size follows.
+    pub content_ttl: Duration,
     pub read_only: bool,
     pub read_part_size: u64,
     pub max_read_window: u64,
@@ -102,6 +107,8 @@ pub struct FsConfig {
     pub max_dir_rename_objects: u64,
     /// Largest object copied with one CopyObject; above it, UploadPartCopy parts.
     pub copy_limit: u64,
+    /// Memory for directory snapshots, all directories together (`--dir-snapshot-memory`).
+    pub snapshot_memory: u64,
     pub copy_part_size: u64,
 }
 
@@ -113,6 +120,7 @@ impl Default for FsConfig {
             file_mode: 0o644,
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(1),
+            content_ttl: Duration::from_secs(1),
             read_only: false,
             read_part_size: 8 << 20,
             max_read_window: 64 << 20,
@@ -132,6 +140,7 @@ impl Default for FsConfig {
             xattrs: false,
             max_dir_rename_objects: 10_000,
             copy_limit: 5 << 30,
+            snapshot_memory: 64 << 20,
             copy_part_size: 512 << 20,
         }
     }
@@ -181,12 +190,16 @@ pub struct Fs {
     cfg: FsConfig,
     inodes: Mutex<InodeTable>,
     meta: MetaCache,
+    snapshots: snapshot::Snapshots,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     staged: Mutex<HashMap<Ino, StagedRef>>,
     /// Staging copies whose name is gone (unlinked or replaced) while handles hold them.
     unlinked: Mutex<HashMap<Ino, StagedRef>>,
     cache: Option<Arc<CacheDir>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
+    /// Listing pages whose sample showed no attribute metadata (plain buckets), for
+    /// --metadata-ttl: listing them again sends no HEAD.
+    plain_listings: moka::sync::Cache<String, ()>,
     /// ETag whose content the kernel page cache holds, per file: lets a reopen keep the cache.
     cached_etags: moka::sync::Cache<Ino, String>,
     next_fh: AtomicU64,
@@ -228,7 +241,12 @@ impl Fs {
             counters,
             prefix,
             meta: MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity),
+            snapshots: snapshot::Snapshots::new(cfg.metadata_ttl, cfg.snapshot_memory),
             cached_etags: moka::sync::Cache::new(cfg.cache_capacity),
+            plain_listings: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(cfg.metadata_ttl.max(Duration::from_nanos(1)))
+                .build(),
             cfg,
             inodes: Mutex::new(InodeTable::default()),
             files: Mutex::new(HashMap::new()),
@@ -291,6 +309,14 @@ impl Fs {
         }
     }
 
+    /// Tells the snapshot of `path`'s directory (if one is kept) what `path` is now, after a
+    /// change made through this mount: `None` when it is gone.
+    fn note_path(&self, path: &str, entry: Option<(Kind, Attr)>) {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let dir = lock(&self.inodes).peek(Kind::Dir, dir);
+        self.snapshots.note(dir, name, entry);
+    }
+
     fn new_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
@@ -309,6 +335,17 @@ impl Fs {
         if let Some(attr) = self.staged_attr(staged_ino).await {
             lock(&self.inodes).remember(parent, Kind::File, &path);
             return Ok(attr);
+        }
+        // A fresh listing of the parent answers without a request, hits and misses alike.
+        match self.snapshots.lookup(parent, name) {
+            snapshot::Answer::Present(kind, attr) => {
+                let ino = lock(&self.inodes).remember(parent, kind, &path);
+                let attr = Attr { ino, ..attr };
+                self.meta.put_attr(attr.clone());
+                return Ok(attr);
+            }
+            snapshot::Answer::Absent => return Err(FsError::NotFound),
+            snapshot::Answer::Unknown => {}
         }
         let key = self.key_of(&path);
         let dir_prefix = format!("{key}/");
@@ -370,6 +407,17 @@ impl Fs {
             return Ok(attr);
         }
         let node = self.node(ino)?;
+        if ino != Ino::ROOT {
+            if let snapshot::Answer::Present(kind, attr) =
+                self.snapshots.lookup(node.parent, node.name())
+            {
+                if kind.slot() == node.kind {
+                    let attr = Attr { ino, ..attr };
+                    self.meta.put_attr(attr.clone());
+                    return Ok(attr);
+                }
+            }
+        }
         let attr = match node.kind {
             Kind::Dir => {
                 if ino == Ino::ROOT {
@@ -383,12 +431,17 @@ impl Fs {
                     dir_attr(ino, marker.as_ref(), &self.cfg)
                 }
             }
-            Kind::File | Kind::Symlink => {
-                let info = self.store.head(&self.key_of(&node.path)).await?;
-                self.meta.put_head(&info);
-                file_attr(ino, &info, &self.cfg)
-            }
+            Kind::File | Kind::Symlink => return self.head_file(ino, &node.path).await,
         };
+        self.meta.put_attr(attr.clone());
+        Ok(attr)
+    }
+
+    /// The attributes of the file at `path` as the bucket has them now (one HEAD).
+    async fn head_file(&self, ino: Ino, path: &str) -> Result<Attr, FsError> {
+        let info = self.store.head(&self.key_of(path)).await?;
+        self.meta.put_head(&info);
+        let attr = file_attr(ino, &info, &self.cfg);
         self.meta.put_attr(attr.clone());
         Ok(attr)
     }
@@ -494,6 +547,10 @@ impl Fs {
                 lock(&self.inodes).peek(entry.kind, &path)
             };
             let attr = self.listed_attr(ino_child, &entry);
+            if let Some(collector) = stream.collector.as_mut() {
+                let budget = self.snapshots.budget();
+                collector.add(cookie - 2, &entry.name, entry.kind, &attr, budget);
+            }
             let full = sink(DirSinkEntry {
                 ino: ino_child,
                 offset: cookie + 1,
@@ -507,6 +564,10 @@ impl Fs {
                 return Ok(());
             }
             cookie += 1;
+        }
+        // The listing ended: what it showed is the directory's snapshot from now on.
+        if let Some(collected) = stream.collector.take() {
+            self.snapshots.commit(ino, collected);
         }
         if let Some(head) = stream.marker.as_ref().and_then(|m| self.meta.head_of(m)) {
             if ino != Ino::ROOT {
@@ -605,6 +666,14 @@ impl Fs {
             .filter_map(|e| e.object.as_ref())
             .filter_map(|o| self.meta.head_of(o))
             .any(|h| meta::has_attr_headers(&h));
+        // A page is known by its directory and first name: listed again unchanged, it is the
+        // same page.
+        let page_id = format!("{prefix}\0{}", page.first().map_or("", |e| e.name.as_str()));
+        if !known_metadata && self.plain_listings.contains_key(&page_id) {
+            // A sample of this page showed no metadata within --metadata-ttl: listing it
+            // again costs the listing alone.
+            wanted.clear();
+        }
         let rest = if known_metadata || wanted.len() <= LISTING_SAMPLE {
             Vec::new()
         } else {
@@ -613,6 +682,8 @@ impl Fs {
         let sample_has_metadata = self.head_entries(page, wanted).await;
         if !rest.is_empty() && sample_has_metadata {
             self.head_entries(page, rest).await;
+        } else if !rest.is_empty() {
+            self.plain_listings.insert(page_id, ());
         }
         for entry in page.iter_mut().filter(|e| e.kind != Kind::Dir) {
             if let Some(head) = entry.object.as_ref().and_then(|o| self.meta.head_of(o)) {
@@ -694,11 +765,18 @@ impl Fs {
             };
             return Ok((self.open_staged(ino, staged), keep_cache));
         }
-        let attr = self.getattr(ino).await?;
+        // Close-to-open: what a new handle reads is the version the bucket had at most
+        // --content-ttl ago, however long names and attributes are trusted otherwise.
+        let attr = match self.meta.attr_within(ino, self.cfg.content_ttl) {
+            Some(attr) => attr,
+            None => self.head_file(ino, &node.path).await?,
+        };
+        // The kernel keeps the pages it cached only while they are of that same version.
+        let keep_cache =
+            self.cached_etags.get(&ino).as_deref() == Some(attr.etag.as_deref().unwrap_or(""));
         let etag = attr.etag.clone().unwrap_or_default();
-        let keep_cache = self.cached_etags.get(&ino).as_deref() == Some(etag.as_str());
         self.cached_etags.insert(ino, etag.clone());
-        let reader = Reader::new(
+        let mut reader = Reader::new(
             self.store.clone(),
             self.readahead_budget.clone(),
             self.buffers.clone(),
@@ -711,6 +789,8 @@ impl Fs {
             etag,
             attr.size,
         );
+        // Moving to a newer version is safe only while the kernel holds no page of this one.
+        reader.may_repin = !keep_cache;
         let fh = self.new_fh();
         lock(&self.files).insert(
             fh,
@@ -866,5 +946,7 @@ impl Fs {
 mod crash_tests;
 #[cfg(test)]
 mod namespace_tests;
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

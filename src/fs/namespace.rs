@@ -41,6 +41,7 @@ impl Fs {
         self.detach_staged(ino, async { Ok(self.store.delete_object(&key).await?) })
             .await?;
         lock(&self.inodes).detach(ino);
+        self.note_path(&path, None);
         self.meta.forget_attr(ino);
         self.meta.forget_head(&key);
         self.meta.put_miss(parent, name);
@@ -69,14 +70,20 @@ impl Fs {
             ctime: now,
             ..dir_attr(ino, None, &self.cfg)
         };
-        self.store
-            .put_object(
-                &self.dir_prefix(&path),
-                Bytes::new(),
-                &attr_headers(&attr, &Metadata::new()),
-            )
+        let (marker, headers) = (
+            self.dir_prefix(&path),
+            attr_headers(&attr, &Metadata::new()),
+        );
+        let etag = self
+            .store
+            .put_object(&marker, Bytes::new(), &headers)
             .await?;
-        lock(&self.inodes).remember(parent, Kind::Dir, &path);
+        self.remember_marker(&marker, &etag, headers);
+        let ino = lock(&self.inodes).remember(parent, Kind::Dir, &path);
+        // A folder made here is empty, and known to be: creating a tree inside it looks
+        // nothing up.
+        self.snapshots.start_empty(ino);
+        self.note_path(&path, Some((Kind::Dir, attr.clone())));
         self.meta.forget_miss(parent, name);
         self.meta.put_attr(attr.clone());
         Ok(attr)
@@ -101,6 +108,8 @@ impl Fs {
         }
         self.store.delete_object(&prefix).await?;
         let ino = lock(&self.inodes).peek(Kind::Dir, &path);
+        self.snapshots.forget(ino);
+        self.note_path(&path, None);
         self.meta.forget_attr(ino);
         self.meta.put_miss(parent, name);
         Ok(())
@@ -144,6 +153,7 @@ impl Fs {
             .await?;
         attr.etag = Some(etag);
         lock(&self.inodes).remember(parent, Kind::Symlink, &path);
+        self.note_path(&path, Some((Kind::Symlink, attr.clone())));
         self.meta.forget_miss(parent, name);
         self.meta.put_attr(attr.clone());
         Ok(attr)
@@ -204,6 +214,19 @@ impl Fs {
         ino: Ino,
         edit: &(dyn Fn(&Attr, &mut Metadata) -> Result<Attr, FsError> + Send + Sync),
     ) -> Result<Attr, FsError> {
+        let attr = self.edit_metadata_of(ino, edit).await?;
+        if ino != Ino::ROOT {
+            let node = self.node(ino)?;
+            self.note_path(&node.path, Some((attr.kind, attr.clone())));
+        }
+        Ok(attr)
+    }
+
+    async fn edit_metadata_of(
+        &self,
+        ino: Ino,
+        edit: &(dyn Fn(&Attr, &mut Metadata) -> Result<Attr, FsError> + Send + Sync),
+    ) -> Result<Attr, FsError> {
         let node = self.node(ino)?;
         if let Some(staged) = self.staged_of(ino) {
             let mut s = staged.lock().await;
@@ -234,10 +257,19 @@ impl Fs {
             // The bucket's root has no object to carry metadata.
             return Err(FsError::NotPermitted);
         }
-        let info = match self.store.head(&key).await {
-            Ok(info) => Some(info),
-            Err(StoreError::NotFound) if marker_of_dir => None,
-            Err(e) => return Err(e.into()),
+        // A folder's marker this mount wrote or read within --metadata-ttl is known: its
+        // attributes change with one PUT (tar sets a folder's mode and mtime after filling it).
+        let known_marker = match marker_of_dir && self.meta.attr(ino).is_some() {
+            true => self.meta.last_head(&key),
+            false => None,
+        };
+        let info = match known_marker {
+            Some(info) => Some(info),
+            None => match self.store.head(&key).await {
+                Ok(info) => Some(info),
+                Err(StoreError::NotFound) if marker_of_dir => None,
+                Err(e) => return Err(e.into()),
+            },
         };
         let current = match (&info, marker_of_dir) {
             (_, true) => dir_attr(ino, info.as_ref(), &self.cfg),
@@ -250,20 +282,35 @@ impl Fs {
             .unwrap_or_default();
         let mut new = edit(&current, &mut headers)?;
         let etag = match &info {
-            Some(info) => {
+            Some(info) if !marker_of_dir => {
                 self.copy_whole(&key, &key, info.size, Some(&headers))
                     .await?
             }
-            // An implicit directory gets a marker to hold its attributes.
-            None => self.store.put_object(&key, Bytes::new(), &headers).await?,
+            // A marker is empty: writing it anew is the copy (and an implicit directory gets
+            // a marker to hold its attributes).
+            _ => self.store.put_object(&key, Bytes::new(), &headers).await?,
         };
-        if !marker_of_dir {
+        if marker_of_dir {
+            self.remember_marker(&key, &etag, headers);
+        } else {
             new.etag = Some(etag.clone());
             self.cached_etags.insert(ino, etag);
+            self.meta.forget_head(&key);
         }
-        self.meta.forget_head(&key);
         self.meta.put_attr(new.clone());
         Ok(new)
+    }
+
+    /// What the bucket holds as a folder's marker after this mount wrote it.
+    fn remember_marker(&self, key: &str, etag: &str, metadata: Metadata) {
+        self.meta.put_head(&crate::store::ObjectInfo {
+            key: key.to_string(),
+            size: 0,
+            last_modified: std::time::SystemTime::now(),
+            etag: etag.to_string(),
+            metadata,
+            storage_class: None,
+        });
     }
 
     /// Copies one object (CopyObject up to the single-copy limit, UploadPartCopy parts above
@@ -353,13 +400,23 @@ impl Fs {
             lock(&self.inodes).move_to(ino, new_parent, &to);
             Vec::new()
         };
-        // Copies may carry new ETags: attributes are asked again.
-        for moved in moved_below {
-            self.meta.forget_attr(moved);
+        // Copies may carry new ETags: attributes are asked again, and snapshots of moved
+        // folders go (their entries name the old objects).
+        for moved in &moved_below {
+            self.meta.forget_attr(*moved);
+            self.snapshots.forget(*moved);
         }
         self.meta.forget_attr(ino);
         self.meta.put_miss(parent, name);
         self.meta.forget_miss(new_parent, new_name);
+        self.note_path(&from, None);
+        if is_dir {
+            self.snapshots.forget(ino);
+        }
+        match self.getattr(ino).await {
+            Ok(attr) => self.note_path(&to, Some((attr.kind, attr))),
+            Err(_) => self.snapshots.forget(new_parent),
+        }
         Ok(())
     }
 

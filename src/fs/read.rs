@@ -116,6 +116,11 @@ pub struct Reader {
     size: u64,
     window: PrefetchWindow,
     last_end: Option<u64>,
+    /// A read succeeded: from then on the handle is pinned to its version for good.
+    served: bool,
+    /// Whether a handle that has read nothing yet may move to the current version when its
+    /// own was replaced (not when the kernel kept pages of the old one for it).
+    pub may_repin: bool,
 }
 
 impl Reader {
@@ -148,6 +153,8 @@ impl Reader {
             size,
             window: PrefetchWindow::default(),
             last_end: None,
+            served: false,
+            may_repin: true,
         }
     }
 
@@ -177,7 +184,27 @@ impl Reader {
             return Ok(Bytes::new());
         }
         let end = self.size.min(offset + len as u64);
-        let result = self.read_range(ByteRange::new(offset, end)).await;
+        let mut result = self.read_range(ByteRange::new(offset, end)).await;
+        if matches!(result, Err(FsError::Store(StoreError::PreconditionFailed)))
+            && !self.served
+            && self.may_repin
+        {
+            // Opened from cached attributes (within --metadata-ttl) of a version replaced
+            // since: nothing was read yet, so the handle takes the current version instead.
+            self.window.reset(0, &self.pool);
+            if let Ok(info) = self.store.head(&self.key).await {
+                tracing::debug!(key = %self.key, "the object changed since its attributes were cached; reading the current version");
+                self.etag = info.etag;
+                self.size = info.size;
+                let end = self.size.min(offset + len as u64);
+                result = if offset >= self.size {
+                    Ok(Bytes::new())
+                } else {
+                    self.read_range(ByteRange::new(offset, end)).await
+                };
+            }
+        }
+        self.served |= result.is_ok();
         if let Err(FsError::Store(StoreError::PreconditionFailed)) = result {
             tracing::error!(key = %self.key, "object changed in the bucket while open; failing the read instead of mixing versions");
             self.window.reset(0, &self.pool);

@@ -16,6 +16,9 @@ use super::write::Staged;
 use super::{lock, progress, Attr, Fs, Kind, OpenFile, WriteBack};
 use crate::store::{Metadata, ObjectInfo, StoreError};
 
+/// How long an async upload waits after the last close before it starts.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One staging copy, shared by the handles open on it.
 pub(super) struct StagedFile {
     copy: tokio::sync::Mutex<Staged>,
@@ -293,6 +296,7 @@ impl Fs {
         self.meta.forget_miss(parent, name);
         let fh = self.open_staged(ino, staged);
         let attr = self.staged_attr(ino).await.ok_or(FsError::BadHandle)?;
+        self.note_path(&path, Some((Kind::File, attr.clone())));
         Ok((attr, fh))
     }
 
@@ -366,8 +370,11 @@ impl Fs {
         if let Some(etag) = staged.upload(&self.store, self.cfg.write).await? {
             self.cached_etags.insert(ino, etag.clone());
             self.meta.forget_head(&staged.key);
-            self.meta
-                .put_attr(self.written_attr(ino, size, Some(etag), &headers));
+            let attr = self.written_attr(ino, size, Some(etag), &headers);
+            if let Some(path) = staged.key.strip_prefix(self.prefix.as_str()) {
+                self.note_path(path, Some((Kind::File, attr.clone())));
+            }
+            self.meta.put_attr(attr);
         }
         Ok(())
     }
@@ -435,6 +442,11 @@ impl Fs {
     pub(super) fn upload_in_background(self: &Arc<Self>, ino: Ino, staged: StagedRef) {
         let fs = self.clone();
         tokio::spawn(async move {
+            // Programs often set the mode or mtime of a file right after closing it (tar,
+            // cp -p, rsync): waiting a moment lets that change ride along with the upload
+            // instead of costing a copy of the object afterwards. The bytes are safe on disk
+            // and in the journal meanwhile.
+            tokio::time::sleep(SETTLE).await;
             let _permit = fs.background_uploads.clone().acquire_owned().await;
             let mut s = staged.lock().await;
             // Failures are logged (with the recovery path) by the upload itself.

@@ -18,7 +18,7 @@ fn rig(prefix: &str) -> Rig {
     rig_with(prefix, FsConfig::default())
 }
 
-fn rig_with(prefix: &str, cfg: FsConfig) -> Rig {
+pub(super) fn rig_with(prefix: &str, cfg: FsConfig) -> Rig {
     let mem = Arc::new(MemoryStore::new());
     let store = Arc::new(Instrumented::new(mem.clone()));
     let fs = Fs::new(

@@ -368,6 +368,8 @@ impl Mount {
             list: get("LIST"),
             get: get("GET"),
             part_copy: get("MPU_PART_COPY"),
+            put: get("PUT"),
+            copy: get("COPY"),
             bytes_read: get("bytes_read"),
             bytes_written: get("bytes_written"),
         }
@@ -468,6 +470,8 @@ pub struct Requests {
     pub list: u64,
     pub get: u64,
     pub part_copy: u64,
+    pub put: u64,
+    pub copy: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
 }

@@ -1,0 +1,170 @@
+//! Directories through the kernel against Garage, with the daemon's request counters: a tree
+//! walk after a listing costs the listing, and creating a tree costs a PUT per file.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Bucket, Mount, Requests};
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn delta(before: Requests, after: Requests) -> Requests {
+    Requests {
+        head: after.head - before.head,
+        list: after.list - before.list,
+        get: after.get - before.get,
+        part_copy: after.part_copy - before.part_copy,
+        put: after.put - before.put,
+        copy: after.copy - before.copy,
+        bytes_read: after.bytes_read - before.bytes_read,
+        bytes_written: after.bytes_written - before.bytes_written,
+    }
+}
+
+#[test]
+fn du_and_find_of_a_large_folder_cost_its_listing() {
+    let b = Bucket::new("du-walk");
+    let keys: Vec<String> = (0..10_000).map(|i| format!("big/f{i:05}")).collect();
+    b.put_many(keys, &[7u8; 100]);
+    let m = Mount::new(&b.location(""), &[]);
+    let before = m.requests();
+    let du = run(Command::new("du")
+        .arg("-s")
+        .arg("--apparent-size")
+        .arg("-B1")
+        .arg(m.join("big")));
+    let size: u64 = du.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(size >= 10_000 * 100, "{du}");
+    let after_du = m.requests();
+    let cost = delta(before, after_du);
+    // 10 pages of 1,000, each with a sample of 8 HEADs (the objects carry no metadata),
+    // and the lookup of "big": not a request per entry.
+    assert!(cost.list <= 10 + 2, "{cost:?}");
+    assert!(cost.head <= 10 * 8 + 2, "{cost:?}");
+    // find after it, within --metadata-ttl: answered from the snapshot.
+    let out = Command::new("find")
+        .arg(m.join("big"))
+        .args(["-type", "f", "-size", "-2k"])
+        .output()
+        .unwrap();
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        found.lines().count(),
+        10_000,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cost = delta(after_du, m.requests());
+    assert!(
+        cost.head == 0 && cost.list <= 10 + 1,
+        "find lists again, at listing cost, and stats nothing: {cost:?}"
+    );
+}
+
+fn mtime_of(m: &Mount, rel: &str) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(m.join(rel)).unwrap().mtime()
+}
+
+/// A source tree like a small project: folders of small files (dated 2001).
+fn make_tree(root: &Path) -> usize {
+    let mut files = 0;
+    for d in 0..5 {
+        let dir = root.join(format!("tree/mod{d}/sub"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..12 {
+            let file = dir.join(format!("file{f}.rs"));
+            std::fs::write(&file, format!("// {d} {f}\n")).unwrap();
+            run(Command::new("touch").arg("-d").arg("@978307200").arg(&file));
+            files += 1;
+        }
+    }
+    files
+}
+
+fn untar_into(m: &Mount, extra_wait: bool) -> (usize, Requests, Duration) {
+    let src = tempfile::tempdir().unwrap();
+    let files = make_tree(src.path());
+    let tarball = src.path().join("tree.tar");
+    run(Command::new("tar")
+        .arg("cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(src.path())
+        .arg("tree"));
+    let before = m.requests();
+    let started = Instant::now();
+    run(Command::new("tar")
+        .arg("xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&m.path));
+    let took = started.elapsed();
+    if extra_wait {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while m.requests().put - before.put < files as u64 + 11 {
+            assert!(Instant::now() < deadline, "async uploads did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    (files, delta(before, m.requests()), took)
+}
+
+#[test]
+fn tar_x_of_a_tree_costs_a_put_per_file_and_folder() {
+    let b = Bucket::new("tar-x");
+    let m = Mount::new(&b.location(""), &[]);
+    let (files, cost, _) = untar_into(&m, false);
+    let folders = 1 + 5 + 5;
+    // A PUT per file and per folder marker, and one per folder for each attribute change tar
+    // makes once it filled it (mode and mtime; owner too when run as root).
+    assert!(
+        cost.put >= (files + folders) as u64 && cost.put <= (files + 4 * folders) as u64,
+        "{cost:?}"
+    );
+    assert!(cost.head + cost.list <= 3, "no lookups: {cost:?}");
+    assert_eq!(cost.copy, 0, "{cost:?}");
+    assert_eq!(
+        b.get("tree/mod3/sub/file7.rs").as_deref(),
+        Some(&b"// 3 7\n"[..])
+    );
+    assert_eq!(mtime_of(&m, "tree/mod3/sub/file7.rs"), 978_307_200);
+}
+
+#[test]
+fn tar_x_with_async_write_back_costs_about_one_request_per_file() {
+    let b = Bucket::new("tar-x-async");
+    let m = Mount::new(&b.location(""), &["--write-back=async"]);
+    let (files, cost, _) = untar_into(&m, true);
+    let folders = 1 + 5 + 5;
+    // A PUT per file and per folder marker, and one per folder for each attribute change tar
+    // makes once it filled it (mode and mtime; owner too when run as root).
+    assert!(
+        cost.put >= (files + folders) as u64 && cost.put <= (files + 4 * folders) as u64,
+        "{cost:?}"
+    );
+    assert!(cost.head + cost.list <= 3, "no lookups: {cost:?}");
+    assert_eq!(cost.copy, 0, "{cost:?}");
+    assert_eq!(
+        mtime_of(&m, "tree/mod1/sub/file3.rs"),
+        978_307_200,
+        "tar's mtime was kept"
+    );
+}
