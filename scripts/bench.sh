@@ -4,8 +4,9 @@
 # TCP_NODELAY shim (tools/nodelay.c): without it every small response stalls ~40 ms on delayed
 # ACKs and all clients look alike. Timing is judged here, never in tests.
 #
-#   scripts/bench.sh            full run (seeds a 1 GiB object, 5,000 + 500 small objects; then
-#                               writes 1 GiB and 200 small files through each mount)
+#   scripts/bench.sh            full run (seeds a 1 GiB object, 5,000 + 500 small objects and a
+#                               100,000-object folder; then writes 1 GiB, 200 small files and a
+#                               source tree (tar x) through each mount)
 #   BENCH_ONLY="pailfs" scripts/bench.sh   mount only some of: pailfs s3fs rclone
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,11 +19,23 @@ $tool mb $B
 $tool put $B big/1g.bin $((1 << 30)) 3
 $tool put-many $B ls5k/f 5000 1024 > /dev/null
 $tool put-many $B small/s 500 4096 > /dev/null
+echo "seeding: 100,000 objects in d100k/ ..."
+$tool put-many $B d100k/f 100000 100 > /dev/null
+# A source tree to unpack: 24 folders in two levels, 600 small files.
+mkdir -p "$work/tree"
+for d in $(seq 1 12); do
+    for s in a b; do
+        mkdir -p "$work/tree/src/mod$d/$s"
+        for f in $(seq 1 25); do head -c $((500 + f * 40)) /dev/urandom > "$work/tree/src/mod$d/$s/f$f.rs"; done
+    done
+done
+tar cf "$work/tree.tar" -C "$work/tree" src
 
 echo "raw SDK baseline ..."
 declare -A R
 R[seq]=$($tool get-parallel $B big/1g.bin $((8 << 20)) 8 | field secs)
 R[list]=$($tool list $B ls5k/ | field secs)
+R[list100k]=$($tool list $B d100k/ | field secs)
 R[small]=$($tool get-each $B small/ | field secs)
 R[rand]=$($tool get-random $B big/1g.bin 4096 10 | field ops)
 R[rand]=$(awk -v o="${R[rand]}" 'BEGIN { printf "%.0f", o / 10 }')
@@ -57,6 +70,10 @@ run_fs() {
     t=$(now); dd if="$mnt/big/1g.bin" of=/dev/null bs=1M status=none; T[$fs,seq]=$(since "$t")
     t=$(now); ls -l "$mnt/ls5k" > /dev/null; T[$fs,lscold]=$(since "$t")
     t=$(now); ls -l "$mnt/ls5k" > /dev/null; T[$fs,lswarm]=$(since "$t")
+    # A tree walk of a huge folder: list it, then stat every entry (du, find, backups).
+    t=$(now); timeout 600 ls -l "$mnt/d100k" > /dev/null && T[$fs,ls100k]=$(since "$t")
+    t=$(now); timeout 600 du -s "$mnt/d100k" > /dev/null && T[$fs,du100k]=$(since "$t")
+    t=$(now); timeout 600 find "$mnt/d100k" -type f -size -1k > /dev/null && T[$fs,find100k]=$(since "$t")
     local before=""
     ls "$mnt/small" > /dev/null
     [ "$fs" = pailfs ] && before=$($pailfs status "$mnt")
@@ -75,6 +92,8 @@ run_fs() {
     local i ok=1
     for i in $(seq 1 200); do echo "$i" > "$mnt/w-$fs-small-$i.txt" || ok=0; done
     [ $ok = 1 ] && T[$fs,creates]=$(since "$t")
+    mkdir -p "$mnt/tarx-$fs"
+    t=$(now); timeout 600 tar xf "$work/tree.tar" --no-same-owner -C "$mnt/tarx-$fs" && T[$fs,tarx]=$(since "$t")
     T[$fs,rss]=$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status")
     fusermount3 -u "$mnt"
     wait "$pid" 2>/dev/null || true
@@ -83,6 +102,34 @@ run_fs() {
 for fs in ${BENCH_ONLY:-pailfs s3fs rclone}; do
     echo "mounting with $fs ..."
     run_fs "$fs"
+done
+
+# Unpacking a tree with write-back caching on: pailfs --write-back async against rclone
+# --vfs-cache-mode writes (the time includes each mount's unmount, which waits for uploads).
+tarx_cached() {
+    local fs=$1 pid t
+    case $fs in
+        pailfs)
+            $pailfs mount "s3://$B" "$mnt" --endpoint-url "$PAILFS_S3_ENDPOINT" --foreground \
+                --write-back async --log-file "$work/pailfs-async.log" & pid=$! ;;
+        rclone)
+            env -u AWS_CA_BUNDLE RCLONE_S3_PROVIDER=Other RCLONE_S3_ENDPOINT="$PAILFS_S3_ENDPOINT" RCLONE_S3_REGION=garage \
+            RCLONE_S3_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" RCLONE_S3_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
+            RCLONE_S3_FORCE_PATH_STYLE=true \
+                rclone mount ":s3:$B" "$mnt" --vfs-cache-mode writes --cache-dir "$work/rclone-cache" \
+                > "$work/rclone-writes.log" 2>&1 & pid=$! ;;
+        *) return ;;
+    esac
+    wait_mounted
+    mkdir -p "$mnt/tarc-$fs"
+    t=$(now)
+    tar xf "$work/tree.tar" --no-same-owner -C "$mnt/tarc-$fs" && T[$fs,tarxc]=$(since "$t")
+    fusermount3 -u "$mnt"
+    wait "$pid" 2>/dev/null || true
+    T[$fs,tarxcu]=$(since "$t")
+}
+for fs in ${BENCH_ONLY:-pailfs s3fs rclone}; do
+    tarx_cached "$fs"
 done
 
 cell() { echo "${T[$1,$2]:--}"; }
@@ -104,7 +151,13 @@ row "cat 500 x 4 KiB objects (s)" small "${R[small]}" s slower ""
 row "4 KiB random reads for 10 s (ops/s)" rand "${R[rand]}" ops rate ""
 row "write 1 GiB, dd conv=fsync (s)" write "${R[write]}" s time ">= 0.90 x raw multipart"
 row "create 200 small files (s)" creates "-" s none ""
+row "ls -l of 100,000 objects (s)" ls100k "${R[list100k]}" s slower "<= 2 x raw listing time"
+row "du -s of 100,000 objects (s)" du100k "${R[list100k]}" s slower "<= 2 x raw listing time"
+row "find -size of 100,000 objects (s)" find100k "${R[list100k]}" s slower "<= 2 x raw listing time"
+row "tar x, 600 files in 24 folders (s)" tarx "-" s none ""
+row "  same, write-back cache on (s)" tarxc "-" s none "pailfs async vs rclone --vfs-cache-mode writes"
+row "  same, until uploaded + unmounted (s)" tarxcu "-" s none ""
 row "peak RSS of the mount (MiB)" rss "-" MiB none "<= 128 MiB (pailfs)"
 echo "pailfs GETs per small-file cat: $(cell pailfs gets) (target <= 1); HEADs of names looked up again"
-echo "  because their entries outlived --metadata-ttl (1 s) during the run: $(cell pailfs relookups)"
+echo "  during the run (pailfs trusts names for --metadata-ttl, 1 min): $(cell pailfs relookups)"
 awk -v s="${R[seq]}" 'BEGIN { printf "raw 1 GiB parallel ranged GET: %.0f MiB/s\n", 1024 / s }'
