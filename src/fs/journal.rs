@@ -108,7 +108,9 @@ pub struct Record {
 pub struct JournalEntry {
     pub data: PathBuf,
     record_path: PathBuf,
-    record: Mutex<Record>,
+    /// The record as last written; `None` once removed (a late update, such as the end of
+    /// an abandoned multipart upload, must not bring it back).
+    record: Mutex<Option<Record>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -129,7 +131,7 @@ impl JournalEntry {
         JournalEntry {
             data: staging.join(format!("{stem}.data")),
             record_path: staging.join(format!("{stem}.json")),
-            record: Mutex::new(record),
+            record: Mutex::new(Some(record)),
         }
     }
 
@@ -138,20 +140,35 @@ impl JournalEntry {
         JournalEntry {
             data: record_path.with_extension("data"),
             record_path,
-            record: Mutex::new(record),
+            record: Mutex::new(Some(record)),
         }
     }
 
+    /// The record as last written (as it was before its removal, if removed).
     pub fn record(&self) -> Record {
-        lock(&self.record).clone()
+        let guard = lock(&self.record);
+        guard.clone().unwrap_or_else(|| Record {
+            location: String::new(),
+            key: String::new(),
+            path: String::new(),
+            state: StagedState::Clean,
+            upload_id: None,
+            base: Base::Unknown,
+            metadata: Metadata::new(),
+            size: 0,
+            source: None,
+        })
     }
 
     /// Changes the record with `edit` and writes it; `durable` also fsyncs it (for states a
     /// program is told about).
     pub fn update(&self, durable: bool, edit: impl FnOnce(&mut Record)) -> std::io::Result<()> {
-        let mut record = lock(&self.record);
-        edit(&mut record);
-        super::blocking::blocking(|| write_record(&self.record_path, &record, durable))
+        let mut guard = lock(&self.record);
+        let Some(record) = guard.as_mut() else {
+            return Ok(());
+        };
+        edit(record);
+        super::blocking::blocking(|| write_record(&self.record_path, record, durable))
     }
 
     /// Records the multipart upload now in flight for these bytes. Durable: an id the
@@ -180,6 +197,8 @@ impl JournalEntry {
 
     /// Deletes the record (the data file is deleted or moved by its owner).
     pub fn remove_record(&self) {
+        let mut guard = lock(&self.record);
+        *guard = None;
         let _ = std::fs::remove_file(&self.record_path);
     }
 }
@@ -361,6 +380,18 @@ mod tests {
         assert_eq!(back.upload_id.as_deref(), Some("u-1"));
         assert_eq!(found.entries[0].data, entry.data);
         assert_eq!(found.unknown, vec![dir.path().join("4242-3")]);
+    }
+
+    #[test]
+    fn a_removed_record_stays_removed_whatever_updates_come_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = JournalEntry::new(dir.path(), 1, record("a"));
+        entry.note_upload(Some("u-9"));
+        entry.remove_record();
+        // An abandoned multipart upload's abort ends after the copy went.
+        entry.upload_ended("u-9");
+        entry.note_upload(Some("u-10"));
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
 
     #[test]

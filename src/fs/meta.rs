@@ -25,6 +25,7 @@ pub struct MetaCache {
     attrs: Cache<Ino, (Attr, std::time::Instant)>,
     misses: Cache<(Ino, String), ()>,
     heads: Cache<String, ObjectInfo>,
+    ttl: Duration,
     /// Hits and misses of the attribute cache, the miss cache and the HEAD memo (for
     /// `pailfs status`).
     stats: [AtomicU64; 5],
@@ -54,6 +55,7 @@ impl MetaCache {
                 .time_to_live(ttl)
                 .build(),
             heads: Cache::new(capacity / 4),
+            ttl,
             stats: Default::default(),
         }
     }
@@ -109,7 +111,12 @@ impl MetaCache {
     }
 
     pub fn attr(&self, ino: Ino) -> Option<Attr> {
-        let found = self.attrs.get(&ino).map(|(attr, _)| attr);
+        // Attributes taken from an older snapshot are as old as it is.
+        let found = self
+            .attrs
+            .get(&ino)
+            .filter(|(_, seen)| seen.elapsed() <= self.ttl)
+            .map(|(attr, _)| attr);
         self.count(if found.is_some() {
             Stat::AttrHit
         } else {
@@ -132,8 +139,12 @@ impl MetaCache {
     }
 
     pub fn put_attr(&self, attr: Attr) {
-        self.attrs
-            .insert(attr.ino, (attr, std::time::Instant::now()));
+        self.put_attr_seen(attr, std::time::Instant::now());
+    }
+
+    /// Caches attributes the bucket had at `seen` (a snapshot's), keeping that age.
+    pub fn put_attr_seen(&self, attr: Attr, seen: std::time::Instant) {
+        self.attrs.insert(attr.ino, (attr, seen));
     }
 
     pub fn is_miss(&self, parent: Ino, name: &str) -> bool {

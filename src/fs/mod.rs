@@ -338,10 +338,10 @@ impl Fs {
         }
         // A fresh listing of the parent answers without a request, hits and misses alike.
         match self.snapshots.lookup(parent, name) {
-            snapshot::Answer::Present(kind, attr) => {
+            snapshot::Answer::Present(kind, attr, seen) => {
                 let ino = lock(&self.inodes).remember(parent, kind, &path);
                 let attr = Attr { ino, ..attr };
-                self.meta.put_attr(attr.clone());
+                self.meta.put_attr_seen(attr.clone(), seen);
                 return Ok(attr);
             }
             snapshot::Answer::Absent => return Err(FsError::NotFound),
@@ -407,16 +407,8 @@ impl Fs {
             return Ok(attr);
         }
         let node = self.node(ino)?;
-        if ino != Ino::ROOT {
-            if let snapshot::Answer::Present(kind, attr) =
-                self.snapshots.lookup(node.parent, node.name())
-            {
-                if kind.slot() == node.kind {
-                    let attr = Attr { ino, ..attr };
-                    self.meta.put_attr(attr.clone());
-                    return Ok(attr);
-                }
-            }
+        if let Some(attr) = self.snapshot_attr(ino, &node, None) {
+            return Ok(attr);
         }
         let attr = match node.kind {
             Kind::Dir => {
@@ -435,6 +427,29 @@ impl Fs {
         };
         self.meta.put_attr(attr.clone());
         Ok(attr)
+    }
+
+    /// The attributes of `node` from the snapshot of its folder (taken at most `within` ago,
+    /// when given), cached with their age.
+    fn snapshot_attr(
+        &self,
+        ino: Ino,
+        node: &inode::Node,
+        within: Option<Duration>,
+    ) -> Option<Attr> {
+        if ino == Ino::ROOT {
+            return None;
+        }
+        match self.snapshots.lookup(node.parent, node.name()) {
+            snapshot::Answer::Present(kind, attr, seen)
+                if kind.slot() == node.kind && within.is_none_or(|w| seen.elapsed() <= w) =>
+            {
+                let attr = Attr { ino, ..attr };
+                self.meta.put_attr_seen(attr.clone(), seen);
+                Some(attr)
+            }
+            _ => None,
+        }
     }
 
     /// The attributes of the file at `path` as the bucket has them now (one HEAD).
@@ -767,7 +782,11 @@ impl Fs {
         }
         // Close-to-open: what a new handle reads is the version the bucket had at most
         // --content-ttl ago, however long names and attributes are trusted otherwise.
-        let attr = match self.meta.attr_within(ino, self.cfg.content_ttl) {
+        let recent = self
+            .meta
+            .attr_within(ino, self.cfg.content_ttl)
+            .or_else(|| self.snapshot_attr(ino, &node, Some(self.cfg.content_ttl)));
+        let attr = match recent {
             Some(attr) => attr,
             None => self.head_file(ino, &node.path).await?,
         };

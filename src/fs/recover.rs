@@ -98,6 +98,13 @@ impl Fs {
                 }
                 let _ = entry.update(true, |r| r.upload_id = None);
             }
+            if !entry.data.exists() {
+                // Nothing to upload or recover: its bytes went with a finished upload (or an
+                // unlink), and only the record outlived them.
+                tracing::warn!(key = %record.key, "a staging record without its data file; removed");
+                entry.remove_record();
+                continue;
+            }
             let here =
                 record.location == cache.location() && record.key.starts_with(self.prefix.as_str());
             match record.state {

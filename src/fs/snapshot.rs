@@ -22,8 +22,9 @@ use super::{Attr, Kind};
 /// What a snapshot says about a name.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// The name exists, with these attributes (its inode number is the caller's to set).
-    Present(Kind, Attr),
+    /// The name exists, with these attributes (its inode number is the caller's to set), as
+    /// the bucket had them at the given time.
+    Present(Kind, Attr, Instant),
     /// The directory was listed completely, recently, and the name was not in it.
     Absent,
     /// No fresh snapshot of the directory.
@@ -139,7 +140,7 @@ impl Snapshots {
             // A file whose version is not known (being written here) is asked for: reads
             // pin the ETag they are opened at.
             Some((kind, attr)) if *kind != Kind::Dir && attr.etag.is_none() => Answer::Unknown,
-            Some((kind, attr)) => Answer::Present(*kind, attr.clone()),
+            Some((kind, attr)) => Answer::Present(*kind, attr.clone(), snapshot.taken),
             None => Answer::Absent,
         }
     }
@@ -283,7 +284,7 @@ mod tests {
         let dir = Ino(7);
         assert_eq!(s.lookup(dir, "a"), Answer::Unknown);
         s.commit(dir, listed(&["a", "b"]));
-        assert!(matches!(s.lookup(dir, "b"), Answer::Present(Kind::File, a) if a.size == 1));
+        assert!(matches!(s.lookup(dir, "b"), Answer::Present(Kind::File, a, _) if a.size == 1));
         assert_eq!(s.lookup(dir, "zzz"), Answer::Absent);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(s.lookup(dir, "a"), Answer::Unknown, "expired");
@@ -310,7 +311,7 @@ mod tests {
         s.note(Ino(9), "x", Some((Kind::Dir, attr(0))));
         assert!(matches!(
             s.lookup(Ino(9), "x"),
-            Answer::Present(Kind::Dir, _)
+            Answer::Present(Kind::Dir, _, _)
         ));
     }
 
