@@ -211,6 +211,18 @@ impl Filesystem for FuseAdapter {
             reply.error(Errno::ENOENT);
             return;
         };
+        // Answered from memory on this thread when it can be: a walk of a listed folder
+        // (du, find) costs no hand-off to the async workers per entry.
+        #[cfg(debug_assertions)]
+        let probing = std::env::var("PAILFS_DEBUG_PANIC_ON_LOOKUP").is_ok_and(|n| n == name);
+        #[cfg(not(debug_assertions))]
+        let probing = false;
+        if !probing {
+            if let Some(answer) = self.fs.lookup_cached(Ino(parent.0), &name) {
+                answer_entry(reply, "lookup", &self.ttl, answer);
+                return;
+            }
+        }
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.serve("lookup", parent.0, async move {
             #[cfg(debug_assertions)]
@@ -224,6 +236,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(answer) = self.fs.getattr_cached(Ino(ino.0)) {
+            answer_attr(reply, "getattr", &self.ttl, answer);
+            return;
+        }
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.serve("getattr", ino.0, async move {
             answer_attr(reply, "getattr", &ttl, fs.getattr(Ino(ino.0)).await)

@@ -323,30 +323,10 @@ impl Fs {
 
     /// Looks `name` up in `parent`, taking a kernel reference on the result.
     pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
-        // A name no key can have cannot exist: not found, rather than invalid.
-        let (_, path) = self.child(parent, name).map_err(|e| match e {
-            FsError::Invalid => FsError::NotFound,
-            other => other,
-        })?;
-        if self.meta.is_miss(parent, name) {
-            return Err(FsError::NotFound);
+        if let Some(answer) = self.lookup_cached(parent, name) {
+            return answer;
         }
-        let staged_ino = lock(&self.inodes).peek(Kind::File, &path);
-        if let Some(attr) = self.staged_attr(staged_ino).await {
-            lock(&self.inodes).remember(parent, Kind::File, &path);
-            return Ok(attr);
-        }
-        // A fresh listing of the parent answers without a request, hits and misses alike.
-        match self.snapshots.lookup(parent, name) {
-            snapshot::Answer::Present(kind, attr, seen) => {
-                let ino = lock(&self.inodes).remember(parent, kind, &path);
-                let attr = Attr { ino, ..attr };
-                self.meta.put_attr_seen(attr.clone(), seen);
-                return Ok(attr);
-            }
-            snapshot::Answer::Absent => return Err(FsError::NotFound),
-            snapshot::Answer::Unknown => {}
-        }
+        let (_, path) = self.child(parent, name)?;
         let key = self.key_of(&path);
         let dir_prefix = format!("{key}/");
         // One HEAD for a file and one single-key LIST for a directory, side by side: never a
@@ -395,33 +375,73 @@ impl Fs {
         Ok(attr)
     }
 
+    /// Answers a lookup from memory when it can, without waiting on anything (so the FUSE
+    /// adapter can reply on its own thread): a file being written, a fresh snapshot of the
+    /// parent, a cached miss. `None` when the bucket must be asked (the lookup takes no
+    /// kernel reference then).
+    pub fn lookup_cached(&self, parent: Ino, name: &str) -> Option<Result<Attr, FsError>> {
+        // A name no key can have cannot exist: not found, rather than invalid.
+        let path = match self.child(parent, name) {
+            Ok((_, path)) => path,
+            Err(FsError::Invalid) => return Some(Err(FsError::NotFound)),
+            Err(e) => return Some(Err(e)),
+        };
+        if self.meta.is_miss(parent, name) {
+            return Some(Err(FsError::NotFound));
+        }
+        let staged_ino = lock(&self.inodes).peek(Kind::File, &path);
+        if let Some(attr) = self.staged_attr(staged_ino) {
+            lock(&self.inodes).remember(parent, Kind::File, &path);
+            return Some(Ok(attr));
+        }
+        // A fresh listing of the parent answers without a request, hits and misses alike.
+        match self.snapshots.lookup(parent, name) {
+            snapshot::Answer::Present(kind, attr, seen) => {
+                let ino = lock(&self.inodes).remember(parent, kind, &path);
+                let attr = Attr { ino, ..attr };
+                self.meta.put_attr_seen(attr.clone(), seen);
+                Some(Ok(attr))
+            }
+            snapshot::Answer::Absent => Some(Err(FsError::NotFound)),
+            snapshot::Answer::Unknown => None,
+        }
+    }
+
+    /// Answers a getattr from memory when it can (see `lookup_cached`).
+    pub fn getattr_cached(&self, ino: Ino) -> Option<Result<Attr, FsError>> {
+        if let Some(attr) = self.staged_attr(ino) {
+            return Some(Ok(attr));
+        }
+        if let Some(attr) = self.meta.attr(ino) {
+            return Some(Ok(attr));
+        }
+        if ino == Ino::ROOT {
+            return Some(Ok(dir_attr(ino, None, &self.cfg)));
+        }
+        let node = match self.node(ino) {
+            Ok(node) => node,
+            Err(e) => return Some(Err(e)),
+        };
+        self.snapshot_attr(ino, &node, None).map(Ok)
+    }
+
     pub fn forget(&self, ino: Ino, n: u64) {
         lock(&self.inodes).forget(ino, n);
     }
 
     pub async fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
-        if let Some(attr) = self.staged_attr(ino).await {
-            return Ok(attr);
-        }
-        if let Some(attr) = self.meta.attr(ino) {
-            return Ok(attr);
+        if let Some(answer) = self.getattr_cached(ino) {
+            return answer;
         }
         let node = self.node(ino)?;
-        if let Some(attr) = self.snapshot_attr(ino, &node, None) {
-            return Ok(attr);
-        }
         let attr = match node.kind {
             Kind::Dir => {
-                if ino == Ino::ROOT {
-                    dir_attr(ino, None, &self.cfg)
-                } else {
-                    let marker = match self.store.head(&self.dir_prefix(&node.path)).await {
-                        Ok(info) => Some(info),
-                        Err(StoreError::NotFound) => None,
-                        Err(e) => return Err(e.into()),
-                    };
-                    dir_attr(ino, marker.as_ref(), &self.cfg)
-                }
+                let marker = match self.store.head(&self.dir_prefix(&node.path)).await {
+                    Ok(info) => Some(info),
+                    Err(StoreError::NotFound) => None,
+                    Err(e) => return Err(e.into()),
+                };
+                dir_attr(ino, marker.as_ref(), &self.cfg)
             }
             Kind::File | Kind::Symlink => return self.head_file(ino, &node.path).await,
         };
@@ -598,7 +618,7 @@ impl Fs {
             if entry_cookie < cookie {
                 continue;
             }
-            let Some(attr) = self.staged_attr(*child).await else {
+            let Some(attr) = self.staged_attr(*child) else {
                 continue;
             };
             if plus {

@@ -165,7 +165,7 @@ impl Fs {
 
     /// Attributes of a file with a staging copy (also one whose name is gone but that is
     /// still open), without waiting for an upload in progress.
-    pub(super) async fn staged_attr(&self, ino: Ino) -> Option<Attr> {
+    pub(super) fn staged_attr(&self, ino: Ino) -> Option<Attr> {
         let staged = self
             .staged_of(ino)
             .or_else(|| lock(&self.unlinked).get(&ino).cloned())?;
@@ -295,7 +295,7 @@ impl Fs {
         let (staged, _) = self.stage(ino, &path, Start::New(headers)).await?;
         self.meta.forget_miss(parent, name);
         let fh = self.open_staged(ino, staged);
-        let attr = self.staged_attr(ino).await.ok_or(FsError::BadHandle)?;
+        let attr = self.staged_attr(ino).ok_or(FsError::BadHandle)?;
         self.note_path(&path, Some((Kind::File, attr.clone())));
         Ok((attr, fh))
     }
