@@ -266,7 +266,7 @@ async fn finish_uploads(fs: &Fs, why: &str) {
 
 /// Daemon side (or `--foreground`): check, connect, mount, serve until unmounted or signalled.
 pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), String> {
-    startup::check_mountpoint(&cfg.mountpoint, cfg.allow_non_empty)?;
+    let cleared = startup::check_mountpoint(&cfg.mountpoint, cfg.allow_non_empty)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pailfs-worker")
@@ -337,7 +337,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
             cfg.cache_dir.display()
         )
     })?;
-    let notes = reconciled.lines();
+    let notes: Vec<String> = cleared.into_iter().chain(reconciled.lines()).collect();
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let mut options = vec![
         MountOption::FSName(format!(

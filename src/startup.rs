@@ -8,15 +8,17 @@ use crate::config::MountConfig;
 use crate::store::{ListRequest, ObjectStore, StoreError};
 
 /// Refuses a missing, non-directory, already mounted, dead or (by default) non-empty
-/// mountpoint.
-pub fn check_mountpoint(path: &Path, allow_non_empty: bool) -> Result<(), String> {
+/// mountpoint; clears a dead mount a pailfs daemon left, and returns a note saying so.
+pub fn check_mountpoint(path: &Path, allow_non_empty: bool) -> Result<Option<String>, String> {
     let shown = path.display();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            return Err(format!(
-                "mountpoint {shown} is a dead FUSE mount (its daemon is gone); clear it with: fusermount3 -u {shown}"
-            ))
+        // A FUSE mount whose daemon is gone answers ENOTCONN, or ECONNABORTED once the kernel
+        // aborted the connection.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
+            let cleared = clear_dead_pailfs_mount(path)?;
+            check_mountpoint(path, allow_non_empty)?;
+            return Ok(Some(cleared));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!(
@@ -40,7 +42,35 @@ pub fn check_mountpoint(path: &Path, allow_non_empty: bool) -> Result<(), String
             "mountpoint {shown} is not empty; choose an empty directory, or pass --allow-non-empty (-o nonempty) to hide its content while mounted"
         ));
     }
-    Ok(())
+    Ok(None)
+}
+
+/// A dead FUSE mount on `path` (its daemon killed, or crashed) is cleared when a pailfs daemon
+/// left it (a restart after a crash just works); one of another filesystem is refused.
+fn clear_dead_pailfs_mount(path: &Path) -> Result<String, String> {
+    let shown = path.display();
+    let source = mounted_source(path).unwrap_or_default();
+    if !source.starts_with("s3://") || !source.contains("(fuse") {
+        return Err(format!(
+            "mountpoint {shown} is a dead FUSE mount of another filesystem ({source}); clear it with: fusermount3 -u {shown}"
+        ));
+    }
+    let cleared = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(path)
+        .status()
+        .map_err(|e| format!("mountpoint {shown} is a dead pailfs mount, and fusermount3 could not run to clear it: {e}"))?;
+    if !cleared.success() {
+        return Err(format!(
+            "mountpoint {shown} is a dead pailfs mount and clearing it failed; clear it with: fusermount3 -u {shown}"
+        ));
+    }
+    let note = format!(
+        "cleared the dead mount {source} a previous pailfs daemon left on {shown} (it was killed or crashed)"
+    );
+    tracing::warn!("{note}");
+    Ok(note)
 }
 
 /// The fields of /proc/self/mountinfo's line for the mount on `path` (the topmost one when

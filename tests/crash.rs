@@ -129,6 +129,39 @@ fn sigkill_during_a_sync_write_keeps_the_bytes_in_recovery_under_their_path() {
 }
 
 #[test]
+fn a_mount_after_a_killed_daemon_clears_its_dead_mount_and_serves() {
+    let _serial = serial();
+    let b = Bucket::new("restart");
+    b.put("kept.txt", "still here");
+    let m = Mount::new(&b.location(""), &[]);
+    m.kill_daemon();
+    let dead = std::fs::metadata(&m.path).unwrap_err().raw_os_error();
+    assert!(
+        matches!(dead, Some(libc::ENOTCONN | libc::ECONNABORTED)),
+        "a dead mount: {dead:?}"
+    );
+    // What a service manager's restart does: the same command, on the same mountpoint.
+    let out = common::pailfs()
+        .arg("mount")
+        .arg(b.location(""))
+        .arg(&m.path)
+        .arg("--endpoint-url")
+        .arg(&common::garage().endpoint)
+        .arg(format!("--cache-dir={}", m.cache.display()))
+        .arg(format!("--log-file={}", m.log.display()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("cleared the dead mount"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(m.join("kept.txt")).unwrap(),
+        "still here"
+    );
+}
+
+#[test]
 fn a_second_mount_on_a_busy_cache_directory_is_refused_naming_the_first() {
     let _serial = serial();
     let b = Bucket::new("busy-cache");
