@@ -126,15 +126,17 @@ fn untar_into(m: &Mount, extra_wait: bool) -> (usize, Requests) {
 }
 
 /// A PUT per file and per folder marker, and one per folder for each attribute change tar
-/// makes once it filled it (mode and mtime; owner too when run as root); no look-ups, and no
-/// copies (a file's mtime, set before its upload, goes up with it).
+/// makes once it filled it (mode and mtime; owner too when run as root); no per-file
+/// look-ups, and no copies (a file's mtime, set before its upload, goes up with it).
 fn assert_costs_a_put_per_file_and_folder(files: usize, cost: Requests) {
     let folders = 1 + 5 + 5;
     assert!(
         cost.put >= (files + folders) as u64 && cost.put <= (files + 4 * folders) as u64,
         "{cost:?}"
     );
-    assert!(cost.head + cost.list <= 3, "no lookups: {cost:?}");
+    // Only the top folder's name is looked up in the (unlisted) mount root, by tar and the
+    // kernel: a HEAD and a LIST each time, never per file.
+    assert!(cost.head + cost.list <= 6, "no per-file lookups: {cost:?}");
     assert_eq!(cost.copy, 0, "{cost:?}");
 }
 
