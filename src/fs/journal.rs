@@ -108,9 +108,9 @@ pub struct Record {
 pub struct JournalEntry {
     pub data: PathBuf,
     record_path: PathBuf,
-    /// The record as last written; `None` once removed (a late update, such as the end of
-    /// an abandoned multipart upload, must not bring it back).
-    record: Mutex<Option<Record>>,
+    /// The record as last written, and whether it was removed since (a late update, such
+    /// as the end of an abandoned multipart upload, must not bring it back).
+    record: Mutex<(Record, bool)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -131,7 +131,7 @@ impl JournalEntry {
         JournalEntry {
             data: staging.join(format!("{stem}.data")),
             record_path: staging.join(format!("{stem}.json")),
-            record: Mutex::new(Some(record)),
+            record: Mutex::new((record, false)),
         }
     }
 
@@ -140,33 +140,23 @@ impl JournalEntry {
         JournalEntry {
             data: record_path.with_extension("data"),
             record_path,
-            record: Mutex::new(Some(record)),
+            record: Mutex::new((record, false)),
         }
     }
 
-    /// The record as last written (as it was before its removal, if removed).
+    /// The record as last written.
     pub fn record(&self) -> Record {
-        let guard = lock(&self.record);
-        guard.clone().unwrap_or_else(|| Record {
-            location: String::new(),
-            key: String::new(),
-            path: String::new(),
-            state: StagedState::Clean,
-            upload_id: None,
-            base: Base::Unknown,
-            metadata: Metadata::new(),
-            size: 0,
-            source: None,
-        })
+        lock(&self.record).0.clone()
     }
 
     /// Changes the record with `edit` and writes it; `durable` also fsyncs it (for states a
     /// program is told about).
     pub fn update(&self, durable: bool, edit: impl FnOnce(&mut Record)) -> std::io::Result<()> {
         let mut guard = lock(&self.record);
-        let Some(record) = guard.as_mut() else {
+        let (record, removed) = &mut *guard;
+        if *removed {
             return Ok(());
-        };
+        }
         edit(record);
         super::blocking::blocking(|| write_record(&self.record_path, record, durable))
     }
@@ -197,8 +187,7 @@ impl JournalEntry {
 
     /// Deletes the record (the data file is deleted or moved by its owner).
     pub fn remove_record(&self) {
-        let mut guard = lock(&self.record);
-        *guard = None;
+        lock(&self.record).1 = true;
         let _ = std::fs::remove_file(&self.record_path);
     }
 }

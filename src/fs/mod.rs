@@ -398,9 +398,7 @@ impl Fs {
         match self.snapshots.lookup(parent, name) {
             snapshot::Answer::Present(kind, attr, seen) => {
                 let ino = lock(&self.inodes).remember(parent, kind, &path);
-                let attr = Attr { ino, ..attr };
-                self.meta.put_attr_seen(attr.clone(), seen);
-                Some(Ok(attr))
+                Some(Ok(self.snapshot_answer(ino, attr, seen)))
             }
             snapshot::Answer::Absent => Some(Err(FsError::NotFound)),
             snapshot::Answer::Unknown => None,
@@ -464,12 +462,17 @@ impl Fs {
             snapshot::Answer::Present(kind, attr, seen)
                 if kind.slot() == node.kind && within.is_none_or(|w| seen.elapsed() <= w) =>
             {
-                let attr = Attr { ino, ..attr };
-                self.meta.put_attr_seen(attr.clone(), seen);
-                Some(attr)
+                Some(self.snapshot_answer(ino, attr, seen))
             }
             _ => None,
         }
+    }
+
+    /// A snapshot's attributes as those of `ino`, cached with the snapshot's age.
+    fn snapshot_answer(&self, ino: Ino, attr: Attr, seen: std::time::Instant) -> Attr {
+        let attr = Attr { ino, ..attr };
+        self.meta.put_attr_seen(attr.clone(), seen);
+        attr
     }
 
     /// The attributes of the file at `path` as the bucket has them now (one HEAD).
