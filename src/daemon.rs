@@ -339,6 +339,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
     })?;
     let notes: Vec<String> = cleared.into_iter().chain(reconciled.lines()).collect();
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
+    let kernel = adapter.kernel();
     let mut options = vec![
         MountOption::FSName(format!(
             "s3://{}/{}",
@@ -373,6 +374,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         };
         format!("mounting on {} failed: {e}{hint}", cfg.mountpoint.display())
     })?;
+    let _ = kernel.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     set_kernel_read_ahead(&cfg);
     let device = startup::mount_device(&cfg.mountpoint);

@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -33,6 +33,8 @@ pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
     ttl: Duration,
+    /// Notifications to the kernel, once the session exists.
+    kernel: Arc<OnceLock<fuser::Notifier>>,
     /// Write payloads are copied out of fuser's buffer into these, reused: a fresh 1 MiB
     /// allocation per write page-faults (and zeroes) its memory every time.
     write_payloads: Arc<BufferPool>,
@@ -40,16 +42,23 @@ pub struct FuseAdapter {
 
 impl FuseAdapter {
     pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
-        // The kernel asks again after --content-ttl at most (pailfs answers from its own
-        // caches, trusted for --metadata-ttl, at memory speed): its idea of a file's size
-        // then follows what opens see.
-        let ttl = fs.config().metadata_ttl.min(fs.config().content_ttl);
+        // The kernel keeps names and attributes as long as pailfs trusts them itself: a tree
+        // walk after a listing (find, du, a file manager) then stats from the kernel's cache,
+        // page after page, however big the folder. Opens are fresher (--content-ttl); when
+        // one finds another version, `open` drops the kernel's attributes of that inode.
+        let ttl = fs.config().metadata_ttl;
         FuseAdapter {
             fs,
             rt,
             ttl,
+            kernel: Arc::new(OnceLock::new()),
             write_payloads: Arc::new(BufferPool::new(WRITE_PAYLOADS_POOLED)),
         }
+    }
+
+    /// Where the session's notifier goes once the session exists.
+    pub fn kernel(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.kernel.clone()
     }
 
     /// Runs one request as a task. The reply lives inside `work`: if the work panics, the
@@ -428,13 +437,21 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = write && flags.0 & libc::O_TRUNC != 0;
-        let fs = self.fs.clone();
+        let (fs, kernel) = (self.fs.clone(), self.kernel.clone());
         self.serve("open", ino.0, async move {
             match fs.open(Ino(ino.0), write, truncate).await {
                 Ok((fh, keep_cache)) => {
                     let flags = if keep_cache {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
+                        // Another version (or one not known to match): the kernel drops its
+                        // pages by itself, and its attributes (the size reads stop at) on
+                        // this notice; recent kernels (6.18) also ask for them again after
+                        // such an open, older ones may not. Attributes only (offset -1): no
+                        // page lock is taken.
+                        if let Some(kernel) = kernel.get() {
+                            let _ = kernel.inval_inode(ino, -1, 0);
+                        }
                         FopenFlags::empty()
                     };
                     reply.opened(FileHandle(fh), flags)

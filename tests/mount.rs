@@ -550,6 +550,31 @@ fn changes_made_elsewhere_appear_after_the_metadata_ttl() {
     assert_eq!(errno_of(std::fs::metadata(m.join("old.txt"))), libc::ENOENT);
 }
 
+#[test]
+fn an_open_reads_a_new_version_whole_while_names_are_still_trusted() {
+    // The kernel keeps attributes for --metadata-ttl (1 min), but an open finds a version
+    // changed elsewhere within --content-ttl and must not be cut at (or padded to) the size
+    // the kernel remembers.
+    let b = Bucket::new("reopen");
+    b.put("note.txt", "short");
+    let m = Mount::new(&b.location(""), &[]);
+    assert_eq!(std::fs::metadata(m.join("note.txt")).unwrap().len(), 5);
+    assert_eq!(
+        std::fs::read_to_string(m.join("note.txt")).unwrap(),
+        "short"
+    );
+    for text in ["a much longer text than before", "tiny"] {
+        b.put("note.txt", text);
+        std::thread::sleep(Duration::from_millis(1300));
+        assert_eq!(std::fs::read_to_string(m.join("note.txt")).unwrap(), text);
+        assert_eq!(
+            std::fs::metadata(m.join("note.txt")).unwrap().len(),
+            text.len() as u64,
+            "stat after the open shows what the open found"
+        );
+    }
+}
+
 fn mount_error(location: &str, extra: &[&str]) -> String {
     let (m, out) = Mount::try_new(location, extra);
     assert!(!out.status.success(), "mount of {location} should fail");
