@@ -1,12 +1,15 @@
-//! Directory listings streamed page by page: one ListObjectsV2 page in memory at a time,
-//! objects and common prefixes merged in key order, names checked against the written rule,
-//! and a file hidden when a directory of the same name exists (even across page boundaries).
+//! Directory listings streamed page by page: one ListObjectsV2 page in memory at a time (and
+//! the next one on its way), objects and common prefixes merged in key order, names checked
+//! against the written rule, and a file hidden when a directory of the same name exists (even
+//! across page boundaries).
+
+use std::sync::Arc;
 
 use super::error::FsError;
 use super::names::{check_name, OddKeyLog};
 use super::snapshot::Collector;
 use super::Kind;
-use crate::store::{ListRequest, ObjectInfo, ObjectStore};
+use crate::store::{ListPage, ListRequest, ObjectInfo, ObjectStore, StoreError};
 
 /// One entry of a directory listing.
 #[derive(Clone, Debug)]
@@ -28,7 +31,23 @@ impl ListedEntry {
     }
 }
 
-/// An open directory: a cursor over the listing, holding at most one page of entries.
+/// The request for the page after the one being handed out, sent as soon as its token is
+/// known: the server works on it while the kernel takes in this one (a listing's pages
+/// otherwise wait on each other's processing, and a million-entry folder takes twice as long).
+/// Dropped with its stream (a rewind, a closed directory): the request is abandoned.
+struct NextPage {
+    token: String,
+    task: tokio::task::JoinHandle<Result<ListPage, StoreError>>,
+}
+
+impl Drop for NextPage {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An open directory: a cursor over the listing, holding at most one page of entries (and
+/// the request for the next).
 pub struct DirStream {
     list_prefix: String,
     page_size: u32,
@@ -46,6 +65,7 @@ pub struct DirStream {
     /// The entries handed out so far, in order, to become the directory's snapshot once the
     /// listing ends (taken then; none after a rewind restarts it).
     pub collector: Option<Collector>,
+    next_page: Option<NextPage>,
 }
 
 impl DirStream {
@@ -61,6 +81,7 @@ impl DirStream {
             marker: None,
             new_page: false,
             collector: Some(Collector::new()),
+            next_page: None,
         }
     }
 
@@ -93,7 +114,7 @@ impl DirStream {
     pub async fn entry_at(
         &mut self,
         index: u64,
-        store: &dyn ObjectStore,
+        store: &Arc<dyn ObjectStore>,
         odd: &OddKeyLog,
     ) -> Result<Option<ListedEntry>, FsError> {
         if index < self.base {
@@ -114,19 +135,36 @@ impl DirStream {
         }
     }
 
+    fn request(&self, continuation: Option<String>) -> ListRequest {
+        ListRequest {
+            prefix: self.list_prefix.clone(),
+            delimited: true,
+            max_keys: self.page_size,
+            continuation,
+        }
+    }
+
     async fn fetch_page(
         &mut self,
-        store: &dyn ObjectStore,
+        store: &Arc<dyn ObjectStore>,
         odd: &OddKeyLog,
     ) -> Result<(), FsError> {
-        let page = store
-            .list(ListRequest {
-                prefix: self.list_prefix.clone(),
-                delimited: true,
-                max_keys: self.page_size,
-                continuation: self.token.take(),
-            })
-            .await?;
+        let token = self.token.take();
+        let page = match self.next_page.take() {
+            Some(mut next) if Some(&next.token) == token.as_ref() => match (&mut next.task).await {
+                Ok(page) => page?,
+                // Aborted or panicked: ask again, here.
+                Err(_) => store.list(self.request(token)).await?,
+            },
+            _ => store.list(self.request(token)).await?,
+        };
+        if let Some(token) = &page.next {
+            let (store, request) = (store.clone(), self.request(Some(token.clone())));
+            self.next_page = Some(NextPage {
+                token: token.clone(),
+                task: tokio::spawn(async move { store.list(request).await }),
+            });
+        }
         let mut items = std::mem::take(&mut self.held);
         let mut last_key = String::new();
         for object in page.objects {
@@ -207,7 +245,7 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
 
-    async fn names(store: &MemoryStore, prefix: &str, page: u32) -> Vec<(String, Kind)> {
+    async fn names(store: &Arc<dyn ObjectStore>, prefix: &str, page: u32) -> Vec<(String, Kind)> {
         let odd = OddKeyLog::default();
         let mut stream = DirStream::new(prefix.to_string(), page);
         let mut out = vec![];
@@ -235,6 +273,7 @@ mod tests {
             store.put(key, "1");
         }
         store.put(&format!("p/{}", "n".repeat(300)), "1");
+        let store: Arc<dyn ObjectStore> = Arc::new(store);
         for page in [1, 2, 1000] {
             let got = names(&store, "p/", page).await;
             assert_eq!(
@@ -255,6 +294,7 @@ mod tests {
         for i in 0..100_000 {
             store.put(&format!("h/{i:06}"), "");
         }
+        let store: Arc<dyn ObjectStore> = Arc::new(store);
         let odd = OddKeyLog::default();
         let mut stream = DirStream::new("h/".into(), 1000);
         let mut i = 0;
@@ -283,6 +323,7 @@ mod tests {
         for i in 0..10 {
             store.put(&format!("d/f{i}"), "1");
         }
+        let store: Arc<dyn ObjectStore> = Arc::new(store);
         let odd = OddKeyLog::default();
         let mut stream = DirStream::new("d/".into(), 3);
         let e7 = stream.entry_at(7, &store, &odd).await.unwrap().unwrap();

@@ -5,7 +5,12 @@
 //! Entries live while the kernel holds a lookup reference (plus the root, always).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
+
+/// A fast, seeded-once hash: inode numbers must come out the same for a path on every run
+/// (programs such as tar and rsync compare them), and these maps hold an entry per name the
+/// kernel knows (a million in a big walk), so SipHash's cost shows.
+type FixedState = foldhash::fast::FixedState;
 
 use super::Kind;
 
@@ -34,23 +39,28 @@ impl Node {
 }
 
 pub struct InodeTable {
-    nodes: HashMap<Ino, Node>,
-    by_path: HashMap<(Kind, String), Ino>,
+    nodes: HashMap<Ino, Node, FixedState>,
+    /// The inode of each (kind, path), hashed by them: the path itself lives once, in the
+    /// node (this index is a number per name, not a second copy of every path).
+    by_path: hashbrown::HashTable<Ino>,
+}
+
+fn path_hash(kind: Kind, path: &str) -> u64 {
+    FixedState::default().hash_one((kind, path))
 }
 
 fn hashed_ino(kind: Kind, path: &str, attempt: u64) -> Ino {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (kind, path, attempt).hash(&mut h);
+    let h = FixedState::with_seed(0x7061_696c_6673).hash_one((kind, path, attempt));
     // Keep clear of 0 (invalid) and 1 (root), and of the top bit (some tools treat inode
     // numbers as signed).
-    Ino((h.finish() >> 1).max(2))
+    Ino((h >> 1).max(2))
 }
 
 impl Default for InodeTable {
     fn default() -> Self {
         let mut table = InodeTable {
-            nodes: HashMap::new(),
-            by_path: HashMap::new(),
+            nodes: HashMap::default(),
+            by_path: hashbrown::HashTable::new(),
         };
         table.nodes.insert(
             Ino::ROOT,
@@ -61,7 +71,7 @@ impl Default for InodeTable {
                 lookups: 1,
             },
         );
-        table.by_path.insert((Kind::Dir, String::new()), Ino::ROOT);
+        table.map(Ino::ROOT);
         table
     }
 }
@@ -71,11 +81,35 @@ impl InodeTable {
         self.nodes.get(&ino)
     }
 
+    /// The inode remembered for (kind, path), if any.
+    fn find(&self, kind: Kind, path: &str) -> Option<Ino> {
+        let nodes = &self.nodes;
+        self.by_path
+            .find(path_hash(kind, path), |ino| {
+                nodes
+                    .get(ino)
+                    .is_some_and(|n| n.kind == kind && n.path == path)
+            })
+            .copied()
+    }
+
+    /// Indexes `ino` under its node's current (kind, path).
+    fn map(&mut self, ino: Ino) {
+        let Some(node) = self.nodes.get(&ino) else {
+            return;
+        };
+        let nodes = &self.nodes;
+        self.by_path
+            .insert_unique(path_hash(node.kind, &node.path), ino, |i| {
+                nodes.get(i).map_or(0, |n| path_hash(n.kind, &n.path))
+            });
+    }
+
     /// The number `path` has (or would get), without taking a reference.
     pub fn peek(&self, kind: Kind, path: &str) -> Ino {
         let kind = kind.slot();
-        if let Some(ino) = self.by_path.get(&(kind, path.to_string())) {
-            return *ino;
+        if let Some(ino) = self.find(kind, path) {
+            return ino;
         }
         self.free_ino(kind, path)
     }
@@ -94,7 +128,7 @@ impl InodeTable {
     /// Takes one kernel reference on `path` (a lookup, or an entry of readdirplus).
     pub fn remember(&mut self, parent: Ino, kind: Kind, path: &str) -> Ino {
         let kind = kind.slot();
-        if let Some(ino) = self.by_path.get(&(kind, path.to_string())).copied() {
+        if let Some(ino) = self.find(kind, path) {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 node.lookups += 1;
                 return ino;
@@ -110,7 +144,7 @@ impl InodeTable {
                 lookups: 1,
             },
         );
-        self.by_path.insert((kind, path.to_string()), ino);
+        self.map(ino);
         ino
     }
 
@@ -127,8 +161,9 @@ impl InodeTable {
             None => false,
         };
         if gone {
-            if let Some(node) = self.nodes.remove(&ino) {
-                self.unmap(ino, node.kind, &node.path);
+            if let Some((kind, path)) = self.nodes.get(&ino).map(|n| (n.kind, n.path.clone())) {
+                self.unmap(ino, kind, &path);
+                self.nodes.remove(&ino);
             }
         }
     }
@@ -137,9 +172,11 @@ impl InodeTable {
     /// rename over a looked-up target, the path belongs to the renamed inode, and forgetting
     /// the replaced one must not take it away.
     fn unmap(&mut self, ino: Ino, kind: Kind, path: &str) {
-        let slot = (kind, path.to_string());
-        if self.by_path.get(&slot) == Some(&ino) {
-            self.by_path.remove(&slot);
+        if let Ok(entry) = self
+            .by_path
+            .find_entry(path_hash(kind, path), |i| *i == ino)
+        {
+            entry.remove();
         }
     }
 
@@ -155,7 +192,8 @@ impl InodeTable {
             return;
         };
         let (kind, path) = (node.kind, std::mem::take(&mut node.path));
-        // A path no key can have (NUL is refused in names): never matched by a lookup.
+        // A path no key can have (NUL is refused in names): never matched by a lookup, and
+        // not indexed.
         node.path = format!("\0detached/{}", ino.0);
         self.unmap(ino, kind, &path);
     }
@@ -182,24 +220,26 @@ impl InodeTable {
 
     /// Gives `ino` a new place (rename): the kernel keeps using the same number.
     pub fn move_to(&mut self, ino: Ino, parent: Ino, path: &str) {
-        let Some(node) = self.nodes.get_mut(&ino) else {
+        let Some((kind, old)) = self.nodes.get(&ino).map(|n| (n.kind, n.path.clone())) else {
             return;
         };
-        let old = (
-            node.kind,
-            std::mem::replace(&mut node.path, path.to_string()),
-        );
-        node.parent = parent;
-        let kind = node.kind;
-        self.unmap(ino, old.0, &old.1);
+        if old == path {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.parent = parent;
+            }
+            return;
+        }
+        self.unmap(ino, kind, &old);
         // A node the target path had (renamed over) is detached: it keeps its number for the
         // handles open on it, but the path is the renamed node's now.
-        if let Some(replaced) = self.by_path.insert((kind, path.to_string()), ino) {
-            if replaced != ino {
-                self.detach(replaced);
-                self.by_path.insert((kind, path.to_string()), ino);
-            }
+        if let Some(replaced) = self.find(kind, path) {
+            self.detach(replaced);
         }
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.path = path.to_string();
+            node.parent = parent;
+        }
+        self.map(ino);
     }
 
     pub fn len(&self) -> usize {
@@ -274,5 +314,35 @@ mod tests {
         assert_ne!(new, open, "a new file of that name is another inode");
         t.forget(open, 1);
         assert_eq!(t.peek(Kind::File, "scratch"), new);
+    }
+
+    #[test]
+    fn the_path_index_survives_growth_renames_and_forgets() {
+        let mut t = InodeTable::default();
+        let inos: Vec<Ino> = (0..20_000)
+            .map(|i| t.remember(Ino::ROOT, Kind::File, &format!("d/f{i}")))
+            .collect();
+        for (i, ino) in inos.iter().enumerate().step_by(3) {
+            t.move_to(*ino, Ino::ROOT, &format!("e/g{i}"));
+        }
+        for ino in inos.iter().skip(1).step_by(3) {
+            t.forget(*ino, 1);
+        }
+        for (i, ino) in inos.iter().enumerate() {
+            match i % 3 {
+                0 => {
+                    assert_eq!(t.peek(Kind::File, &format!("e/g{i}")), *ino);
+                    assert_ne!(t.peek(Kind::File, &format!("d/f{i}")), *ino);
+                }
+                1 => assert!(t.get(*ino).is_none()),
+                _ => assert_eq!(t.peek(Kind::File, &format!("d/f{i}")), *ino),
+            }
+        }
+        let forgotten = (0..20_000).filter(|i| i % 3 == 1).count();
+        assert_eq!(
+            t.len(),
+            1 + 20_000 - forgotten,
+            "the root and every name not forgotten"
+        );
     }
 }

@@ -516,7 +516,9 @@ impl Fs {
             },
             (_, None, _) => dir_attr(ino, None, &self.cfg),
         };
-        self.meta.put_attr(attr.clone());
+        // Not put in the attribute cache: the snapshot being collected holds these, and the
+        // kernel does too (for as long as pailfs would trust them); a million-entry listing
+        // would only churn the cache.
         attr
     }
 
@@ -667,16 +669,12 @@ impl Fs {
         stream: &mut DirStream,
         index: u64,
     ) -> Result<Option<ListedEntry>, FsError> {
-        let entry = stream
-            .entry_at(index, self.store.as_ref(), &self.odd_keys)
-            .await?;
+        let entry = stream.entry_at(index, &self.store, &self.odd_keys).await?;
         let prefix = stream.list_prefix().to_string();
         match stream.take_new_page() {
             Some(page) if self.cfg.listing_heads => {
                 self.complete_with_heads(&prefix, page).await;
-                stream
-                    .entry_at(index, self.store.as_ref(), &self.odd_keys)
-                    .await
+                stream.entry_at(index, &self.store, &self.odd_keys).await
             }
             _ => Ok(entry),
         }
