@@ -6,6 +6,10 @@
 # while (about 15-30 minutes on 2 cores).
 #
 #   scripts/scale.sh [FLAT] [DIRS] [PER] [-- pailfs mount flags...]
+#
+# With PAILFS_SCALE_SERVER=DIR, the Garage started by `scripts/garage.sh start DIR` is used
+# instead of a fresh one, and seeding is skipped when its bucket `scale` already holds the
+# objects (seed once, measure many times while tuning).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 flat=${1:-1000000}
@@ -16,13 +20,20 @@ shift $(($# < 3 ? $# : 3))
 # shellcheck source=scripts/bench-setup.sh
 . scripts/bench-setup.sh scale
 B=scale
+if [ -n "${PAILFS_SCALE_SERVER:-}" ]; then
+    # shellcheck disable=SC1091
+    . "$PAILFS_SCALE_SERVER/env"
+fi
 $tool mb $B > /dev/null
-t=$(now)
-echo "seeding $flat objects in flat/ ..."
-$tool put-many $B flat/f "$flat" 10 > /dev/null
-echo "seeding $dirs folders x $per objects in tree/ ..."
-for d in $(seq -w 1 "$dirs"); do $tool put-many $B "tree/d$d/f" "$per" 10 > /dev/null; done
-echo "seeded in $(since "$t") s"
+seeded() { [ "$($tool list $B "$1" | field ops)" = "$2" ]; }
+if ! seeded flat/ "$flat" || ! seeded tree/ "$((dirs * per))"; then
+    t=$(now)
+    echo "seeding $flat objects in flat/ ..."
+    $tool put-many $B flat/f "$flat" 10 > /dev/null
+    echo "seeding $dirs folders x $per objects in tree/ ..."
+    for d in $(seq -w 1 "$dirs"); do $tool put-many $B "tree/d$d/f" "$per" 10 > /dev/null; done
+    echo "seeded in $(since "$t") s"
+fi
 raw_flat=$($tool list $B flat/ | field secs)
 raw_tree=$($tool list $B tree/ | field secs)
 

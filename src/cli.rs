@@ -178,7 +178,7 @@ pub struct MountArgs {
     pub content_ttl: Duration,
     /// Memory for directory snapshots (complete listings that answer lookups), all
     /// directories together; a larger directory is not kept
-    #[arg(long, value_parser = parse_size, default_value = "64MiB", help_heading = "Mount")]
+    #[arg(long, value_parser = parse_size, default_value = "32MiB", help_heading = "Mount")]
     pub dir_snapshot_memory: u64,
     /// List directories with LIST alone, without a HEAD per new or changed file: faster on
     /// huge directories, but modes, owners, mtimes and symlinks stored as metadata show only

@@ -25,10 +25,12 @@ impl Ino {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
     pub kind: Kind,
-    /// Path below the mount root, without leading or trailing `/`; empty for the root.
-    pub path: String,
+    /// Kernel references (lookups and readdirplus entries not yet forgotten).
+    lookups: u32,
     pub parent: Ino,
-    lookups: u64,
+    /// Path below the mount root, without leading or trailing `/`; empty for the root. (A
+    /// boxed str: the table holds one node per name the kernel knows, a million in a big walk.)
+    pub path: Box<str>,
 }
 
 impl Node {
@@ -66,7 +68,7 @@ impl Default for InodeTable {
             Ino::ROOT,
             Node {
                 kind: Kind::Dir,
-                path: String::new(),
+                path: "".into(),
                 parent: Ino::ROOT,
                 lookups: 1,
             },
@@ -88,7 +90,7 @@ impl InodeTable {
             .find(path_hash(kind, path), |ino| {
                 nodes
                     .get(ino)
-                    .is_some_and(|n| n.kind == kind && n.path == path)
+                    .is_some_and(|n| n.kind == kind && &*n.path == path)
             })
             .copied()
     }
@@ -119,7 +121,7 @@ impl InodeTable {
         loop {
             let ino = hashed_ino(kind, path, attempt);
             match self.nodes.get(&ino) {
-                Some(node) if node.kind != kind || node.path != path => attempt += 1,
+                Some(node) if node.kind != kind || &*node.path != path => attempt += 1,
                 _ => return ino,
             }
         }
@@ -130,7 +132,7 @@ impl InodeTable {
         let kind = kind.slot();
         if let Some(ino) = self.find(kind, path) {
             if let Some(node) = self.nodes.get_mut(&ino) {
-                node.lookups += 1;
+                node.lookups = node.lookups.saturating_add(1);
                 return ino;
             }
         }
@@ -139,7 +141,7 @@ impl InodeTable {
             ino,
             Node {
                 kind,
-                path: path.to_string(),
+                path: path.into(),
                 parent,
                 lookups: 1,
             },
@@ -155,13 +157,15 @@ impl InodeTable {
         }
         let gone = match self.nodes.get_mut(&ino) {
             Some(node) => {
-                node.lookups = node.lookups.saturating_sub(n);
+                node.lookups = node
+                    .lookups
+                    .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
                 node.lookups == 0
             }
             None => false,
         };
         if gone {
-            if let Some((kind, path)) = self.nodes.get(&ino).map(|n| (n.kind, n.path.clone())) {
+            if let Some((kind, path)) = self.nodes.get(&ino).map(|n| (n.kind, n.path.to_string())) {
                 self.unmap(ino, kind, &path);
                 self.nodes.remove(&ino);
             }
@@ -194,7 +198,7 @@ impl InodeTable {
         let (kind, path) = (node.kind, std::mem::take(&mut node.path));
         // A path no key can have (NUL is refused in names): never matched by a lookup, and
         // not indexed.
-        node.path = format!("\0detached/{}", ino.0);
+        node.path = format!("\0detached/{}", ino.0).into();
         self.unmap(ino, kind, &path);
     }
 
@@ -220,7 +224,7 @@ impl InodeTable {
 
     /// Gives `ino` a new place (rename): the kernel keeps using the same number.
     pub fn move_to(&mut self, ino: Ino, parent: Ino, path: &str) {
-        let Some((kind, old)) = self.nodes.get(&ino).map(|n| (n.kind, n.path.clone())) else {
+        let Some((kind, old)) = self.nodes.get(&ino).map(|n| (n.kind, n.path.to_string())) else {
             return;
         };
         if old == path {
@@ -236,7 +240,7 @@ impl InodeTable {
             self.detach(replaced);
         }
         if let Some(node) = self.nodes.get_mut(&ino) {
-            node.path = path.to_string();
+            node.path = path.into();
             node.parent = parent;
         }
         self.map(ino);

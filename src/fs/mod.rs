@@ -140,7 +140,7 @@ impl Default for FsConfig {
             xattrs: false,
             max_dir_rename_objects: 10_000,
             copy_limit: 5 << 30,
-            snapshot_memory: 64 << 20,
+            snapshot_memory: 32 << 20,
             copy_part_size: 512 << 20,
         }
     }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use lru::LruCache;
 
@@ -34,16 +34,134 @@ pub enum Answer {
 struct Snapshot {
     /// When the listing ended (or the directory was created here).
     taken: Instant,
-    entries: HashMap<Box<str>, (Kind, Attr)>,
+    entries: Entries,
     bytes: u64,
 }
 
-/// Bytes one entry costs, roughly: the name, the attributes, the ETag and the map's share.
-fn entry_bytes(name: &str, attr: &Attr) -> u64 {
-    (name.len()
-        + std::mem::size_of::<(Box<str>, Kind, Attr)>()
-        + attr.etag.as_ref().map_or(0, String::len)
-        + 32) as u64
+/// Nanoseconds since the epoch (1678 to 2262): half a `SystemTime`.
+fn nanos(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+fn time(nanos: i64) -> SystemTime {
+    let d = Duration::from_nanos(nanos.unsigned_abs());
+    if nanos >= 0 {
+        SystemTime::UNIX_EPOCH + d
+    } else {
+        SystemTime::UNIX_EPOCH - d
+    }
+}
+
+/// One name of a snapshot, packed (a big walk keeps hundreds of thousands): the name and the
+/// ETag share one allocation, times are 8 bytes, the inode number is not kept (the inode
+/// table has it), and the entry is its own key (no second copy of the name in the index).
+struct Entry {
+    /// The name, then the ETag (its last `etag_len` bytes).
+    text: Box<str>,
+    /// `u16::MAX` when there is no ETag (a file being written here, a directory).
+    etag_len: u16,
+    kind: Kind,
+    perm: u16,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: i64,
+    atime: i64,
+    ctime: i64,
+}
+
+impl Entry {
+    fn new(name: &str, kind: Kind, attr: &Attr) -> Entry {
+        // An ETag too long to pack (none real is) is dropped: the name is then asked for.
+        let etag = attr
+            .etag
+            .as_deref()
+            .filter(|e| e.len() < usize::from(u16::MAX));
+        Entry {
+            text: match etag {
+                Some(etag) => format!("{name}{etag}").into(),
+                None => name.into(),
+            },
+            etag_len: etag.map_or(u16::MAX, |e| e.len() as u16),
+            kind,
+            perm: attr.perm,
+            uid: attr.uid,
+            gid: attr.gid,
+            size: attr.size,
+            mtime: nanos(attr.mtime),
+            atime: nanos(attr.atime),
+            ctime: nanos(attr.ctime),
+        }
+    }
+
+    fn etag(&self) -> Option<&str> {
+        (self.etag_len != u16::MAX).then(|| &self.text[self.text.len() - self.etag_len as usize..])
+    }
+
+    fn name(&self) -> &str {
+        match self.etag() {
+            Some(etag) => &self.text[..self.text.len() - etag.len()],
+            None => &self.text,
+        }
+    }
+
+    fn attr(&self) -> Attr {
+        Attr {
+            ino: Ino(0),
+            kind: self.kind,
+            size: self.size,
+            mtime: time(self.mtime),
+            atime: time(self.atime),
+            ctime: time(self.ctime),
+            perm: self.perm,
+            uid: self.uid,
+            gid: self.gid,
+            etag: self.etag().map(str::to_string),
+        }
+    }
+
+    /// What it takes in memory: the entry in the index (with the table's slack and control
+    /// byte) and its text (with the allocator's header and rounding).
+    fn bytes(&self) -> u64 {
+        entry_bytes(self.text.len())
+    }
+}
+
+fn entry_bytes(text_len: usize) -> u64 {
+    (std::mem::size_of::<Entry>() * 8 / 7 + 1 + text_len.div_ceil(16) * 16 + 16) as u64
+}
+
+fn name_hash(name: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(name)
+}
+
+/// The entries of one snapshot, found by name.
+#[derive(Default)]
+struct Entries(hashbrown::HashTable<Entry>);
+
+impl Entries {
+    fn get(&self, name: &str) -> Option<&Entry> {
+        self.0.find(name_hash(name), |e| e.name() == name)
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Entry> {
+        self.0
+            .find_entry(name_hash(name), |e| e.name() == name)
+            .ok()
+            .map(|found| found.remove().0)
+    }
+
+    /// Adds `entry`, replacing one of the same name; returns the replaced one.
+    fn put(&mut self, entry: Entry) -> Option<Entry> {
+        let replaced = self.remove(entry.name());
+        self.0
+            .insert_unique(name_hash(entry.name()), entry, |e| name_hash(e.name()));
+        replaced
+    }
 }
 
 struct Inner {
@@ -63,7 +181,9 @@ pub struct Snapshots {
 /// A listing being collected into a snapshot as its entries are handed out in order.
 pub struct Collector {
     started: Instant,
-    entries: Option<Vec<(Box<str>, Kind, Attr)>>,
+    entries: Option<Entries>,
+    /// Entries handed out so far (the next in order is the only one taken).
+    count: u64,
     bytes: u64,
 }
 
@@ -71,7 +191,8 @@ impl Collector {
     pub fn new() -> Collector {
         Collector {
             started: Instant::now(),
-            entries: Some(Vec::new()),
+            entries: Some(Entries::default()),
+            count: 0,
             bytes: 0,
         }
     }
@@ -83,15 +204,17 @@ impl Collector {
         let Some(entries) = &mut self.entries else {
             return;
         };
-        if index != entries.len() as u64 {
+        if index != self.count {
             return;
         }
-        self.bytes += entry_bytes(name, attr);
+        self.count += 1;
+        let entry = Entry::new(name, kind, attr);
+        self.bytes += entry.bytes();
         if self.bytes > budget {
             self.entries = None;
             return;
         }
-        entries.push((name.into(), kind, attr.clone()));
+        entries.put(entry);
     }
 }
 
@@ -139,8 +262,8 @@ impl Snapshots {
         match snapshot.entries.get(name) {
             // A file whose version is not known (being written here) is asked for: reads
             // pin the ETag they are opened at.
-            Some((kind, attr)) if *kind != Kind::Dir && attr.etag.is_none() => Answer::Unknown,
-            Some((kind, attr)) => Answer::Present(*kind, attr.clone(), snapshot.taken),
+            Some(e) if e.kind != Kind::Dir && e.etag().is_none() => Answer::Unknown,
+            Some(e) => Answer::Present(e.kind, e.attr(), snapshot.taken),
             None => Answer::Absent,
         }
     }
@@ -159,26 +282,16 @@ impl Snapshots {
         {
             return;
         }
-        let entries = list
-            .into_iter()
-            .map(|(name, kind, attr)| (name, (kind, attr)))
-            .collect();
-        self.insert(&mut inner, dir, entries, collected.bytes);
+        self.insert(&mut inner, dir, list, collected.bytes);
     }
 
     /// `dir` was just created by this mount: empty, and known to be.
     pub fn start_empty(&self, dir: Ino) {
         let mut inner = lock(&self.inner);
-        self.insert(&mut inner, dir, HashMap::new(), 0);
+        self.insert(&mut inner, dir, Entries::default(), 0);
     }
 
-    fn insert(
-        &self,
-        inner: &mut Inner,
-        dir: Ino,
-        entries: HashMap<Box<str>, (Kind, Attr)>,
-        bytes: u64,
-    ) {
+    fn insert(&self, inner: &mut Inner, dir: Ino, entries: Entries, bytes: u64) {
         if let Some(old) = inner.dirs.pop(&dir) {
             inner.bytes -= old.bytes;
         }
@@ -206,14 +319,12 @@ impl Snapshots {
         let Some(snapshot) = inner.dirs.peek_mut(&dir) else {
             return;
         };
-        let before = match snapshot.entries.remove(name) {
-            Some((_, attr)) => entry_bytes(name, &attr),
-            None => 0,
-        };
+        let before = snapshot.entries.remove(name).map_or(0, |e| e.bytes());
         let after = match entry {
             Some((kind, attr)) => {
-                let bytes = entry_bytes(name, &attr);
-                snapshot.entries.insert(name.into(), (kind, attr));
+                let entry = Entry::new(name, kind, &attr);
+                let bytes = entry.bytes();
+                snapshot.entries.put(entry);
                 bytes
             }
             None => 0,
@@ -346,5 +457,26 @@ mod tests {
             "the oldest went first"
         );
         assert!(matches!(s.lookup(Ino(2099), "f1"), Answer::Present(..)));
+    }
+
+    #[test]
+    fn a_packed_entry_gives_back_the_attributes_it_was_made_of() {
+        let mut a = attr(12345);
+        a.mtime = SystemTime::UNIX_EPOCH + Duration::new(1_764_000_000, 123_456_789);
+        a.atime = SystemTime::UNIX_EPOCH - Duration::from_secs(86_400);
+        a.perm = 0o750;
+        a.uid = 1000;
+        a.gid = 1001;
+        for etag in [a.etag.clone(), None] {
+            let a = Attr { etag, ..a.clone() };
+            let e = Entry::new("photo.jpg", Kind::File, &a);
+            assert_eq!(e.name(), "photo.jpg");
+            assert_eq!(e.attr(), a);
+        }
+        assert!(
+            std::mem::size_of::<Entry>() <= 64,
+            "{} bytes",
+            std::mem::size_of::<Entry>()
+        );
     }
 }
