@@ -19,6 +19,9 @@ pub struct ListedEntry {
     /// For files: what the listing (or a HEAD) said: size, LastModified, ETag, metadata.
     /// For directories: their marker object, when a HEAD found one.
     pub object: Option<ObjectInfo>,
+    /// `object` already is the best the HEAD memo knows (the page was completed with HEADs):
+    /// no need to ask the memo again.
+    pub completed: bool,
 }
 
 impl ListedEntry {
@@ -188,6 +191,7 @@ impl DirStream {
                 name: rel.to_string(),
                 kind: Kind::File,
                 object: Some(object),
+                completed: false,
             });
         }
         for prefix in page.prefixes {
@@ -204,6 +208,7 @@ impl DirStream {
                 name: name.to_string(),
                 kind: Kind::Dir,
                 object: None,
+                completed: false,
             });
         }
         items.sort_by_key(ListedEntry::sort_key);

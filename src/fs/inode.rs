@@ -85,9 +85,13 @@ impl InodeTable {
 
     /// The inode remembered for (kind, path), if any.
     fn find(&self, kind: Kind, path: &str) -> Option<Ino> {
+        self.find_hashed(path_hash(kind, path), kind, path)
+    }
+
+    fn find_hashed(&self, hash: u64, kind: Kind, path: &str) -> Option<Ino> {
         let nodes = &self.nodes;
         self.by_path
-            .find(path_hash(kind, path), |ino| {
+            .find(hash, |ino| {
                 nodes
                     .get(ino)
                     .is_some_and(|n| n.kind == kind && &*n.path == path)
@@ -97,14 +101,17 @@ impl InodeTable {
 
     /// Indexes `ino` under its node's current (kind, path).
     fn map(&mut self, ino: Ino) {
-        let Some(node) = self.nodes.get(&ino) else {
-            return;
-        };
+        if let Some(node) = self.nodes.get(&ino) {
+            self.map_hashed(path_hash(node.kind, &node.path), ino);
+        }
+    }
+
+    /// `map` with the hash of the node's (kind, path) already known.
+    fn map_hashed(&mut self, hash: u64, ino: Ino) {
         let nodes = &self.nodes;
-        self.by_path
-            .insert_unique(path_hash(node.kind, &node.path), ino, |i| {
-                nodes.get(i).map_or(0, |n| path_hash(n.kind, &n.path))
-            });
+        self.by_path.insert_unique(hash, ino, |i| {
+            nodes.get(i).map_or(0, |n| path_hash(n.kind, &n.path))
+        });
     }
 
     /// The number `path` has (or would get), without taking a reference.
@@ -130,7 +137,8 @@ impl InodeTable {
     /// Takes one kernel reference on `path` (a lookup, or an entry of readdirplus).
     pub fn remember(&mut self, parent: Ino, kind: Kind, path: &str) -> Ino {
         let kind = kind.slot();
-        if let Some(ino) = self.find(kind, path) {
+        let hash = path_hash(kind, path);
+        if let Some(ino) = self.find_hashed(hash, kind, path) {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 node.lookups = node.lookups.saturating_add(1);
                 return ino;
@@ -146,7 +154,7 @@ impl InodeTable {
                 lookups: 1,
             },
         );
-        self.map(ino);
+        self.map_hashed(hash, ino);
         ino
     }
 
@@ -168,7 +176,20 @@ impl InodeTable {
             if let Some((kind, path)) = self.nodes.get(&ino).map(|n| (n.kind, n.path.to_string())) {
                 self.unmap(ino, kind, &path);
                 self.nodes.remove(&ino);
+                self.shrink_when_mostly_empty();
             }
+        }
+    }
+
+    /// After a big walk is forgotten (the kernel drops its cache), gives the tables' memory
+    /// back instead of keeping room for a million names forever.
+    fn shrink_when_mostly_empty(&mut self) {
+        let capacity = self.nodes.capacity();
+        if capacity > 4096 && self.nodes.len() * 8 < capacity {
+            self.nodes.shrink_to_fit();
+            let nodes = &self.nodes;
+            self.by_path
+                .shrink_to_fit(|i| nodes.get(i).map_or(0, |n| path_hash(n.kind, &n.path)));
         }
     }
 
@@ -348,5 +369,25 @@ mod tests {
             1 + 20_000 - forgotten,
             "the root and every name not forgotten"
         );
+    }
+
+    #[test]
+    fn a_forgotten_walk_gives_its_room_back() {
+        let mut t = InodeTable::default();
+        let inos: Vec<Ino> = (0..100_000)
+            .map(|i| t.remember(Ino::ROOT, Kind::File, &format!("big/f{i}")))
+            .collect();
+        let grown = t.nodes.capacity();
+        for ino in &inos[..99_000] {
+            t.forget(*ino, 1);
+        }
+        assert!(
+            t.nodes.capacity() * 8 < grown,
+            "{} of {grown} slots kept",
+            t.nodes.capacity()
+        );
+        for (i, ino) in inos.iter().enumerate().skip(99_000) {
+            assert_eq!(t.peek(Kind::File, &format!("big/f{i}")), *ino);
+        }
     }
 }

@@ -510,6 +510,7 @@ impl Fs {
             }
             (Kind::Dir, None, Some(cached)) if cached.kind == Kind::Dir => return cached,
             (Kind::Dir, marker, _) => dir_attr(ino, marker.as_ref(), &self.cfg),
+            (_, Some(obj), _) if entry.completed => file_attr(ino, obj, &self.cfg),
             (_, Some(obj), _) => match self.meta.head_of(obj) {
                 Some(head) => file_attr(ino, &head, &self.cfg),
                 None => file_attr(ino, obj, &self.cfg),
@@ -686,22 +687,25 @@ impl Fs {
     /// the page carries attribute metadata (a bucket written by plain S3 clients), the rest
     /// keeps the listing's answer, so such listings stay at listing cost.
     async fn complete_with_heads(&self, prefix: &str, page: &mut [dir::ListedEntry]) {
+        // What the memo knows of each file, asked once per entry (a million-entry walk
+        // feels every extra look-up).
+        let memo: Vec<Option<ObjectInfo>> = page
+            .iter()
+            .map(|e| e.object.as_ref().and_then(|o| self.meta.head_of(o)))
+            .collect();
         // Files: only objects new or changed since their last HEAD. Directories: their
         // marker, if any (a listing shows only the common prefix).
         let mut wanted: Vec<(usize, String)> = page
             .iter()
+            .zip(&memo)
             .enumerate()
-            .filter_map(|(i, e)| match (&e.object, e.kind) {
-                (Some(o), _) if self.meta.head_of(o).is_none() => Some((i, o.key.clone())),
-                (None, Kind::Dir) => Some((i, format!("{}{}/", prefix, e.name))),
+            .filter_map(|(i, (e, known))| match (&e.object, e.kind, known) {
+                (Some(o), _, None) => Some((i, o.key.clone())),
+                (None, Kind::Dir, _) => Some((i, format!("{}{}/", prefix, e.name))),
                 _ => None,
             })
             .collect();
-        let known_metadata = page
-            .iter()
-            .filter_map(|e| e.object.as_ref())
-            .filter_map(|o| self.meta.head_of(o))
-            .any(|h| meta::has_attr_headers(&h));
+        let known_metadata = memo.iter().flatten().any(meta::has_attr_headers);
         // A page is known by its directory and first name: listed again unchanged, it is the
         // same page.
         let page_id = format!("{prefix}\0{}", page.first().map_or("", |e| e.name.as_str()));
@@ -715,29 +719,39 @@ impl Fs {
         } else {
             wanted.split_off(LISTING_SAMPLE)
         };
-        let sample_has_metadata = self.head_entries(page, wanted).await;
+        let (sample_has_metadata, mut headed) = self.head_entries(page, wanted).await;
         if !rest.is_empty() && sample_has_metadata {
-            self.head_entries(page, rest).await;
+            headed.extend(self.head_entries(page, rest).await.1);
         } else if !rest.is_empty() {
             self.plain_listings.insert(page_id, ());
         }
-        for entry in page.iter_mut().filter(|e| e.kind != Kind::Dir) {
-            if let Some(head) = entry.object.as_ref().and_then(|o| self.meta.head_of(o)) {
-                if meta::is_symlink(&head) {
-                    entry.kind = Kind::Symlink;
-                }
-                entry.object = Some(head);
+        for (i, known) in memo.into_iter().enumerate() {
+            if let Some(head) = known {
+                headed.push((i, head));
             }
+        }
+        for (i, head) in headed {
+            let entry = &mut page[i];
+            if entry.kind == Kind::Dir {
+                continue;
+            }
+            if meta::is_symlink(&head) {
+                entry.kind = Kind::Symlink;
+            }
+            entry.object = Some(head);
+        }
+        for entry in page.iter_mut() {
+            entry.completed = true;
         }
     }
 
     /// HEADs `wanted` (entry index, key) of a listing page; returns whether any answer
-    /// carried attribute metadata.
+    /// carried attribute metadata, and the answers for files.
     async fn head_entries(
         &self,
         page: &mut [dir::ListedEntry],
         wanted: Vec<(usize, String)>,
-    ) -> bool {
+    ) -> (bool, Vec<(usize, ObjectInfo)>) {
         use futures::StreamExt;
         let store = &self.store;
         let heads: Vec<_> = futures::stream::iter(wanted)
@@ -746,6 +760,7 @@ impl Fs {
             .collect()
             .await;
         let mut any_metadata = false;
+        let mut files = Vec::new();
         for (i, result, key) in heads {
             match result {
                 Ok(info) => {
@@ -753,6 +768,8 @@ impl Fs {
                     self.meta.put_head(&info);
                     if page[i].kind == Kind::Dir {
                         page[i].object = Some(info);
+                    } else {
+                        files.push((i, info));
                     }
                 }
                 Err(StoreError::NotFound) => {}
@@ -761,7 +778,7 @@ impl Fs {
                 }
             }
         }
-        any_metadata
+        (any_metadata, files)
     }
 
     /// Opens a file; returns the handle and whether the kernel may keep the pages it cached
