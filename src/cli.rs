@@ -180,6 +180,11 @@ pub struct MountArgs {
     /// directories together; a larger directory is not kept
     #[arg(long, value_parser = parse_size, default_value = "32MiB", help_heading = "Mount")]
     pub dir_snapshot_memory: u64,
+    /// Names (files and folders) the kernel may hold at once; past it, pailfs asks the kernel
+    /// to forget the oldest files no program has open (each costs the daemon about 130 bytes).
+    /// 0: no limit
+    #[arg(long, default_value_t = 1_000_000, help_heading = "Mount")]
+    pub max_inodes: usize,
     /// List directories with LIST alone, without a HEAD per new or changed file: faster on
     /// huge directories, but modes, owners, mtimes and symlinks stored as metadata show only
     /// once a file is looked up (stat)

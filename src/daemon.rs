@@ -375,6 +375,10 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         format!("mounting on {} failed: {e}{hint}", cfg.mountpoint.display())
     })?;
     let _ = kernel.set(session.notifier());
+    if cfg.fs.max_inodes > 0 {
+        crate::fuse::keep_names_within_budget(fs.clone(), session.notifier())
+            .map_err(|e| format!("cannot start the name-budget thread: {e}"))?;
+    }
     let mut unmounter = session.unmount_callable();
     set_kernel_read_ahead(&cfg);
     let device = startup::mount_device(&cfg.mountpoint);

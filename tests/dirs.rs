@@ -78,6 +78,47 @@ fn du_and_find_of_a_large_folder_cost_its_listing() {
     );
 }
 
+#[test]
+fn names_past_max_inodes_are_handed_back_except_open_files() {
+    let b = Bucket::new("names");
+    let keys: Vec<String> = (0..3_000).map(|i| format!("big/f{i:04}")).collect();
+    b.put_many(keys, b"12345");
+    let m = Mount::new(&b.location(""), &["--max-inodes", "500"]);
+    // The oldest name the kernel learns, open all along: never handed back.
+    let mut first = std::fs::File::open(m.join("big/f0000")).unwrap();
+    let mut walked = 0;
+    for entry in std::fs::read_dir(m.join("big")).unwrap() {
+        let entry = entry.unwrap();
+        assert_eq!(entry.metadata().unwrap().len(), 5);
+        walked += 1;
+    }
+    assert_eq!(walked, 3_000);
+    let names = || -> u64 { m.status_field("kernel_names").parse().unwrap() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while names() > 600 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        names() <= 600,
+        "the kernel was asked to forget the oldest files: {} names held",
+        names()
+    );
+    // The open file is intact, still linked, and reads; every name still answers.
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut first, &mut text).unwrap();
+    assert_eq!(text, "12345");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::nlink(&first.metadata().unwrap()),
+        1
+    );
+    for i in (0..3_000).step_by(97) {
+        assert_eq!(
+            std::fs::read(m.join(&format!("big/f{i:04}"))).unwrap(),
+            b"12345"
+        );
+    }
+}
+
 fn mtime_of(m: &Mount, rel: &str) -> i64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(m.join(rel)).unwrap().mtime()

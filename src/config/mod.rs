@@ -164,6 +164,7 @@ impl MountConfig {
             xattrs: args.xattrs,
             max_dir_rename_objects: args.max_dir_rename_objects,
             snapshot_memory: args.dir_snapshot_memory,
+            max_inodes: args.max_inodes,
             ..FsConfig::default()
         };
         Ok(MountConfig {

@@ -4,7 +4,7 @@
 //! for the whole mount even after the kernel forgets it; collisions are resolved by probing.
 //! Entries live while the kernel holds a lookup reference (plus the root, always).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
 
 /// A fast, seeded-once hash: inode numbers must come out the same for a path on every run
@@ -45,6 +45,9 @@ pub struct InodeTable {
     /// The inode of each (kind, path), hashed by them: the path itself lives once, in the
     /// node (this index is a number per name, not a second copy of every path).
     by_path: hashbrown::HashTable<Ino>,
+    /// Inodes in the order they were first remembered (entries of forgotten ones are dropped
+    /// lazily): the order in which names are handed back when the table is over budget.
+    order: VecDeque<Ino>,
 }
 
 fn path_hash(kind: Kind, path: &str) -> u64 {
@@ -63,6 +66,7 @@ impl Default for InodeTable {
         let mut table = InodeTable {
             nodes: HashMap::default(),
             by_path: hashbrown::HashTable::new(),
+            order: VecDeque::new(),
         };
         table.nodes.insert(
             Ino::ROOT,
@@ -155,7 +159,43 @@ impl InodeTable {
             },
         );
         self.map_hashed(hash, ino);
+        self.order.push_back(ino);
+        // Entries of forgotten inodes are dropped once they are a fifth of the line.
+        if self.order.len() > self.nodes.len() + self.nodes.len() / 4 + 1024 {
+            let nodes = &self.nodes;
+            self.order.retain(|i| nodes.contains_key(i));
+            self.order
+                .shrink_to(self.order.len() + self.order.len() / 4);
+        }
         ino
+    }
+
+    /// Up to `n` of the oldest remembered files (not directories, not detached, not
+    /// `in_use`), as (parent, inode, name). They stay in the table (and go to the back of
+    /// the line) until the kernel forgets them.
+    pub fn oldest_files(
+        &mut self,
+        n: usize,
+        in_use: &dyn Fn(Ino) -> bool,
+    ) -> Vec<(Ino, Ino, String)> {
+        let mut out = Vec::new();
+        for _ in 0..self.order.len() {
+            if out.len() >= n {
+                break;
+            }
+            let Some(ino) = self.order.pop_front() else {
+                break;
+            };
+            let Some(node) = self.nodes.get(&ino) else {
+                continue;
+            };
+            let eligible = node.kind != Kind::Dir && !node.path.starts_with('\0') && !in_use(ino);
+            if eligible {
+                out.push((node.parent, ino, node.name().to_string()));
+            }
+            self.order.push_back(ino);
+        }
+        out
     }
 
     /// Drops `n` kernel references; the entry goes when none are left.
@@ -389,5 +429,28 @@ mod tests {
         for (i, ino) in inos.iter().enumerate().skip(99_000) {
             assert_eq!(t.peek(Kind::File, &format!("big/f{i}")), *ino);
         }
+    }
+
+    #[test]
+    fn the_oldest_files_are_offered_first_never_folders_or_files_in_use() {
+        let mut t = InodeTable::default();
+        let dir = t.remember(Ino::ROOT, Kind::Dir, "d");
+        let files: Vec<Ino> = (0..5)
+            .map(|i| t.remember(dir, Kind::File, &format!("d/f{i}")))
+            .collect();
+        let busy = files[0];
+        let offered = t.oldest_files(2, &|ino| ino == busy);
+        assert_eq!(
+            offered,
+            vec![
+                (dir, files[1], "f1".to_string()),
+                (dir, files[2], "f2".to_string())
+            ]
+        );
+        // Offered names wait at the back until the kernel forgets them.
+        t.forget(files[1], 1);
+        let next = t.oldest_files(10, &|ino| ino == busy);
+        let inos: Vec<Ino> = next.iter().map(|(_, ino, _)| *ino).collect();
+        assert_eq!(inos, vec![files[3], files[4], files[2]]);
     }
 }

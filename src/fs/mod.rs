@@ -109,6 +109,9 @@ pub struct FsConfig {
     pub copy_limit: u64,
     /// Memory for directory snapshots, all directories together (`--dir-snapshot-memory`).
     pub snapshot_memory: u64,
+    /// Names the kernel may hold before the oldest files are handed back (`--max-inodes`;
+    /// 0: no limit).
+    pub max_inodes: usize,
     pub copy_part_size: u64,
 }
 
@@ -141,6 +144,7 @@ impl Default for FsConfig {
             max_dir_rename_objects: 10_000,
             copy_limit: 5 << 30,
             snapshot_memory: 32 << 20,
+            max_inodes: 1_000_000,
             copy_part_size: 512 << 20,
         }
     }
@@ -168,8 +172,22 @@ pub struct StatFs {
 /// file being written (which every handle of that inode then reads, so they see one content).
 /// The handle holds the copy itself, so that it keeps its bytes when the name goes.
 enum OpenFile {
-    Object(Box<tokio::sync::Mutex<Reader>>),
-    Staged { ino: Ino, staged: StagedRef },
+    Object {
+        ino: Ino,
+        reader: Box<tokio::sync::Mutex<Reader>>,
+    },
+    Staged {
+        ino: Ino,
+        staged: StagedRef,
+    },
+}
+
+impl OpenFile {
+    fn ino(&self) -> Ino {
+        match self {
+            OpenFile::Object { ino, .. } | OpenFile::Staged { ino, .. } => *ino,
+        }
+    }
 }
 
 /// When written files are uploaded.
@@ -279,13 +297,14 @@ impl Fs {
     pub fn request_summary(&self) -> Option<String> {
         self.counters.as_ref().map(|c| {
             format!(
-                "{} {} fuse_reads={} fuse_read_bytes={} files_being_written={} cache_bytes={}",
+                "{} {} fuse_reads={} fuse_read_bytes={} files_being_written={} cache_bytes={} kernel_names={}",
                 c.summary(),
                 self.meta.summary(),
                 self.reads_served.load(Ordering::Relaxed),
                 self.bytes_served.load(Ordering::Relaxed),
                 self.pending_uploads(),
-                self.cache.as_ref().map_or(0, |c| c.used())
+                self.cache.as_ref().map_or(0, |c| c.used()),
+                self.open_inodes()
             )
         })
     }
@@ -851,7 +870,10 @@ impl Fs {
         let fh = self.new_fh();
         lock(&self.files).insert(
             fh,
-            Arc::new(OpenFile::Object(Box::new(tokio::sync::Mutex::new(reader)))),
+            Arc::new(OpenFile::Object {
+                ino,
+                reader: Box::new(tokio::sync::Mutex::new(reader)),
+            }),
         );
         Ok((fh, keep_cache))
     }
@@ -862,7 +884,7 @@ impl Fs {
             .cloned()
             .ok_or(FsError::BadHandle)?;
         let data = match file.as_ref() {
-            OpenFile::Object(reader) => reader.lock().await.read(offset, len).await?,
+            OpenFile::Object { reader, .. } => reader.lock().await.read(offset, len).await?,
             OpenFile::Staged { staged, .. } => {
                 let mut staged = staged.lock().await;
                 staged.read(offset, len, self.store.as_ref()).await?
@@ -895,13 +917,13 @@ impl Fs {
             let file = files.remove(&fh);
             let readers = files
                 .values()
-                .filter(|f| matches!(f.as_ref(), OpenFile::Object(_)))
+                .filter(|f| matches!(f.as_ref(), OpenFile::Object { .. }))
                 .count();
             (file, readers)
         };
         match file.as_deref() {
             Some(OpenFile::Staged { ino, staged }) => self.release_staged(*ino, staged).await,
-            Some(OpenFile::Object(_)) => {
+            Some(OpenFile::Object { .. }) => {
                 if readers_left == 0 {
                     // Pooled read-ahead buffers only pay off while something streams.
                     self.buffers.clear();
@@ -992,6 +1014,26 @@ impl Fs {
             bsize: 4096,
             namelen: names::NAME_MAX as u32,
         }
+    }
+
+    /// Up to `max` names the kernel should forget because the inode table is over
+    /// `--max-inodes`: the oldest files first, never a directory (a shell may stand in it)
+    /// nor a file open or being written (its handles would see it as deleted). Each is
+    /// (parent, inode, name), for a FUSE delete notice; the table shrinks as the kernel
+    /// answers with FORGET.
+    pub fn names_to_forget(&self, max: usize) -> Vec<(Ino, Ino, String)> {
+        let budget = self.cfg.max_inodes;
+        let over = lock(&self.inodes).len().saturating_sub(budget);
+        if budget == 0 || over == 0 {
+            return Vec::new();
+        }
+        let open: std::collections::HashSet<Ino> = lock(&self.files)
+            .values()
+            .map(|f| f.ino())
+            .chain(lock(&self.staged).keys().copied())
+            .chain(lock(&self.unlinked).keys().copied())
+            .collect();
+        lock(&self.inodes).oldest_files(over.min(max), &|ino| open.contains(&ino))
     }
 
     pub fn open_inodes(&self) -> usize {

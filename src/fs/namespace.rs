@@ -352,11 +352,11 @@ impl Fs {
     async fn move_readers(&self, moved: &std::collections::HashMap<String, (String, String)>) {
         let readers: Vec<_> = lock(&self.files)
             .values()
-            .filter(|f| matches!(f.as_ref(), OpenFile::Object(_)))
+            .filter(|f| matches!(f.as_ref(), OpenFile::Object { .. }))
             .cloned()
             .collect();
         for file in readers {
-            if let OpenFile::Object(reader) = file.as_ref() {
+            if let OpenFile::Object { reader, .. } = file.as_ref() {
                 let mut reader = reader.lock().await;
                 if let Some((key, etag)) = moved.get(reader.key()) {
                     reader.moved(key.clone(), etag.clone());

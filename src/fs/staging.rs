@@ -136,7 +136,7 @@ impl Fs {
             .ok_or(FsError::BadHandle)?;
         Ok(match file.as_ref() {
             OpenFile::Staged { staged, .. } => Some(staged.clone()),
-            OpenFile::Object(_) => None,
+            OpenFile::Object { .. } => None,
         })
     }
 
