@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::listing::LISTING_SAMPLE;
 use super::*;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::MemoryStore;

@@ -1,0 +1,317 @@
+//! Listing directories for the kernel: open directories streamed page by page, each page
+//! completed with HEADs where the bucket keeps attribute metadata (a sample first), the
+//! attributes each entry shows, the files being written that the bucket does not list yet,
+//! and the snapshot a listing read to its end leaves behind.
+
+use std::sync::Arc;
+
+use super::dir::{self, DirStream, ListedEntry};
+use super::error::FsError;
+use super::inode::{child_path, Ino};
+use super::meta::{self, dir_attr, file_attr};
+use super::{lock, Attr, DirSinkEntry, Fs, Kind};
+use crate::store::{ObjectInfo, StoreError};
+
+/// HEADs in flight while completing one listing page.
+const LISTING_HEADS: usize = 32;
+/// Entries of a listing page HEADed first, to learn whether the page carries metadata.
+pub(super) const LISTING_SAMPLE: usize = 8;
+
+impl Fs {
+    pub fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let fh = self.new_fh();
+        let stream = DirStream::new(self.dir_prefix(&node.path), self.cfg.list_page_size);
+        lock(&self.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(stream)));
+        Ok(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    fn listed_attr(&self, ino: Ino, entry: &ListedEntry) -> Attr {
+        let cached = self.meta.attr(ino);
+        let attr = match (entry.kind, &entry.object, cached) {
+            // Keep attributes from a HEAD (with metadata) while they describe the same object.
+            (Kind::File | Kind::Symlink, Some(obj), Some(cached))
+                if cached.etag.as_deref() == Some(obj.etag.as_str()) =>
+            {
+                return cached
+            }
+            (Kind::Dir, None, Some(cached)) if cached.kind == Kind::Dir => return cached,
+            (Kind::Dir, marker, _) => dir_attr(ino, marker.as_ref(), &self.cfg),
+            (_, Some(obj), _) if entry.completed => file_attr(ino, obj, &self.cfg),
+            (_, Some(obj), _) => match self.meta.head_of(obj) {
+                Some(head) => file_attr(ino, &head, &self.cfg),
+                None => file_attr(ino, obj, &self.cfg),
+            },
+            (_, None, _) => dir_attr(ino, None, &self.cfg),
+        };
+        // Not put in the attribute cache: the snapshot being collected holds these, and the
+        // kernel does too (for as long as pailfs would trust them); a million-entry listing
+        // would only churn the cache.
+        attr
+    }
+
+    /// Attributes of a directory whose marker a listing showed: the marker's metadata needs
+    /// a HEAD (listings carry none), unless the memo has it for this very marker.
+    pub(super) async fn marker_attr(&self, ino: Ino, listed: &ObjectInfo) -> Result<Attr, FsError> {
+        let head = match self.meta.head_of(listed) {
+            Some(head) => head,
+            None => match self.store.head(&listed.key).await {
+                Ok(head) => {
+                    self.meta.put_head(&head);
+                    head
+                }
+                Err(StoreError::NotFound) => return Ok(dir_attr(ino, None, &self.cfg)),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        Ok(dir_attr(ino, Some(&head), &self.cfg))
+    }
+
+    /// Streams entries from cookie `offset` into `sink` until it reports full (returns true) or
+    /// the directory ends. With `plus`, every entry the sink accepts takes a kernel reference.
+    pub async fn readdir(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+        sink: &mut (dyn FnMut(DirSinkEntry<'_>) -> bool + Send),
+    ) -> Result<(), FsError> {
+        let node = self.node(ino)?;
+        let stream = lock(&self.dirs)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let mut stream = stream.lock().await;
+        let mut cookie = offset;
+        // Cookies 0 and 1 are "." and ".."; entry i of the listing has cookie i + 2.
+        while cookie < 2 {
+            let (target, name) = if cookie == 0 {
+                (ino, ".")
+            } else {
+                (node.parent, "..")
+            };
+            // ".." of a directory whose parent vanished still answers, with this directory's
+            // attributes, rather than failing the whole listing.
+            let attr = match self.getattr(target).await {
+                Ok(a) => a,
+                Err(_) => self.getattr(ino).await?,
+            };
+            if sink(DirSinkEntry {
+                ino: target,
+                offset: cookie + 1,
+                name,
+                attr: &attr,
+            }) {
+                return Ok(());
+            }
+            cookie += 1;
+        }
+        while let Some(entry) = self.next_entry(&mut stream, cookie - 2).await? {
+            let path = child_path(&node.path, &entry.name);
+            let ino_child = if plus {
+                lock(&self.inodes).remember(ino, entry.kind, &path)
+            } else {
+                lock(&self.inodes).peek(entry.kind, &path)
+            };
+            let attr = self.listed_attr(ino_child, &entry);
+            if let Some(collector) = stream.collector.as_mut() {
+                let budget = self.snapshots.budget();
+                collector.add(cookie - 2, &entry.name, entry.kind, &attr, budget);
+            }
+            let full = sink(DirSinkEntry {
+                ino: ino_child,
+                offset: cookie + 1,
+                name: &entry.name,
+                attr: &attr,
+            });
+            if full {
+                if plus {
+                    self.forget(ino_child, 1);
+                }
+                return Ok(());
+            }
+            cookie += 1;
+        }
+        // The listing ended: what it showed is the directory's snapshot from now on.
+        if let Some(collected) = stream.collector.take() {
+            self.snapshots.commit(ino, collected);
+        }
+        if let Some(head) = stream.marker.as_ref().and_then(|m| self.meta.head_of(m)) {
+            if ino != Ino::ROOT {
+                self.meta.put_attr(dir_attr(ino, Some(&head), &self.cfg));
+            }
+        }
+        // Then the files of this directory being written that the bucket does not have yet
+        // (a copy in progress, an async upload not done): they exist for programs already.
+        let listed = stream.listed_count().unwrap_or(cookie - 2);
+        let unlisted = self.unlisted_files(&node.path).await;
+        for (i, (child, name)) in unlisted.iter().enumerate() {
+            let entry_cookie = 2 + listed + i as u64;
+            if entry_cookie < cookie {
+                continue;
+            }
+            let Some(attr) = self.staged_attr(*child) else {
+                continue;
+            };
+            if plus {
+                lock(&self.inodes).remember(ino, Kind::File, &child_path(&node.path, name));
+            }
+            let full = sink(DirSinkEntry {
+                ino: *child,
+                offset: entry_cookie + 1,
+                name,
+                attr: &attr,
+            });
+            if full {
+                if plus {
+                    self.forget(*child, 1);
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Files directly in `dir` whose staging copy the bucket has never had, by name.
+    async fn unlisted_files(&self, dir: &str) -> Vec<(Ino, String)> {
+        let staged = self.staged_files();
+        let mut out = Vec::new();
+        for (ino, staged) in staged {
+            let Some(node) = lock(&self.inodes).get(ino).cloned() else {
+                continue;
+            };
+            let parent = node.path.rsplit_once('/').map_or("", |(p, _)| p);
+            if parent != dir || !self.is_only_local(&staged) {
+                continue;
+            }
+            out.push((ino, node.name().to_string()));
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
+    }
+
+    /// Entry `index` of a listing; a page just fetched is first completed with HEADs.
+    async fn next_entry(
+        &self,
+        stream: &mut DirStream,
+        index: u64,
+    ) -> Result<Option<ListedEntry>, FsError> {
+        let entry = stream.entry_at(index, &self.store, &self.odd_keys).await?;
+        let prefix = stream.list_prefix().to_string();
+        match stream.take_new_page() {
+            Some(page) if self.cfg.listing_heads => {
+                self.complete_with_heads(&prefix, page).await;
+                stream.entry_at(index, &self.store, &self.odd_keys).await
+            }
+            _ => Ok(entry),
+        }
+    }
+
+    /// Replaces what a listing says about files by what a HEAD says (metadata included),
+    /// sending HEADs only for objects new or changed since the last one, several at a time.
+    /// A page first HEADs a small sample: when neither the sample nor what the memo knows of
+    /// the page carries attribute metadata (a bucket written by plain S3 clients), the rest
+    /// keeps the listing's answer, so such listings stay at listing cost.
+    async fn complete_with_heads(&self, prefix: &str, page: &mut [dir::ListedEntry]) {
+        // What the memo knows of each file, asked once per entry (a million-entry walk
+        // feels every extra look-up).
+        let memo: Vec<Option<ObjectInfo>> = page
+            .iter()
+            .map(|e| e.object.as_ref().and_then(|o| self.meta.head_of(o)))
+            .collect();
+        // Files: only objects new or changed since their last HEAD. Directories: their
+        // marker, if any (a listing shows only the common prefix).
+        let mut wanted: Vec<(usize, String)> = page
+            .iter()
+            .zip(&memo)
+            .enumerate()
+            .filter_map(|(i, (e, known))| match (&e.object, e.kind, known) {
+                (Some(o), _, None) => Some((i, o.key.clone())),
+                (None, Kind::Dir, _) => Some((i, format!("{}{}/", prefix, e.name))),
+                _ => None,
+            })
+            .collect();
+        let known_metadata = memo.iter().flatten().any(meta::has_attr_headers);
+        // A page is known by its directory and first name: listed again unchanged, it is the
+        // same page.
+        let page_id = format!("{prefix}\0{}", page.first().map_or("", |e| e.name.as_str()));
+        if !known_metadata && self.plain_listings.contains_key(&page_id) {
+            // A sample of this page showed no metadata within --metadata-ttl: listing it
+            // again costs the listing alone.
+            wanted.clear();
+        }
+        let rest = if known_metadata || wanted.len() <= LISTING_SAMPLE {
+            Vec::new()
+        } else {
+            wanted.split_off(LISTING_SAMPLE)
+        };
+        let (sample_has_metadata, mut headed) = self.head_entries(page, wanted).await;
+        if !rest.is_empty() && sample_has_metadata {
+            headed.extend(self.head_entries(page, rest).await.1);
+        } else if !rest.is_empty() {
+            self.plain_listings.insert(page_id, ());
+        }
+        for (i, known) in memo.into_iter().enumerate() {
+            if let Some(head) = known {
+                headed.push((i, head));
+            }
+        }
+        for (i, head) in headed {
+            let entry = &mut page[i];
+            if entry.kind == Kind::Dir {
+                continue;
+            }
+            if meta::is_symlink(&head) {
+                entry.kind = Kind::Symlink;
+            }
+            entry.object = Some(head);
+        }
+        for entry in page.iter_mut() {
+            entry.completed = true;
+        }
+    }
+
+    /// HEADs `wanted` (entry index, key) of a listing page; returns whether any answer
+    /// carried attribute metadata, and the answers for files.
+    async fn head_entries(
+        &self,
+        page: &mut [dir::ListedEntry],
+        wanted: Vec<(usize, String)>,
+    ) -> (bool, Vec<(usize, ObjectInfo)>) {
+        use futures::StreamExt;
+        let store = &self.store;
+        let heads: Vec<_> = futures::stream::iter(wanted)
+            .map(|(i, key)| async move { (i, store.head(&key).await, key) })
+            .buffer_unordered(LISTING_HEADS)
+            .collect()
+            .await;
+        let mut any_metadata = false;
+        let mut files = Vec::new();
+        for (i, result, key) in heads {
+            match result {
+                Ok(info) => {
+                    any_metadata |= meta::has_attr_headers(&info);
+                    self.meta.put_head(&info);
+                    if page[i].kind == Kind::Dir {
+                        page[i].object = Some(info);
+                    } else {
+                        files.push((i, info));
+                    }
+                }
+                Err(StoreError::NotFound) => {}
+                Err(e) => {
+                    tracing::debug!(key, error = %e, "HEAD for a listing failed; showing what the listing says")
+                }
+            }
+        }
+        (any_metadata, files)
+    }
+}
