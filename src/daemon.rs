@@ -365,7 +365,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
     };
     fuse_config.n_threads = Some(cfg.fuse_threads);
     fuse_config.clone_fd = true;
-    let mut session = fuser::Session::new(adapter, &cfg.mountpoint, &fuse_config).map_err(|e| {
+    let (session, mut unmounter) = crate::kernel_mount::attach(adapter, &cfg.mountpoint, fuse_config).map_err(|e| {
         let hint = match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => " (is /dev/fuse accessible, and for --allow-other is user_allow_other set in /etc/fuse.conf?)",
             Some(libc::ENOENT) => " (is the fuse3 package installed? it provides fusermount3)",
@@ -379,7 +379,6 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         crate::fuse::keep_names_within_budget(fs.clone(), session.notifier())
             .map_err(|e| format!("cannot start the name-budget thread: {e}"))?;
     }
-    let mut unmounter = session.unmount_callable();
     set_kernel_read_ahead(&cfg);
     let device = startup::mount_device(&cfg.mountpoint);
     let _control = crate::control::serve(

@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
+pub mod kernel_mount;
 pub mod notify;
 pub mod startup;
 pub mod store;

@@ -840,6 +840,18 @@ fn async_write_back_uploads_after_close_and_unmount_waits_for_it() {
 fn unmount_ends_the_daemon() {
     let b = Bucket::new("unmount");
     let m = Mount::new(&b.location(""), &[]);
+    // The mount is typed fuse.pailfs (as s3fs's is fuse.s3fs), with the location as source.
+    let listed = Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE,SOURCE", "-t", "fuse.pailfs", "--mountpoint"])
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(
+        listed.split_whitespace().collect::<Vec<_>>(),
+        vec!["fuse.pailfs", &format!("s3://{}/", b.name)],
+        "{listed}"
+    );
     let log = m.log.clone();
     m.unmount();
     assert!(!is_mounted(&m.path));
