@@ -186,10 +186,19 @@ pub fn query(mountpoint: &Path) -> Result<String, String> {
     request(mountpoint, "status")
 }
 
+/// Reads the status of the mount on `mountpoint` from the control socket at `socket` (a
+/// process whose `PAILFS_DIRS` differs from the mount's).
+pub fn query_socket(socket: &Path, mountpoint: &Path) -> Result<String, String> {
+    request_at(socket, mountpoint, "status")
+}
+
 /// Sends one request to the mount on `mountpoint` and returns its answer.
 fn request(mountpoint: &Path, line: &str) -> Result<String, String> {
+    request_at(&socket_path(mountpoint), mountpoint, line)
+}
+
+fn request_at(path: &Path, mountpoint: &Path, line: &str) -> Result<String, String> {
     use std::io::Read;
-    let path = socket_path(mountpoint);
     let mut stream = UnixStream::connect(&path).map_err(|e| {
         format!(
             "no pailfs mount answers for {} ({}: {e})",

@@ -781,7 +781,7 @@ fn sigterm_finishes_uploads_then_unmounts_a_foreground_mount_cleanly() {
     // `pailfs status` shows it with a progress bar until it is in the bucket. (Asked through
     // the library, not a child process: a fork would close a copy of the open descriptor,
     // which flushes the file.)
-    let status = pailfs::control::render_status(&pailfs::control::query(dir.path()).unwrap());
+    let status = pailfs::control::render_status(&common::query_status(dir.path()).unwrap());
     assert!(
         status.contains("uploading [") && status.contains("copying.bin"),
         "{status}"
@@ -842,7 +842,14 @@ fn unmount_ends_the_daemon() {
     let m = Mount::new(&b.location(""), &[]);
     // The mount is typed fuse.pailfs (as s3fs's is fuse.s3fs), with the location as source.
     let listed = Command::new("findmnt")
-        .args(["-n", "-o", "FSTYPE,SOURCE", "-t", "fuse.pailfs", "--mountpoint"])
+        .args([
+            "-n",
+            "-o",
+            "FSTYPE,SOURCE",
+            "-t",
+            "fuse.pailfs",
+            "--mountpoint",
+        ])
         .arg(&m.path)
         .output()
         .unwrap();

@@ -55,6 +55,7 @@ fn an_fstab_line_mounts_with_mount_and_unmounts_with_umount() {
         Command::new("mount")
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PAILFS_DIRS", common::pailfs_dirs())
             .arg("--fstab")
             .arg(fstab)
             .arg(&mnt)
@@ -165,6 +166,7 @@ fn http(method: &str, url: &str, body: &[u8]) -> (u16, Vec<u8>) {
 
 fn presign(path: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pailfs"))
+        .env("PAILFS_DIRS", common::pailfs_dirs())
         .arg("presign")
         .arg(path)
         .args(extra)
@@ -415,6 +417,7 @@ fn the_debian_package_puts_files_where_systemd_and_mount_look() {
     std::fs::create_dir(&mnt).unwrap();
     let creds = credentials_file(dir.path());
     let out = Command::new(&helper)
+        .env("PAILFS_DIRS", common::pailfs_dirs())
         .arg(b.location(""))
         .arg(&mnt)
         .arg("-n")
@@ -434,4 +437,60 @@ fn the_debian_package_puts_files_where_systemd_and_mount_look() {
     let read = std::fs::read_to_string(mnt.join("x.txt"));
     let _ = Command::new("umount").arg(&mnt).status();
     assert_eq!(read.unwrap(), "via the helper");
+}
+
+#[test]
+fn a_mount_with_default_directories_keeps_its_files_under_pailfs_dirs() {
+    // The suite runs as root, where the defaults are /var/log/pailfs, /var/cache/pailfs and
+    // /run/pailfs: with PAILFS_DIRS (which the harness sets) nothing goes there.
+    let b = Bucket::new("own-dirs");
+    b.put("a.txt", "a");
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = pailfs()
+        .arg("mount")
+        .arg(b.location(""))
+        .arg(&mnt)
+        .arg("--endpoint-url")
+        .arg(&garage().endpoint)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let read = std::fs::read_to_string(mnt.join("a.txt"));
+    let status = pailfs().arg("status").arg(&mnt).output().unwrap();
+    let name = pailfs::config::paths::mount_name(&mnt);
+    let named = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.starts_with(&name))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Looked at while mounted (the control socket goes with the daemon).
+    let places: Vec<_> = [
+        ("/var/log/pailfs", "log"),
+        ("/var/cache/pailfs", "cache"),
+        ("/run/pailfs", "run"),
+    ]
+    .into_iter()
+    .map(|(system, kind)| {
+        let ours = named(&common::pailfs_dirs().join(kind));
+        (system, kind, named(Path::new(system)), ours)
+    })
+    .collect();
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+    assert_eq!(read.unwrap(), "a");
+    assert!(status.status.success(), "{status:?}");
+    for (system, kind, there, ours) in places {
+        assert!(there.is_empty(), "{system} holds {there:?}");
+        assert!(
+            !ours.is_empty(),
+            "the mount's {kind} file is under PAILFS_DIRS"
+        );
+    }
 }

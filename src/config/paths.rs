@@ -14,10 +14,22 @@ fn home() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
 }
 
-/// One kind of pailfs directory: `system` for root, `$XDG_VAR/pailfs` for a user who has that
-/// variable, `fallback` otherwise.
-fn pailfs_dir(system: &str, xdg_var: &str, fallback: impl FnOnce() -> PathBuf) -> PathBuf {
-    if is_root() {
+/// Environment variable that puts all of pailfs's own files under one directory (`log/`,
+/// `cache/`, `run/` inside it), for containers, CI and test suites that must not touch the
+/// system's directories.
+pub const DIRS_VAR: &str = "PAILFS_DIRS";
+
+/// One kind of pailfs directory: `$PAILFS_DIRS/KIND` when set, `system` for root,
+/// `$XDG_VAR/pailfs` for a user who has that variable, `fallback` otherwise.
+fn pailfs_dir(
+    kind: &str,
+    system: &str,
+    xdg_var: &str,
+    fallback: impl FnOnce() -> PathBuf,
+) -> PathBuf {
+    if let Some(base) = std::env::var_os(DIRS_VAR).filter(|b| !b.is_empty()) {
+        PathBuf::from(base).join(kind)
+    } else if is_root() {
         PathBuf::from(system)
     } else if let Some(dir) = std::env::var_os(xdg_var) {
         PathBuf::from(dir).join("pailfs")
@@ -26,23 +38,23 @@ fn pailfs_dir(system: &str, xdg_var: &str, fallback: impl FnOnce() -> PathBuf) -
     }
 }
 
-/// Logs: `/var/log/pailfs`, `$XDG_STATE_HOME/pailfs` or `~/.local/state/pailfs`.
+/// Logs: `$PAILFS_DIRS/log`, `/var/log/pailfs`, `$XDG_STATE_HOME/pailfs` or `~/.local/state/pailfs`.
 pub fn log_dir() -> PathBuf {
-    pailfs_dir("/var/log/pailfs", "XDG_STATE_HOME", || {
+    pailfs_dir("log", "/var/log/pailfs", "XDG_STATE_HOME", || {
         home().join(".local/state/pailfs")
     })
 }
 
-/// Staging and recovery: `/var/cache/pailfs`, `$XDG_CACHE_HOME/pailfs` or `~/.cache/pailfs`.
+/// Staging and recovery: `$PAILFS_DIRS/cache`, `/var/cache/pailfs`, `$XDG_CACHE_HOME/pailfs` or `~/.cache/pailfs`.
 pub fn cache_dir() -> PathBuf {
-    pailfs_dir("/var/cache/pailfs", "XDG_CACHE_HOME", || {
+    pailfs_dir("cache", "/var/cache/pailfs", "XDG_CACHE_HOME", || {
         home().join(".cache/pailfs")
     })
 }
 
-/// Control sockets: `/run/pailfs`, `$XDG_RUNTIME_DIR/pailfs` or `/tmp/pailfs-UID`.
+/// Control sockets: `$PAILFS_DIRS/run`, `/run/pailfs`, `$XDG_RUNTIME_DIR/pailfs` or `/tmp/pailfs-UID`.
 pub fn socket_dir() -> PathBuf {
-    pailfs_dir("/run/pailfs", "XDG_RUNTIME_DIR", || {
+    pailfs_dir("run", "/run/pailfs", "XDG_RUNTIME_DIR", || {
         // SAFETY: geteuid has no preconditions.
         PathBuf::from(format!("/tmp/pailfs-{}", unsafe { libc::geteuid() }))
     })

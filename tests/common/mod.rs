@@ -252,10 +252,31 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Where every pailfs this test binary starts keeps its logs, caches and control sockets
+/// (`PAILFS_DIRS`): inside Garage's temporary directory, removed with it, so the suite leaves
+/// nothing in /var/log/pailfs, /var/cache/pailfs or /run/pailfs.
+pub fn pailfs_dirs() -> PathBuf {
+    garage().dir.join("pailfs-dirs")
+}
+
+/// The control socket of the mount on `mountpoint` started by this harness.
+pub fn control_socket(mountpoint: &Path) -> PathBuf {
+    pailfs_dirs().join("run").join(format!(
+        "{}.sock",
+        pailfs::config::paths::mount_name(mountpoint)
+    ))
+}
+
+/// The status of a mount started by this harness, asked in this process (no fork).
+pub fn query_status(mountpoint: &Path) -> Result<String, String> {
+    pailfs::control::query_socket(&control_socket(mountpoint), mountpoint)
+}
+
 pub fn pailfs() -> Command {
     let g = garage();
     let mut c = Command::new(env!("CARGO_BIN_EXE_pailfs"));
     c.env_clear()
+        .env("PAILFS_DIRS", pailfs_dirs())
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", std::env::temp_dir())
         .env("AWS_ACCESS_KEY_ID", &g.key_id)
@@ -353,6 +374,7 @@ impl Mount {
     fn status(&self) -> String {
         let out = run_ok(
             Command::new(env!("CARGO_BIN_EXE_pailfs"))
+                .env("PAILFS_DIRS", pailfs_dirs())
                 .arg("status")
                 .arg(&self.path),
         );
@@ -378,7 +400,7 @@ impl Mount {
     /// One counter of the daemon, asked through the library rather than a child process: a
     /// fork closes a copy of every open descriptor, which flushes (uploads) open files.
     pub fn counter_in_process(&self, name: &str) -> u64 {
-        let text = pailfs::control::query(&self.path).expect("status from the daemon");
+        let text = query_status(&self.path).expect("status from the daemon");
         counter(&text, name)
     }
 
