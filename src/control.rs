@@ -199,7 +199,7 @@ fn request(mountpoint: &Path, line: &str) -> Result<String, String> {
 
 fn request_at(path: &Path, mountpoint: &Path, line: &str) -> Result<String, String> {
     use std::io::Read;
-    let mut stream = UnixStream::connect(&path).map_err(|e| {
+    let mut stream = UnixStream::connect(path).map_err(|e| {
         format!(
             "no pailfs mount answers for {} ({}: {e})",
             mountpoint.display(),
