@@ -24,6 +24,8 @@ scripts/garage.sh start "$work/garage" --watch-pid $$
 # shellcheck disable=SC1091
 . "$work/garage/env"
 
+# One field of `pailfs status --json MOUNTPOINT`.
+status_field() { "$pailfs" status --json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$2"; }
 # The number after `NAME=` in the raw client's output.
 field() { sed -n "s/.*\<$1=\([0-9.]*\).*/\1/p"; }
 now() { date +%s.%N; }

@@ -74,15 +74,14 @@ run_fs() {
     t=$(now); timeout 600 ls -l "$mnt/d100k" > /dev/null && T[$fs,ls100k]=$(since "$t")
     t=$(now); timeout 600 du -s "$mnt/d100k" > /dev/null && T[$fs,du100k]=$(since "$t")
     t=$(now); timeout 600 find "$mnt/d100k" -type f -size -1k > /dev/null && T[$fs,find100k]=$(since "$t")
-    local before=""
+    local gets0=0 heads0=0
     ls "$mnt/small" > /dev/null
-    [ "$fs" = pailfs ] && before=$($pailfs status "$mnt")
+    if [ "$fs" = pailfs ]; then gets0=$(status_field "$mnt" GET); heads0=$(status_field "$mnt" HEAD); fi
     t=$(now); cat "$mnt"/small/* > /dev/null; T[$fs,small]=$(since "$t")
     if [ "$fs" = pailfs ]; then
-        local after gets
-        after=$($pailfs status "$mnt")
-        gets=$(( $(echo "$after" | field GET) - $(echo "$before" | field GET) ))
-        heads=$(( $(echo "$after" | field HEAD) - $(echo "$before" | field HEAD) ))
+        local gets heads
+        gets=$(( $(status_field "$mnt" GET) - gets0 ))
+        heads=$(( $(status_field "$mnt" HEAD) - heads0 ))
         T[$fs,gets]=$(awk -v g="$gets" 'BEGIN { printf "%.2f", g / 500 }')
         T[$fs,relookups]=$heads
     fi

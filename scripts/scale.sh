@@ -48,7 +48,7 @@ mount_it() {
 # each peak is that scenario's.
 unmount_it() {
     echo "  peak RSS of the mount: $(awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$mount_pid/status")"
-    echo "  requests: $("$pailfs" status "$mnt" | grep -E '^(LIST|HEAD|GET)=' | tr '\n' ' ')"
+    echo "  requests: LIST=$(status_field "$mnt" LIST) HEAD=$(status_field "$mnt" HEAD) GET=$(status_field "$mnt" GET)"
     fusermount3 -u "$mnt"
     wait "$mount_pid" || true
     mount_pid=""

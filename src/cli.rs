@@ -27,6 +27,9 @@ pub enum Command {
     Status {
         /// Mountpoint of one mount
         mountpoint: Option<PathBuf>,
+        /// One JSON object per mount (an array without MOUNTPOINT), for scripts
+        #[arg(long)]
+        json: bool,
     },
     /// Named remotes: pailfs remote add|list|show|remove; mount one with @NAME[/PATH]
     Remote {

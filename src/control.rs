@@ -62,67 +62,6 @@ fn status_text(info: &MountInfo, fs: &Fs) -> String {
     text
 }
 
-/// Renders `upload=DONE/TOTAL/MILLIS/KEY` status lines as progress bars, other lines as
-/// they are, for people reading `pailfs status`.
-pub fn render_status(text: &str) -> String {
-    let mut out = String::new();
-    let field = |name: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-    };
-    if let (Some(hits), Some(misses)) = (field("attr_cache_hits"), field("attr_cache_misses")) {
-        if hits + misses > 0 {
-            out.push_str(&format!(
-                "attribute cache hit rate: {:.0}% ({hits} of {})\n",
-                100.0 * hits as f64 / (hits + misses) as f64,
-                hits + misses
-            ));
-        }
-    }
-    for line in text.lines() {
-        let upload = line.strip_prefix("upload=").and_then(|rest| {
-            let mut parts = rest.splitn(4, '/');
-            let done: u64 = parts.next()?.parse().ok()?;
-            let total: u64 = parts.next()?.parse().ok()?;
-            let millis: u64 = parts.next()?.parse().ok()?;
-            Some((done, total, millis, parts.next()?.to_string()))
-        });
-        match upload {
-            Some((done, total, millis, key)) => {
-                out.push_str(&progress_bar(done, total, millis, &key))
-            }
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
-}
-
-fn progress_bar(done: u64, total: u64, millis: u64, key: &str) -> String {
-    const WIDTH: usize = 30;
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let share = if total == 0 {
-        1.0
-    } else {
-        (done as f64 / total as f64).min(1.0)
-    };
-    let filled = (share * WIDTH as f64).round() as usize;
-    let rate = if millis == 0 {
-        0.0
-    } else {
-        mib(done) / (millis as f64 / 1000.0)
-    };
-    format!(
-        "uploading [{}{}] {:>3.0}% {:.1}/{:.1} MiB {:.1} MiB/s {key}",
-        "#".repeat(filled),
-        ".".repeat(WIDTH - filled),
-        share * 100.0,
-        mib(done),
-        mib(total),
-        rate
-    )
-}
-
 /// Answers one request line.
 fn answer(request: &str, info: &MountInfo, fs: &Fs, rt: &tokio::runtime::Handle) -> String {
     let fields: Vec<&str> = request.trim_end_matches(['\r', '\n']).split('\t').collect();
@@ -260,33 +199,21 @@ pub fn live_mounts() -> Vec<String> {
     };
     let mut out = Vec::new();
     for entry in entries.flatten() {
-        if let Ok(mut s) = UnixStream::connect(entry.path()) {
-            use std::io::Read;
-            let _ = s.write_all(b"status\n");
-            let mut text = String::new();
-            if s.read_to_string(&mut text).is_ok() {
-                out.push(text);
+        match UnixStream::connect(entry.path()) {
+            Ok(mut s) => {
+                use std::io::Read;
+                let _ = s.write_all(b"status\n");
+                let mut text = String::new();
+                if s.read_to_string(&mut text).is_ok() {
+                    out.push(text);
+                }
             }
+            // Left by a daemon that died (nobody listens): it can go.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            Err(_) => {}
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn upload_lines_become_progress_bars() {
-        let text = "mountpoint=/m\nattr_cache_hits=3\nattr_cache_misses=1\nupload=52428800/104857600/2000/videos/a b.mp4\n";
-        let shown = super::render_status(text);
-        assert!(
-            shown.starts_with("attribute cache hit rate: 75% (3 of 4)\nmountpoint=/m\n"),
-            "{shown}"
-        );
-        assert!(
-            shown.contains(
-                "[###############...............]  50% 50.0/100.0 MiB 25.0 MiB/s videos/a b.mp4"
-            ),
-            "{shown}"
-        );
-    }
 }

@@ -13,4 +13,5 @@ pub mod fuse;
 pub mod kernel_mount;
 pub mod notify;
 pub mod startup;
+pub mod status;
 pub mod store;

@@ -228,10 +228,14 @@ fn main() -> ExitCode {
     };
     let cli = Cli::parse_from(args.clone());
     match cli.command {
-        Command::Status { mountpoint } => match mountpoint {
+        Command::Status { mountpoint, json } => match mountpoint {
             Some(path) => match pailfs::control::query(&path) {
+                Ok(text) if json => {
+                    println!("{}", pailfs::status::json(&text));
+                    ExitCode::SUCCESS
+                }
                 Ok(text) => {
-                    print!("{}", pailfs::control::render_status(&text));
+                    print!("{}", pailfs::status::render(&text));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -241,11 +245,16 @@ fn main() -> ExitCode {
             },
             None => {
                 let mounts = pailfs::control::live_mounts();
-                if mounts.is_empty() {
+                if json {
+                    let each: Vec<String> =
+                        mounts.iter().map(|t| pailfs::status::json(t)).collect();
+                    println!("[{}]", each.join(","));
+                } else if mounts.is_empty() {
                     println!("no pailfs mounts are running");
-                }
-                for text in mounts {
-                    println!("{}", pailfs::control::render_status(&text));
+                } else {
+                    for text in &mounts {
+                        println!("{}", pailfs::status::render(text));
+                    }
                 }
                 ExitCode::SUCCESS
             }

@@ -781,9 +781,9 @@ fn sigterm_finishes_uploads_then_unmounts_a_foreground_mount_cleanly() {
     // `pailfs status` shows it with a progress bar until it is in the bucket. (Asked through
     // the library, not a child process: a fork would close a copy of the open descriptor,
     // which flushes the file.)
-    let status = pailfs::control::render_status(&common::query_status(dir.path()).unwrap());
+    let status = pailfs::status::render(&common::query_status(dir.path()).unwrap());
     assert!(
-        status.contains("uploading [") && status.contains("copying.bin"),
+        status.contains("uploading  [") && status.contains("copying.bin"),
         "{status}"
     );
     // SAFETY: signalling our own child by pid.

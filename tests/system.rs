@@ -486,6 +486,11 @@ fn a_mount_with_default_directories_keeps_its_files_under_pailfs_dirs() {
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
     assert_eq!(read.unwrap(), "a");
     assert!(status.status.success(), "{status:?}");
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        shown.starts_with(&format!("s3://{}/ on {}", b.name, mnt.display())),
+        "{shown}"
+    );
     for (system, kind, there, ours) in places {
         assert!(there.is_empty(), "{system} holds {there:?}");
         assert!(

@@ -370,18 +370,14 @@ impl Mount {
         self.path.join(rel)
     }
 
-    /// What `pailfs status` prints for this mount.
+    /// The `name=value` report of this mount's control socket (what `pailfs status` renders),
+    /// asked in this process: a child process would fork, and a fork closes a copy of every
+    /// open descriptor, which flushes (uploads) open files.
     fn status(&self) -> String {
-        let out = run_ok(
-            Command::new(env!("CARGO_BIN_EXE_pailfs"))
-                .env("PAILFS_DIRS", pailfs_dirs())
-                .arg("status")
-                .arg(&self.path),
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+        query_status(&self.path).expect("status from the daemon")
     }
 
-    /// The daemon's request counters, from `pailfs status MOUNTPOINT`.
+    /// The daemon's request counters.
     pub fn requests(&self) -> Requests {
         let text = self.status();
         let get = |name: &str| counter(&text, name);
@@ -397,14 +393,12 @@ impl Mount {
         }
     }
 
-    /// One counter of the daemon, asked through the library rather than a child process: a
-    /// fork closes a copy of every open descriptor, which flushes (uploads) open files.
+    /// One counter of the daemon.
     pub fn counter_in_process(&self, name: &str) -> u64 {
-        let text = query_status(&self.path).expect("status from the daemon");
-        counter(&text, name)
+        counter(&self.status(), name)
     }
 
-    /// One `name=value` field of `pailfs status`.
+    /// One field of the daemon's report.
     pub fn status_field(&self, name: &str) -> String {
         let text = self.status();
         status_value(&text, name).unwrap_or_else(|| panic!("{name} missing in '{text}'"))
