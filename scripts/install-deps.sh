@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what pailfs needs to build, test, benchmark and demo on Debian/Ubuntu:
 # fuse3 (fusermount3), s3fs and rclone (benchmark peers), stunnel4 and openssl (a TLS front for
-# the TLS tests), a C compiler (the TCP_NODELAY shim),
+# the TLS tests), a C compiler (the TCP_NODELAY shim), binutils (strip, objcopy: the package),
 # and the Garage S3 server at the pinned version (built once with cargo, then reused).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,7 +12,7 @@ sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 
 missing=()
-for pkg in fuse3 s3fs rclone stunnel4 openssl gcc libc6-dev pkg-config procps; do
+for pkg in fuse3 s3fs rclone stunnel4 openssl gcc libc6-dev pkg-config procps binutils; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

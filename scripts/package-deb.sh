@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the Debian package from a pailfs binary, with dpkg-deb (no extra tools):
 #   scripts/package-deb.sh [BINARY] [OUTDIR]     default: target/release/pailfs, target/debian
-# Installs: /usr/bin/pailfs; /usr/sbin/mount.fuse.pailfs (mount(8)'s helper for fuse.pailfs);
-# /lib/systemd/system/pailfs@.service; man pages; bash/zsh/fish completions; example units.
+# Installs: /usr/bin/pailfs (stripped); /usr/sbin/mount.fuse.pailfs and mount.pailfs (mount(8)'s
+# helpers); /lib/systemd/system/pailfs@.service; man pages; bash/zsh/fish completions; example
+# units; copyright and changelog. The debug symbols are split out beside the package as
+# OUTDIR/pailfs_VERSION_ARCH.debug (the binary names it in .gnu_debuglink; put it in
+# /usr/lib/debug/usr/bin/pailfs.debug for gdb and backtraces with line numbers).
 # The same layout is in Cargo.toml's [package.metadata.deb] for cargo-deb users.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,14 +16,39 @@ version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=$(dpkg --print-architecture)
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
+chmod 0755 "$root"
+mkdir -p "$out"
+debug="$out/pailfs_${version}_${arch}.debug"
 
 install -D -m 0755 "$bin" "$root/usr/bin/pailfs"
+objcopy --only-keep-debug "$bin" "$debug"
+chmod 0644 "$debug"
+strip --strip-unneeded "$root/usr/bin/pailfs"
+(cd "$out" && objcopy --add-gnu-debuglink="$(basename "$debug")" "$root/usr/bin/pailfs")
 mkdir -p "$root/usr/sbin"
 ln -s ../bin/pailfs "$root/usr/sbin/mount.fuse.pailfs"
+ln -s ../bin/pailfs "$root/usr/sbin/mount.pailfs"
 install -D -m 0644 systemd/pailfs@.service "$root/lib/systemd/system/pailfs@.service"
 for f in systemd/mnt-data.mount systemd/mnt-data.automount README.md LICENSE; do
     install -D -m 0644 "$f" "$root/usr/share/doc/pailfs/$(basename "$f")"
 done
+# Debian's machine-readable copyright, with the license text this repository carries.
+license=$(sed -n 's/^license *= *"\(.*\)"/\1/p' Cargo.toml | head -1)
+{
+    echo "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
+    echo "Upstream-Name: pailfs"
+    echo
+    echo "Files: *"
+    echo "Copyright: pailfs developers"
+    echo "License: ${license:-see LICENSE}"
+    sed 's/^$/./; s/^/ /' LICENSE
+} > "$root/usr/share/doc/pailfs/copyright"
+chmod 0644 "$root/usr/share/doc/pailfs/copyright"
+# The changelog: this version, dated by the last commit (the package is reproducible).
+when=$(git log -1 --format=%aD 2>/dev/null || date -R)
+printf 'pailfs (%s) unstable; urgency=medium\n\n  * Release %s; see README.md for what it does.\n\n -- pailfs developers <pailfs@localhost>  %s\n' \
+    "$version" "$version" "$when" | gzip -9n > "$root/usr/share/doc/pailfs/changelog.Debian.gz"
+chmod 0644 "$root/usr/share/doc/pailfs/changelog.Debian.gz"
 "$bin" generate --man "$root/usr/share/man/man1" --completions "$root/completions"
 gzip -9n "$root"/usr/share/man/man1/*.1
 install -D -m 0644 "$root/completions/pailfs.bash" "$root/usr/share/bash-completion/completions/pailfs"
@@ -45,7 +73,6 @@ Description: mount an S3-compatible bucket as a local folder
  fstab and systemd integration.
 CONTROL
 
-mkdir -p "$out"
 deb="$out/pailfs_${version}_${arch}.deb"
 # Fast compression: the package is rebuilt by every test run.
 dpkg-deb --root-owner-group -Zgzip -z1 --build "$root" "$deb" >/dev/null

@@ -398,9 +398,69 @@ fn the_debian_package_puts_files_where_systemd_and_mount_look() {
         assert!(root.join(file).is_file(), "{file} is installed");
     }
     let helper = root.join("usr/sbin/mount.fuse.pailfs");
-    assert_eq!(
-        std::fs::read_link(&helper).unwrap(),
-        Path::new("../bin/pailfs")
+    for link in [&helper, &root.join("usr/sbin/mount.pailfs")] {
+        assert_eq!(
+            std::fs::read_link(link).unwrap(),
+            Path::new("../bin/pailfs")
+        );
+    }
+    // What an administrator expects of a package: folders 0755, a copyright and a changelog,
+    // and a stripped binary whose debug symbols are split out beside the package.
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o7777
+    };
+    let listing = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&deb)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing
+            .lines()
+            .all(|l| !l.starts_with('d') || l.starts_with("drwxr-xr-x")),
+        "every folder in the package is 0755:\n{listing}"
+    );
+    for file in [
+        "usr/share/doc/pailfs/copyright",
+        "usr/share/doc/pailfs/changelog.Debian.gz",
+    ] {
+        assert!(root.join(file).is_file(), "{file} is installed");
+        assert_eq!(mode(&root.join(file)), 0o644, "{file}");
+    }
+    let copyright = std::fs::read_to_string(root.join("usr/share/doc/pailfs/copyright")).unwrap();
+    assert!(copyright.contains("License: Apache-2.0") && copyright.contains(" Apache License"));
+    let sections = Command::new("objdump")
+        .arg("-h")
+        .arg(root.join("usr/bin/pailfs"))
+        .output()
+        .unwrap();
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    assert!(
+        !sections.contains(".debug_info") && sections.contains(".gnu_debuglink"),
+        "{sections}"
+    );
+    let packaged = std::fs::metadata(root.join("usr/bin/pailfs"))
+        .unwrap()
+        .len();
+    let built = std::fs::metadata(env!("CARGO_BIN_EXE_pailfs"))
+        .unwrap()
+        .len();
+    assert!(
+        packaged * 2 < built,
+        "stripped: {packaged} of {built} bytes"
+    );
+    let debug = Path::new(&deb).with_extension("debug");
+    let debug_sections = Command::new("objdump")
+        .arg("-h")
+        .arg(&debug)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&debug_sections.stdout).contains(".debug_info"),
+        "the symbols are in {}",
+        debug.display()
     );
     let unit = std::fs::read_to_string(root.join("lib/systemd/system/pailfs@.service")).unwrap();
     assert!(unit.contains("Type=notify") && unit.contains("ExecStart=/usr/bin/pailfs mount"));
