@@ -14,6 +14,7 @@ out=${2:-target/debian}
 [ -x "$bin" ] || { echo "package-deb: no executable at $bin (cargo build --release first)" >&2; exit 2; }
 version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=$(dpkg --print-architecture)
+maintainer="pailfs developers <developers@pailfs.org>"
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 chmod 0755 "$root"
@@ -32,37 +33,44 @@ install -D -m 0644 systemd/pailfs@.service "$root/lib/systemd/system/pailfs@.ser
 for f in systemd/mnt-data.mount systemd/mnt-data.automount README.md LICENSE; do
     install -D -m 0644 "$f" "$root/usr/share/doc/pailfs/$(basename "$f")"
 done
-# Debian's machine-readable copyright, with the license text this repository carries.
+# Debian's machine-readable copyright; the license text itself is Debian's common one.
 license=$(sed -n 's/^license *= *"\(.*\)"/\1/p' Cargo.toml | head -1)
-{
-    echo "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
-    echo "Upstream-Name: pailfs"
-    echo
-    echo "Files: *"
-    echo "Copyright: pailfs developers"
-    echo "License: ${license:-see LICENSE}"
-    sed 's/^$/./; s/^/ /' LICENSE
-} > "$root/usr/share/doc/pailfs/copyright"
+year=$(git log -1 --format=%ad --date=format:%Y 2>/dev/null || date +%Y)
+cat > "$root/usr/share/doc/pailfs/copyright" <<COPYRIGHT
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: pailfs
+
+Files: *
+Copyright: $year pailfs developers
+License: $license
+ On Debian systems, the full text of the $license license can be found in
+ /usr/share/common-licenses/$license.
+COPYRIGHT
 chmod 0644 "$root/usr/share/doc/pailfs/copyright"
 # The changelog: this version, dated by the last commit (the package is reproducible).
 when=$(git log -1 --format=%aD 2>/dev/null || date -R)
-printf 'pailfs (%s) unstable; urgency=medium\n\n  * Release %s; see README.md for what it does.\n\n -- pailfs developers <pailfs@localhost>  %s\n' \
-    "$version" "$version" "$when" | gzip -9n > "$root/usr/share/doc/pailfs/changelog.Debian.gz"
-chmod 0644 "$root/usr/share/doc/pailfs/changelog.Debian.gz"
+# (A native package: its version has no Debian revision, so the file is changelog.gz.)
+printf 'pailfs (%s) unstable; urgency=medium\n\n  * Release %s; see README.md for what it does.\n\n -- %s  %s\n' \
+    "$version" "$version" "$maintainer" "$when" | gzip -9n > "$root/usr/share/doc/pailfs/changelog.gz"
+chmod 0644 "$root/usr/share/doc/pailfs/changelog.gz"
 "$bin" generate --man "$root/usr/share/man/man1" --completions "$root/completions"
-gzip -9n "$root"/usr/share/man/man1/*.1
+install -D -m 0644 man/mount.fuse.pailfs.8 "$root/usr/share/man/man8/mount.fuse.pailfs.8"
+install -D -m 0644 man/mount.pailfs.8 "$root/usr/share/man/man8/mount.pailfs.8"
+gzip -9n "$root"/usr/share/man/man1/*.1 "$root"/usr/share/man/man8/*.8
 install -D -m 0644 "$root/completions/pailfs.bash" "$root/usr/share/bash-completion/completions/pailfs"
 install -D -m 0644 "$root/completions/_pailfs" "$root/usr/share/zsh/vendor-completions/_pailfs"
 install -D -m 0644 "$root/completions/pailfs.fish" "$root/usr/share/fish/vendor_completions.d/pailfs.fish"
 rm -r "$root/completions"
 
+# The newest glibc symbol version the binary needs.
+glibc=$(objdump -T "$root/usr/bin/pailfs" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
 mkdir -p "$root/DEBIAN"
 cat > "$root/DEBIAN/control" <<CONTROL
 Package: pailfs
 Version: $version
 Architecture: $arch
-Maintainer: pailfs developers <pailfs@localhost>
-Depends: fuse3
+Maintainer: $maintainer
+Depends: fuse3, libc6 (>= $glibc)
 Section: utils
 Priority: optional
 Homepage: https://example.invalid/pailfs

@@ -375,7 +375,11 @@ fn the_debian_package_puts_files_where_systemd_and_mount_look() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     assert_eq!(field("Package"), "pailfs");
-    assert_eq!(field("Depends"), "fuse3");
+    assert!(
+        field("Depends").starts_with("fuse3, libc6 (>= 2."),
+        "{}",
+        field("Depends")
+    );
     // Installed into a scratch root, not onto this machine.
     let root = dir.path().join("root");
     let out = Command::new("dpkg")
@@ -390,6 +394,8 @@ fn the_debian_package_puts_files_where_systemd_and_mount_look() {
         "lib/systemd/system/pailfs@.service",
         "usr/share/man/man1/pailfs.1.gz",
         "usr/share/man/man1/pailfs-mount.1.gz",
+        "usr/share/man/man8/mount.fuse.pailfs.8.gz",
+        "usr/share/man/man8/mount.pailfs.8.gz",
         "usr/share/bash-completion/completions/pailfs",
         "usr/share/zsh/vendor-completions/_pailfs",
         "usr/share/fish/vendor_completions.d/pailfs.fish",
@@ -424,13 +430,16 @@ fn the_debian_package_puts_files_where_systemd_and_mount_look() {
     );
     for file in [
         "usr/share/doc/pailfs/copyright",
-        "usr/share/doc/pailfs/changelog.Debian.gz",
+        "usr/share/doc/pailfs/changelog.gz",
     ] {
         assert!(root.join(file).is_file(), "{file} is installed");
         assert_eq!(mode(&root.join(file)), 0o644, "{file}");
     }
     let copyright = std::fs::read_to_string(root.join("usr/share/doc/pailfs/copyright")).unwrap();
-    assert!(copyright.contains("License: Apache-2.0") && copyright.contains(" Apache License"));
+    assert!(
+        copyright.contains("License: Apache-2.0")
+            && copyright.contains("/usr/share/common-licenses/Apache-2.0")
+    );
     let sections = Command::new("objdump")
         .arg("-h")
         .arg(root.join("usr/bin/pailfs"))
