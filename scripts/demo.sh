@@ -12,12 +12,15 @@ mnt="$demo/mnt"
 if [ "${1:-}" = "stop" ]; then
     fusermount3 -u "$mnt" 2>/dev/null || true
     scripts/garage.sh stop "$demo/garage"
-    echo "demo stopped (files of the demo server remain in $demo/garage; rm -rf $demo to remove them)"
+    echo "demo stopped. The next scripts/demo.sh starts a fresh server with fresh sample files (the old ones in $demo/garage are replaced); rm -rf $demo removes them now."
     exit 0
 fi
 
-scripts/install-deps.sh
-cargo build --release --quiet --bin pailfs --example s3tool
+# Only what the demo needs (not the benchmark peers or the TLS front the tests use). The first
+# run builds Garage and pailfs: cargo prints each crate it compiles, so the screen keeps moving.
+scripts/install-deps.sh --demo
+echo "demo: building pailfs (the first time takes 10-20 minutes on 2 cores)"
+cargo build --release --bin pailfs --example s3tool
 tool=target/release/examples/s3tool
 if grep -q " $mnt " /proc/self/mountinfo; then
     echo "the demo is already mounted on $mnt (scripts/demo.sh stop to end it)"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what pailfs needs to build, test, benchmark and demo on Debian/Ubuntu:
+# Install what pailfs needs to build, test, benchmark and demo on Debian/Ubuntu (`--demo`: only
+# what the demo needs):
 # fuse3 (fusermount3), s3fs and rclone (benchmark peers), stunnel4 and openssl (a TLS front for
 # the TLS tests), a C compiler (the TCP_NODELAY shim), binutils (strip, objcopy: the package),
 # and the Garage S3 server at the pinned version (built once with cargo, then reused).
@@ -11,8 +12,11 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 
+# `--demo`: only what scripts/demo.sh needs.
+packages=(fuse3 gcc libc6-dev pkg-config procps)
+[ "${1:-}" = "--demo" ] || packages+=(s3fs rclone stunnel4 openssl binutils)
 missing=()
-for pkg in fuse3 s3fs rclone stunnel4 openssl gcc libc6-dev pkg-config procps binutils; do
+for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -27,10 +31,10 @@ if ! command -v cargo > /dev/null; then
 fi
 
 if ! "$GARAGE_BIN" --version 2>/dev/null | grep -q "cargo:$GARAGE_VERSION"; then
-    echo "install-deps: building Garage $GARAGE_VERSION into $PAILFS_TOOLS (once; takes a while)"
+    echo "install-deps: building Garage $GARAGE_VERSION into $PAILFS_TOOLS (once; about 20 minutes on 2 cores, cargo lists each crate)"
     cargo install garage --version "$GARAGE_VERSION" --locked \
         --no-default-features --features bundled-libs,lmdb \
-        --root "$PAILFS_TOOLS/garage-$GARAGE_VERSION" --quiet
+        --root "$PAILFS_TOOLS/garage-$GARAGE_VERSION"
 fi
 
 if [ ! -c /dev/fuse ]; then
