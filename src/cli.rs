@@ -92,12 +92,9 @@ pub enum RemoteAction {
     /// One line per remote: name and location
     List,
     /// A remote's settings (the secret key shows as "(set)")
-    Show {
-        name: String,
-    },
-    Remove {
-        name: String,
-    },
+    Show { name: String },
+    /// Forget a remote (mounts already running keep going)
+    Remove { name: String },
 }
 
 #[derive(Args, Debug, Clone)]

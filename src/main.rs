@@ -181,19 +181,39 @@ fn generate(
     };
     if let Some(dir) = man {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut page = Vec::new();
-        clap_mangen::Man::new(Cli::command())
-            .render(&mut page)
-            .map_err(|e| e.to_string())?;
-        write(dir.join("pailfs.1"), page)?;
-        // One page per subcommand too (pailfs-mount(1) holds every flag).
-        let root = Cli::command();
-        for sub in root.get_subcommands().filter(|s| !s.is_hide_set()) {
-            let name = format!("pailfs-{}", sub.get_name());
+        // Examples, fstab, environment, files and exit status: written by hand, shared by
+        // pailfs(1) and pailfs-mount(1).
+        const SECTIONS: &str = include_str!("../man/pailfs.sections");
+        // Without clap's `help` subcommands, which would name pailfs-help(1) pages.
+        fn without_help(command: clap::Command) -> clap::Command {
+            command
+                .disable_help_subcommand(true)
+                .mut_subcommands(without_help)
+        }
+        // A page for the command and one for every visible subcommand, at any depth
+        // (pailfs-remote-add(1)): each page names its subcommands' pages.
+        fn pages(
+            command: &clap::Command,
+            name: &str,
+            out: &mut Vec<(String, Vec<u8>)>,
+        ) -> Result<(), String> {
             let mut page = Vec::new();
-            clap_mangen::Man::new(sub.clone().name(name.clone()))
+            clap_mangen::Man::new(command.clone().name(name.to_string()))
                 .render(&mut page)
                 .map_err(|e| e.to_string())?;
+            // pailfs-mount(1) holds every flag, so the examples go there as well.
+            if name == "pailfs" || name == "pailfs-mount" {
+                page.extend_from_slice(SECTIONS.as_bytes());
+            }
+            out.push((name.to_string(), page));
+            for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+                pages(sub, &format!("{name}-{}", sub.get_name()), out)?;
+            }
+            Ok(())
+        }
+        let mut all = Vec::new();
+        pages(&without_help(Cli::command()), "pailfs", &mut all)?;
+        for (name, page) in all {
             write(dir.join(format!("{name}.1")), page)?;
         }
     }

@@ -479,6 +479,39 @@ fn the_debian_package_puts_files_where_systemd_and_mount_look() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&man.stdout).contains("endpoint\\-url"));
+    // Every pailfs page another page names exists in the package.
+    let mut named = Vec::new();
+    for section in ["man1", "man8"] {
+        for page in std::fs::read_dir(root.join("usr/share/man").join(section)).unwrap() {
+            let page = page.unwrap().path();
+            let text = Command::new("gzip").arg("-dc").arg(&page).output().unwrap();
+            let text = String::from_utf8_lossy(&text.stdout)
+                .replace("\\fB", "")
+                .replace("\\fI", "")
+                .replace("\\fR", "")
+                .replace("\\fP", "")
+                .replace("\\-", "-");
+            for (at, _) in text.match_indices("pailfs") {
+                let word: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '(' | ')'))
+                    .collect();
+                if let Some((name, rest)) = word.split_once('(') {
+                    if let Some(number) = rest.strip_suffix(')').filter(|n| n.len() == 1) {
+                        named.push((page.clone(), format!("man{number}/{name}.{number}.gz")));
+                    }
+                }
+            }
+        }
+    }
+    assert!(named.len() >= 5, "cross references found: {named:?}");
+    for (page, target) in named {
+        assert!(
+            root.join("usr/share/man").join(&target).is_file(),
+            "{} names {target}, which is not in the package",
+            page.display()
+        );
+    }
     // The helper, called the way mount(8) calls it for fuse.pailfs, mounts.
     let b = Bucket::new("deb-helper");
     b.put("x.txt", "via the helper");
