@@ -11,15 +11,18 @@ use crate::store::{ListRequest, ObjectStore, StoreError};
 /// mountpoint; clears a dead mount a pailfs daemon left, and returns a note saying so.
 pub fn check_mountpoint(path: &Path, allow_non_empty: bool) -> Result<Option<String>, String> {
     let shown = path.display();
+    // A FUSE mount whose daemon is gone answers ENOTCONN, or ECONNABORTED once the kernel
+    // aborted the connection.
+    let dead =
+        |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED));
+    let clear_and_check = || -> Result<Option<String>, String> {
+        let cleared = clear_dead_pailfs_mount(path)?;
+        check_mountpoint(path, allow_non_empty)?;
+        Ok(Some(cleared))
+    };
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        // A FUSE mount whose daemon is gone answers ENOTCONN, or ECONNABORTED once the kernel
-        // aborted the connection.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
-            let cleared = clear_dead_pailfs_mount(path)?;
-            check_mountpoint(path, allow_non_empty)?;
-            return Ok(Some(cleared));
-        }
+        Err(e) if dead(&e) => return clear_and_check(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!(
                 "mountpoint {shown} does not exist; create it with: mkdir -p {shown}"
@@ -31,6 +34,13 @@ pub fn check_mountpoint(path: &Path, allow_non_empty: bool) -> Result<Option<Str
         return Err(format!("mountpoint {shown} is not a directory"));
     }
     if let Some(source) = mounted_source(path) {
+        // The kernel answers `stat` of a mount's root from its cache (for --metadata-ttl with
+        // pailfs), even once the daemon is dead; opening the folder always asks the daemon.
+        if let Err(e) = std::fs::read_dir(path) {
+            if dead(&e) {
+                return clear_and_check();
+            }
+        }
         return Err(format!(
             "mountpoint {shown} is already in use (mounted from {source}); unmount it first with: fusermount3 -u {shown}"
         ));

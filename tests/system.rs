@@ -601,3 +601,77 @@ fn a_mount_with_default_directories_keeps_its_files_under_pailfs_dirs() {
         );
     }
 }
+
+#[test]
+fn the_systemd_unit_comes_back_after_kill_9_with_its_own_command() {
+    // What systemd does, without systemd: run the unit's ExecStart, SIGKILL the daemon (the
+    // OOM killer, a crash), then run ExecStart again as Restart=on-failure would.
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/pailfs@.service"
+    ))
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("the unit has an ExecStart");
+    assert!(unit.contains("Restart=on-failure"), "{unit}");
+    let b = Bucket::new("unit-restart");
+    b.put("f.txt", "still here");
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let args = format!(
+        "--endpoint-url {} --region garage --cache-dir {} --log-file {}",
+        garage().endpoint,
+        dir.path().join("cache").display(),
+        dir.path().join("log").display()
+    );
+    let words: Vec<String> = exec
+        .replace("${LOCATION}", &b.location(""))
+        .replace("%f", &mnt.to_string_lossy())
+        .replace("$PAILFS_ARGS", &args)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(words[0], "/usr/bin/pailfs");
+    let start = || KillOnDrop(pailfs().args(&words[1..]).spawn().unwrap());
+    // Serving (a dead mount is still listed as mounted, so the file is what tells).
+    let served = || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match std::fs::read_to_string(mnt.join("f.txt")) {
+                Ok(text) => return text,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "the unit's command does not serve: {e}\n{}",
+                    std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut first = start();
+    assert_eq!(served(), "still here");
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert!(is_mounted(&mnt), "SIGKILL leaves a dead mount behind");
+    assert!(std::fs::read_dir(&mnt).is_err(), "and it answers nothing");
+    let mut second = start();
+    assert_eq!(
+        served(),
+        "still here",
+        "the restarted unit serves the bucket again"
+    );
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(
+        log.contains("dead"),
+        "the restart says it cleared the dead mount: {log}"
+    );
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+    let status = second.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "a clean stop after the restart: {status:?}"
+    );
+}
