@@ -36,6 +36,9 @@ impl Drop for ControlSocket {
     }
 }
 
+/// Files in the cache directory's `recovery/` the report names (the rest are counted).
+const RECOVERED_SHOWN: usize = 50;
+
 fn status_text(info: &MountInfo, fs: &Fs) -> String {
     let mut text = format!(
         "mountpoint={}\nlocation={}\nuptime_secs={}\npid={}\n",
@@ -49,6 +52,13 @@ fn status_text(info: &MountInfo, fs: &Fs) -> String {
             text.push_str(field);
             text.push('\n');
         }
+    }
+    let (recovered, all) = fs.recovered_files(RECOVERED_SHOWN);
+    for (path, size) in recovered {
+        text.push_str(&format!("recovered={size}/{path}\n"));
+    }
+    if all > RECOVERED_SHOWN {
+        text.push_str(&format!("recovered_not_shown={}\n", all - RECOVERED_SHOWN));
     }
     for upload in fs.uploads_in_progress() {
         text.push_str(&format!(

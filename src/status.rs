@@ -10,10 +10,12 @@ struct Upload {
     key: String,
 }
 
-/// A mount's report, split into its fields (in order) and its uploads.
+/// A mount's report, split into its fields (in order), its uploads, and the files kept in
+/// `recovery/` (from `recovered=SIZE/PATH` lines).
 struct Report {
     fields: Vec<(String, String)>,
     uploads: Vec<Upload>,
+    recovered: Vec<(u64, String)>,
 }
 
 impl Report {
@@ -21,6 +23,7 @@ impl Report {
         let mut report = Report {
             fields: Vec::new(),
             uploads: Vec::new(),
+            recovered: Vec::new(),
         };
         for line in text.lines() {
             let Some((name, value)) = line.split_once('=') else {
@@ -29,6 +32,12 @@ impl Report {
             if name == "upload" {
                 if let Some(upload) = parse_upload(value) {
                     report.uploads.push(upload);
+                }
+            } else if name == "recovered" {
+                if let Some((size, path)) = value.split_once('/') {
+                    report
+                        .recovered
+                        .push((size.parse().unwrap_or(0), path.to_string()));
                 }
             } else {
                 report.fields.push((name.to_string(), value.to_string()));
@@ -158,7 +167,13 @@ pub fn render(text: &str) -> String {
         out.push_str(&format!(" ({})", about.join(", ")));
     }
     out.push('\n');
-    let shown_above = ["location", "mountpoint", "pid", "uptime_secs"];
+    let shown_above = [
+        "location",
+        "mountpoint",
+        "pid",
+        "uptime_secs",
+        "recovered_not_shown",
+    ];
     let mut named: Vec<&str> = shown_above.to_vec();
     for (label, fields) in LINES {
         let mut parts = Vec::new();
@@ -205,6 +220,17 @@ pub fn render(text: &str) -> String {
     for upload in &report.uploads {
         out.push_str(&format!("  {:<10} {}\n", "uploading", progress_bar(upload)));
     }
+    if !report.recovered.is_empty() {
+        let more = report.number("recovered_not_shown").unwrap_or(0);
+        out.push_str(&format!(
+            "  {:<10} {} file(s) kept in the cache directory's recovery/ (copy them out, then delete them):\n",
+            "recovered",
+            report.recovered.len() as u64 + more
+        ));
+        for (size, path) in &report.recovered {
+            out.push_str(&format!("  {:<10}   {path} ({})\n", "", human_bytes(*size)));
+        }
+    }
     out
 }
 
@@ -232,6 +258,12 @@ pub fn json(text: &str) -> String {
         })
         .collect();
     object.insert("uploads".into(), serde_json::Value::from(uploads));
+    let recovered: Vec<serde_json::Value> = report
+        .recovered
+        .iter()
+        .map(|(size, path)| serde_json::json!({ "path": path, "bytes": size }))
+        .collect();
+    object.insert("recovered".into(), serde_json::Value::from(recovered));
     serde_json::Value::Object(object).to_string()
 }
 
@@ -264,7 +296,7 @@ fn progress_bar(upload: &Upload) -> String {
 mod tests {
     use super::*;
 
-    const REPORT: &str = "mountpoint=/m\nlocation=s3://b/p\nuptime_secs=3725\npid=42\nHEAD=10\nLIST=3\nGET=0\nerrors=0\nbytes_read=1572864\nattr_cache_hits=3\nattr_cache_misses=1\nkernel_names=1000\nnew_field=x\nupload=52428800/104857600/2000/videos/a b.mp4\n";
+    const REPORT: &str = "mountpoint=/m\nlocation=s3://b/p\nuptime_secs=3725\npid=42\nHEAD=10\nLIST=3\nGET=0\nerrors=0\nbytes_read=1572864\nattr_cache_hits=3\nattr_cache_misses=1\nkernel_names=1000\nnew_field=x\nupload=52428800/104857600/2000/videos/a b.mp4\nrecovered=2048/2026-11-25T170503/photos/half.bin\n";
 
     #[test]
     fn people_get_labelled_lines_in_human_units() {
@@ -290,6 +322,11 @@ mod tests {
         assert!(shown.contains("  kernel     names held 1000\n"), "{shown}");
         assert!(shown.contains("  other      new_field=x\n"), "{shown}");
         assert!(
+            shown.contains("  recovered  1 file(s) kept in the cache directory's recovery/")
+                && shown.contains("2026-11-25T170503/photos/half.bin (2.0 KiB)\n"),
+            "{shown}"
+        );
+        assert!(
             shown.contains(
                 "  uploading  [###############...............]  50% 50.0 MiB of 100.0 MiB at 25.0 MiB/s videos/a b.mp4\n"
             ),
@@ -304,6 +341,10 @@ mod tests {
         assert_eq!(value["location"], "s3://b/p");
         assert_eq!(value["uploads"][0]["path"], "videos/a b.mp4");
         assert_eq!(value["uploads"][0]["done_bytes"], 52_428_800);
+        assert_eq!(
+            value["recovered"][0]["path"],
+            "2026-11-25T170503/photos/half.bin"
+        );
     }
 
     #[test]

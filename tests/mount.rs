@@ -451,6 +451,19 @@ fn a_refused_upload_fails_close_and_keeps_the_bytes() {
     // recovery holds what was written before the error: all of it, or a prefix.
     let kept = std::fs::read(&recovered[0]).unwrap();
     assert!(data.starts_with(&kept), "recovery holds the written bytes");
+    // `pailfs status --json` names the kept file (the program's descriptor is closed by now,
+    // so a child process is harmless here).
+    let out = pailfs()
+        .args(["status", "--json"])
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let listed = status["recovered"][0]["path"].as_str().unwrap_or_default();
+    assert!(
+        listed.ends_with("report.bin") && recovered[0].ends_with(listed),
+        "{status}"
+    );
     let log = m.log_text();
     assert!(
         log.contains("upload failed") && log.contains("report.bin"),

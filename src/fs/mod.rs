@@ -735,6 +735,13 @@ impl Fs {
         lock(&self.inodes).oldest_files(over.min(max), &|ino| open.contains(&ino))
     }
 
+    /// Files kept in the cache directory's `recovery/` (see `CacheDir::recovered_files`).
+    pub fn recovered_files(&self, limit: usize) -> (Vec<(String, u64)>, usize) {
+        self.cache
+            .as_ref()
+            .map_or((Vec::new(), 0), |c| c.recovered_files(limit))
+    }
+
     pub fn open_inodes(&self) -> usize {
         lock(&self.inodes).len()
     }

@@ -186,6 +186,33 @@ impl CacheDir {
         &self.recovery
     }
 
+    /// Files kept in `recovery/` (path below it, size), sorted, at most `limit` of them, and
+    /// how many there are in all.
+    pub fn recovered_files(&self, limit: usize) -> (Vec<(String, u64)>, usize) {
+        let mut found = Vec::new();
+        let mut folders = vec![self.recovery.clone()];
+        while let Some(folder) = folders.pop() {
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    folders.push(entry.path());
+                } else if let Ok(rel) = entry.path().strip_prefix(&self.recovery) {
+                    let size = entry.metadata().map_or(0, |m| m.len());
+                    found.push((rel.to_string_lossy().to_string(), size));
+                }
+            }
+        }
+        found.sort();
+        let all = found.len();
+        found.truncate(limit);
+        (found, all)
+    }
+
     /// Accounts `more` bytes of staging space, or says which limit refuses them.
     pub(super) fn try_reserve(&self, more: u64) -> Result<(), String> {
         self.check_free_space(more)?;
