@@ -2,7 +2,7 @@
 # Install what pailfs needs to build, test, benchmark and demo on Debian/Ubuntu (`--demo`: only
 # what the demo needs):
 # fuse3 (fusermount3), s3fs and rclone (benchmark peers), stunnel4 and openssl (a TLS front for
-# the TLS tests), a C compiler (the TCP_NODELAY shim), binutils (strip, objcopy: the package),
+# the TLS tests), a C compiler (the TCP_NODELAY shim), binutils and lintian (the package),
 # and the Garage S3 server at the pinned version (built once with cargo, then reused).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,7 +14,7 @@ sudo_cmd=()
 
 # `--demo`: only what scripts/demo.sh needs.
 packages=(fuse3 gcc libc6-dev pkg-config procps)
-[ "${1:-}" = "--demo" ] || packages+=(s3fs rclone stunnel4 openssl binutils)
+[ "${1:-}" = "--demo" ] || packages+=(s3fs rclone stunnel4 openssl binutils lintian)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

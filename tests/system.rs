@@ -464,6 +464,21 @@ fn the_debian_package_puts_files_where_systemd_and_mount_look() {
         packaged * 2 < built,
         "stripped: {packaged} of {built} bytes"
     );
+    // lintian (installed by scripts/install-deps.sh) finds no error in the package.
+    let lint = Command::new("lintian")
+        .arg("--no-tag-display-limit")
+        .arg(&deb)
+        .output()
+        .expect("lintian runs (scripts/install-deps.sh installs it)");
+    let lint = format!(
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    assert!(
+        !lint.lines().any(|l| l.starts_with("E:")),
+        "lintian errors:\n{lint}"
+    );
     let debug = Path::new(&deb).with_extension("debug");
     let debug_sections = Command::new("objdump")
         .arg("-h")
