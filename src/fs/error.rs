@@ -45,6 +45,15 @@ pub enum FsError {
 }
 
 impl FsError {
+    /// An error of a read pinned to an ETag (`If-Match`): a failed precondition means the
+    /// object changed in the bucket since it was opened.
+    pub fn from_pinned_read(e: StoreError) -> FsError {
+        match e {
+            StoreError::PreconditionFailed => FsError::Changed,
+            other => FsError::Store(other),
+        }
+    }
+
     /// The errno a program sees. The only place errors become numbers.
     pub fn errno(&self) -> i32 {
         match self {

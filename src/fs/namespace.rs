@@ -183,10 +183,7 @@ impl Fs {
                 attr.etag.as_deref(),
             )
             .await
-            .map_err(|e| match e {
-                StoreError::PreconditionFailed => FsError::Changed,
-                other => other.into(),
-            })?;
+            .map_err(FsError::from_pinned_read)?;
         Ok(data)
     }
 

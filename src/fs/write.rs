@@ -478,10 +478,7 @@ impl Staged {
                 let data = store
                     .get_range(&key, ByteRange::new(at, to), Some(&etag))
                     .await
-                    .map_err(|e| match e {
-                        StoreError::PreconditionFailed => FsError::Changed,
-                        other => FsError::Store(other),
-                    })?;
+                    .map_err(FsError::from_pinned_read)?;
                 if data.len() as u64 != to - at {
                     return Err(FsError::Changed);
                 }
