@@ -213,9 +213,9 @@ impl InodeTable {
             None => false,
         };
         if gone {
-            if let Some((kind, path)) = self.nodes.get(&ino).map(|n| (n.kind, n.path.to_string())) {
-                self.unmap(ino, kind, &path);
-                self.nodes.remove(&ino);
+            // The path index is found by hash and matched by number: it needs no node.
+            if let Some(node) = self.nodes.remove(&ino) {
+                self.unmap(ino, node.kind, &node.path);
                 self.shrink_when_mostly_empty();
             }
         }
