@@ -359,20 +359,7 @@ pub(super) fn write_rig_with(cache_cap: u64, cfg: FsConfig) -> WriteRig {
     }
 }
 
-/// Every file below `dir` (at any depth), sorted.
-pub(super) fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_below(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
-}
+pub(super) use super::write::files_below;
 
 /// Waits (at most `limit`) until no file of `fs` waits for its upload.
 pub(super) async fn wait_uploaded(fs: &Fs, limit: std::time::Duration) {

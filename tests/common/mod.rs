@@ -211,20 +211,7 @@ impl Bucket {
     }
 }
 
-/// Every file below `dir`, at any depth, sorted.
-pub fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_below(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
-}
+pub use pailfs::fs::write::files_below;
 
 /// Runs a command that must succeed; returns its output.
 pub fn run_ok(cmd: &mut Command) -> Output {

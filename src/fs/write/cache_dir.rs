@@ -189,28 +189,18 @@ impl CacheDir {
     /// Files kept in `recovery/` (path below it, size), sorted, at most `limit` of them, and
     /// how many there are in all.
     pub fn recovered_files(&self, limit: usize) -> (Vec<(String, u64)>, usize) {
-        let mut found = Vec::new();
-        let mut folders = vec![self.recovery.clone()];
-        while let Some(folder) = folders.pop() {
-            let Ok(entries) = std::fs::read_dir(&folder) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let Ok(kind) = entry.file_type() else {
-                    continue;
-                };
-                if kind.is_dir() {
-                    folders.push(entry.path());
-                } else if let Ok(rel) = entry.path().strip_prefix(&self.recovery) {
-                    let size = entry.metadata().map_or(0, |m| m.len());
-                    found.push((rel.to_string_lossy().to_string(), size));
-                }
-            }
-        }
-        found.sort();
+        let found = files_below(&self.recovery);
         let all = found.len();
-        found.truncate(limit);
-        (found, all)
+        let shown = found
+            .iter()
+            .take(limit)
+            .filter_map(|path| {
+                let rel = path.strip_prefix(&self.recovery).ok()?;
+                let size = std::fs::metadata(path).map_or(0, |m| m.len());
+                Some((rel.to_string_lossy().to_string(), size))
+            })
+            .collect();
+        (shown, all)
     }
 
     /// Accounts `more` bytes of staging space, or says which limit refuses them.
@@ -318,6 +308,21 @@ impl UploadBudget {
             _ => unreachable!("upload budget semaphores are never closed"),
         }
     }
+}
+
+/// Every file below `dir`, at any depth, sorted (none when `dir` does not exist).
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_below(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
 }
 
 #[cfg(test)]
