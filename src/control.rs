@@ -147,21 +147,22 @@ fn request(mountpoint: &Path, line: &str) -> Result<String, String> {
 }
 
 fn request_at(path: &Path, mountpoint: &Path, line: &str) -> Result<String, String> {
-    use std::io::Read;
-    let mut stream = UnixStream::connect(path).map_err(|e| {
+    let stream = UnixStream::connect(path).map_err(|e| {
         format!(
             "no pailfs mount answers for {} ({}: {e})",
             mountpoint.display(),
             path.display()
         )
     })?;
-    stream
-        .write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| format!("writing to {}: {e}", path.display()))?;
+    exchange(stream, line).map_err(|e| format!("talking to {}: {e}", path.display()))
+}
+
+/// Sends one request line on a connected control socket and reads the whole answer.
+fn exchange(mut stream: UnixStream, line: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    stream.write_all(format!("{line}\n").as_bytes())?;
     let mut text = String::new();
-    stream
-        .read_to_string(&mut text)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    stream.read_to_string(&mut text)?;
     Ok(text)
 }
 
@@ -210,11 +211,8 @@ pub fn live_mounts() -> Vec<String> {
     let mut out = Vec::new();
     for entry in entries.flatten() {
         match UnixStream::connect(entry.path()) {
-            Ok(mut s) => {
-                use std::io::Read;
-                let _ = s.write_all(b"status\n");
-                let mut text = String::new();
-                if s.read_to_string(&mut text).is_ok() {
+            Ok(stream) => {
+                if let Ok(text) = exchange(stream, "status") {
                     out.push(text);
                 }
             }
