@@ -23,7 +23,7 @@ use crate::fs::inode::Ino;
 use crate::fs::meta::AttrChange;
 use crate::fs::namespace::Caller;
 use crate::fs::xattr::SetMode;
-use crate::fs::{Attr, DirSinkEntry, Fs, Kind};
+use crate::fs::{Attr, DirSinkEntry, Fs, Kind, Special};
 
 /// Write payloads kept for reuse: enough for the writes in flight at once (each is at most
 /// 1 MiB).
@@ -129,11 +129,7 @@ fn answer_attr(reply: ReplyAttr, op: &str, ttl: &Duration, result: Result<Attr, 
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
-    let (kind, nlink) = match a.kind {
-        Kind::File => (FileType::RegularFile, 1),
-        Kind::Dir => (FileType::Directory, 2),
-        Kind::Symlink => (FileType::Symlink, 1),
-    };
+    let nlink = if a.kind == Kind::Dir { 2 } else { 1 };
     FileAttr {
         ino: INodeNo(a.ino.0),
         size: a.size,
@@ -142,12 +138,12 @@ fn file_attr(a: &Attr) -> FileAttr {
         mtime: a.mtime,
         ctime: a.ctime,
         crtime: SystemTime::UNIX_EPOCH,
-        kind,
+        kind: kind_of(a),
         perm: a.perm,
         nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: 1 << 20,
         flags: 0,
     }
@@ -158,6 +154,22 @@ fn kind_of(a: &Attr) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Special(Special::Fifo) => FileType::NamedPipe,
+        Kind::Special(Special::Socket) => FileType::Socket,
+        Kind::Special(Special::CharDevice) => FileType::CharDevice,
+        Kind::Special(Special::BlockDevice) => FileType::BlockDevice,
+    }
+}
+
+/// The special file type `mode` asks mknod for; `None` for a regular file or a type mknod
+/// does not make.
+fn special_of(mode: u32) -> Option<Special> {
+    match mode & libc::S_IFMT {
+        libc::S_IFIFO => Some(Special::Fifo),
+        libc::S_IFSOCK => Some(Special::Socket),
+        libc::S_IFCHR => Some(Special::CharDevice),
+        libc::S_IFBLK => Some(Special::BlockDevice),
+        _ => None,
     }
 }
 
@@ -166,6 +178,25 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
     }
+}
+
+/// What a request does with a name it is given. S3 keys are UTF-8, so a name that is not can
+/// be in no bucket: looked for, it is not there (`ENOENT`, `ENODATA` for an extended
+/// attribute); to be made, it cannot be (`EINVAL`).
+#[derive(Clone, Copy)]
+enum Naming {
+    Existing,
+    ExistingAttr,
+    New,
+}
+
+/// The name as UTF-8, or the errno `naming` gives a name that is not.
+fn utf8_name(name: &OsStr, naming: Naming) -> Result<String, Errno> {
+    name.to_str().map(str::to_string).ok_or(match naming {
+        Naming::Existing => Errno::ENOENT,
+        Naming::ExistingAttr => Errno::ENODATA,
+        Naming::New => Errno::EINVAL,
+    })
 }
 
 /// Permission bits a create or mkdir asks for, after the caller's umask.
@@ -247,10 +278,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            // S3 keys are UTF-8: a name that is not cannot exist in the bucket.
-            reply.error(Errno::ENOENT);
-            return;
+        let name = match utf8_name(name, Naming::Existing) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
         };
         // Answered from memory on this thread when it can be: a walk of a listed folder
         // (du, find) costs no hand-off to the async workers per entry.
@@ -329,15 +359,32 @@ impl Filesystem for FuseAdapter {
 
     fn mknod(
         &self,
-        _r: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _d: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno("mknod", &self.fs.refuse_change()));
+        let name = match utf8_name(name, Naming::New) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let (perm, caller) = (requested_perm(mode, umask), caller(req));
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.serve("mknod", parent.0, async move {
+            let parent = Ino(parent.0);
+            let result = match special_of(mode) {
+                Some(special) => fs.mknod(parent, &name, special, perm, rdev, caller).await,
+                // mknod of a regular file: an empty file, as create would make it.
+                None if matches!(mode & libc::S_IFMT, 0 | libc::S_IFREG) => {
+                    fs.create_empty(parent, &name, perm, caller).await
+                }
+                None => Err(FsError::Invalid),
+            };
+            answer_entry(reply, "mknod", &ttl, result)
+        });
     }
 
     fn mkdir(
@@ -350,9 +397,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (perm, caller) = (requested_perm(mode, umask), caller(req));
-        let Some(name) = name.to_str().map(str::to_string) else {
-            reply.error(Errno::EINVAL);
-            return;
+        let name = match utf8_name(name, Naming::New) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
         };
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.serve("mkdir", parent.0, async move {
@@ -365,9 +412,9 @@ impl Filesystem for FuseAdapter {
         });
     }
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            reply.error(Errno::ENOENT);
-            return;
+        let name = match utf8_name(name, Naming::Existing) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
         self.serve("unlink", parent.0, async move {
@@ -375,9 +422,9 @@ impl Filesystem for FuseAdapter {
         });
     }
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            reply.error(Errno::ENOENT);
-            return;
+        let name = match utf8_name(name, Naming::Existing) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
         self.serve("rmdir", parent.0, async move {
@@ -392,12 +439,12 @@ impl Filesystem for FuseAdapter {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        let (Some(name), Some(target)) = (
-            name.to_str().map(str::to_string),
-            target.to_str().map(str::to_string),
-        ) else {
-            reply.error(Errno::EINVAL);
-            return;
+        let (name, target) = match (
+            utf8_name(name, Naming::New),
+            utf8_name(target.as_os_str(), Naming::New),
+        ) {
+            (Ok(name), Ok(target)) => (name, target),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let (fs, ttl, caller) = (self.fs.clone(), self.ttl, caller(req));
         self.serve("symlink", parent.0, async move {
@@ -430,12 +477,12 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (Some(name), Some(new_name)) = (
-            name.to_str().map(str::to_string),
-            new_name.to_str().map(str::to_string),
-        ) else {
-            reply.error(Errno::EINVAL);
-            return;
+        let (name, new_name) = match (
+            utf8_name(name, Naming::Existing),
+            utf8_name(new_name, Naming::New),
+        ) {
+            (Ok(name), Ok(new_name)) => (name, new_name),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         if flags.contains(RenameFlags::RENAME_EXCHANGE)
             || flags.contains(RenameFlags::RENAME_WHITEOUT)
@@ -670,9 +717,9 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            reply.error(Errno::EINVAL);
-            return;
+        let name = match utf8_name(name, Naming::New) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
         };
         let mode = match flags {
             libc::XATTR_CREATE => SetMode::Create,
@@ -690,9 +737,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            reply.error(Errno::ENODATA);
-            return;
+        let name = match utf8_name(name, Naming::ExistingAttr) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
         self.serve("getxattr", ino.0, async move {
@@ -721,9 +768,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            reply.error(Errno::ENODATA);
-            return;
+        let name = match utf8_name(name, Naming::ExistingAttr) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
         };
         let fs = self.fs.clone();
         self.serve("removexattr", ino.0, async move {
@@ -753,9 +800,9 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            reply.error(Errno::EINVAL);
-            return;
+        let name = match utf8_name(name, Naming::New) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
         };
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         let (perm, caller) = (requested_perm(mode, umask), caller(req));

@@ -1,5 +1,6 @@
-//! Attributes, symlinks and xattrs through the kernel, and compatibility with s3fs: a tree
-//! written by either tool reads back identically in the other, and after a remount.
+//! Attributes, symlinks, special files (fifos, sockets, device nodes) and xattrs through the
+//! kernel, and compatibility with s3fs: a tree written by either tool reads back identically
+//! in the other, and after a remount.
 
 mod common;
 
@@ -199,6 +200,261 @@ fn touch_chmod_and_renames_keep_content_and_metadata() {
     assert_eq!(
         std::io::Error::last_os_error().raw_os_error(),
         Some(libc::EOPNOTSUPP)
+    );
+}
+
+/// What `stat` says of a special file: its type letter (as `ls -l` shows it), mode, owner
+/// and device number.
+type SpecialSeen = (char, u32, u32, u32, u64);
+
+fn special_seen(path: &Path) -> SpecialSeen {
+    use std::os::unix::fs::FileTypeExt;
+    let m = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let t = m.file_type();
+    let letter = if t.is_fifo() {
+        'p'
+    } else if t.is_socket() {
+        's'
+    } else if t.is_char_device() {
+        'c'
+    } else if t.is_block_device() {
+        'b'
+    } else {
+        '-'
+    };
+    (letter, m.mode() & 0o7777, m.uid(), m.gid(), m.rdev())
+}
+
+/// Makes a node with mknod(2) (what mkfifo, mknod and tar call), owned by `uid`.
+fn make_node(path: &Path, kind: libc::mode_t, perm: libc::mode_t, dev: libc::dev_t, uid: u32) {
+    let rc = unsafe { libc::mknod(cstr(path).as_ptr(), kind | perm, dev) };
+    assert_eq!(rc, 0, "mknod {path:?}: {}", std::io::Error::last_os_error());
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid + 1)).unwrap();
+}
+
+/// One node of each special type, as `make_special_nodes` makes them.
+const SPECIAL_NODES: [(&str, libc::mode_t, u32); 4] = [
+    ("pipe", libc::S_IFIFO, 0o640),
+    ("agent.sock", libc::S_IFSOCK, 0o600),
+    ("null", libc::S_IFCHR, 0o644),
+    ("sda1", libc::S_IFBLK, 0o604),
+];
+
+fn make_special_nodes(root: &Path) {
+    for (i, (name, kind, perm)) in SPECIAL_NODES.iter().enumerate() {
+        let dev = if *kind == libc::S_IFCHR || *kind == libc::S_IFBLK {
+            libc::makedev(8, i as u32)
+        } else {
+            0
+        };
+        make_node(&root.join(name), *kind, *perm, dev, 2000 + i as u32);
+    }
+}
+
+/// The special nodes of `root`, each as `special_seen` shows it, listed first.
+fn special_nodes(root: &Path) -> Vec<(String, SpecialSeen)> {
+    let listed: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    SPECIAL_NODES
+        .iter()
+        .map(|(name, _, _)| {
+            assert!(listed.contains(&name.to_string()), "{name} in {listed:?}");
+            (name.to_string(), special_seen(&root.join(name)))
+        })
+        .collect()
+}
+
+/// The device numbers dropped, as s3fs keeps none.
+fn without_devices(nodes: &[(String, SpecialSeen)]) -> Vec<(String, char, u32, u32)> {
+    nodes
+        .iter()
+        .map(|(n, (t, perm, uid, _, _))| (n.clone(), *t, *perm, *uid))
+        .collect()
+}
+
+#[test]
+fn special_nodes_keep_type_mode_owner_and_device_across_remounts_and_with_s3fs() {
+    let b = Bucket::new("special-nodes");
+    let m = Mount::new(&b.location(""), &[]);
+    make_special_nodes(&m.path);
+    let by_pailfs = special_nodes(&m.path);
+    assert_eq!(by_pailfs[0].1 .0, 'p');
+    assert_eq!(
+        by_pailfs[2].1,
+        ('c', 0o644, 2002, 2003, libc::makedev(8, 2))
+    );
+    assert_eq!(
+        by_pailfs[3].1,
+        ('b', 0o604, 2003, 2004, libc::makedev(8, 3))
+    );
+    // chmod and a rename keep the type.
+    std::fs::set_permissions(m.join("pipe"), std::fs::Permissions::from_mode(0o604)).unwrap();
+    std::fs::rename(m.join("null"), m.join("null2")).unwrap();
+    assert_eq!(special_seen(&m.join("null2")).0, 'c');
+    std::fs::rename(m.join("null2"), m.join("null")).unwrap();
+    let by_pailfs = special_nodes(&m.path);
+    assert_eq!(by_pailfs[0].1 .1, 0o604);
+    m.unmount();
+    drop(m);
+    let again = Mount::new(&b.location(""), &[]);
+    assert_eq!(special_nodes(&again.path), by_pailfs, "after a remount");
+    again.unmount();
+    drop(again);
+    let mut s3fs = S3fs::mount(&b.name);
+    assert_eq!(
+        without_devices(&special_nodes(&s3fs.path)),
+        without_devices(&by_pailfs),
+        "as s3fs reads them"
+    );
+    // And the other way: nodes s3fs makes, read by pailfs (with no device number: s3fs keeps
+    // none).
+    let theirs = s3fs.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    make_special_nodes(&theirs);
+    let by_s3fs = special_nodes(&theirs);
+    s3fs.unmount();
+    let m = Mount::new(&b.location(""), &[]);
+    let seen = special_nodes(&m.join("theirs"));
+    assert_eq!(without_devices(&seen), without_devices(&by_s3fs));
+    // Unlinked, each one is gone from the bucket.
+    for (name, _, _) in SPECIAL_NODES {
+        std::fs::remove_file(m.join(&format!("theirs/{name}"))).unwrap();
+        assert_eq!(b.get(&format!("theirs/{name}")), None, "{name}");
+    }
+    std::fs::remove_dir(m.join("theirs")).unwrap();
+}
+
+#[test]
+fn a_fifo_in_the_mount_carries_data_between_two_processes() {
+    let b = Bucket::new("fifo");
+    let m = Mount::new(&b.location(""), &[]);
+    let fifo = m.join("queue");
+    let out = Command::new("mkfifo").arg(&fifo).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(special_seen(&fifo).0, 'p');
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    std::fs::write(&fifo, "through the pipe\n").unwrap();
+    assert_eq!(reader.join().unwrap(), "through the pipe\n");
+    // The bytes went through the kernel's pipe, not the bucket.
+    assert_eq!(b.get("queue").as_deref(), Some(&b""[..]));
+    let ls = Command::new("ls").arg("-l").arg(&m.path).output().unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout).to_string();
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with('p') && l.ends_with(" queue")),
+        "{ls}"
+    );
+    // A read-only mount refuses to make one.
+    m.unmount();
+    drop(m);
+    let ro = Mount::new(&b.location(""), &["--read-only"]);
+    let out = Command::new("mkfifo")
+        .arg(ro.join("other"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "{out:?}"
+    );
+    assert_eq!(special_seen(&ro.join("queue")).0, 'p', "still a fifo");
+}
+
+#[test]
+fn a_unix_socket_binds_and_connects_inside_the_mount() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let b = Bucket::new("socket");
+    let m = Mount::new(&b.location(""), &[]);
+    std::fs::create_dir(m.join("run")).unwrap();
+    let path = m.join("run/agent.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut asked = [0u8; 4];
+        conn.read_exact(&mut asked).unwrap();
+        conn.write_all(b"pong").unwrap();
+        asked
+    });
+    let mut client = UnixStream::connect(&path).unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut answer = [0u8; 4];
+    client.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"pong");
+    assert_eq!(&server.join().unwrap(), b"ping");
+    assert_eq!(special_seen(&path).0, 's');
+    let mode: u32 = {
+        let out = Command::new("stat")
+            .args(["-c", "%f"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        u32::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 16).unwrap()
+    };
+    assert_eq!(mode & libc::S_IFMT, libc::S_IFSOCK);
+    // A daemon removes its socket when it stops; the folder is then empty again.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_dir(m.join("run")).unwrap();
+    assert_eq!(b.get("run/agent.sock"), None);
+}
+
+#[test]
+fn tar_extracts_an_archive_holding_a_fifo_and_a_device_node() {
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("tree");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("data.txt"), "data").unwrap();
+    make_node(&src.join("fifo"), libc::S_IFIFO, 0o644, 0, 3000);
+    make_node(
+        &src.join("tty0"),
+        libc::S_IFCHR,
+        0o620,
+        libc::makedev(4, 0),
+        3001,
+    );
+    let archive = local.path().join("tree.tar");
+    let out = Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(local.path())
+        .arg("tree")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let b = Bucket::new("tar-special");
+    let m = Mount::new(&b.location(""), &[]);
+    let out = Command::new("tar")
+        .arg("-xpf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for name in ["fifo", "tty0"] {
+        assert_eq!(
+            special_seen(&m.join(&format!("tree/{name}"))),
+            special_seen(&src.join(name)),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(m.join("tree/data.txt")).unwrap(),
+        "data"
+    );
+    m.unmount();
+    drop(m);
+    let again = Mount::new(&b.location(""), &[]);
+    assert_eq!(
+        special_seen(&again.join("tree/tty0")),
+        special_seen(&src.join("tty0")),
+        "after a remount"
     );
 }
 

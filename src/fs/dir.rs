@@ -29,7 +29,7 @@ impl ListedEntry {
     fn sort_key(&self) -> String {
         match self.kind {
             Kind::Dir => format!("{}/", self.name),
-            Kind::File | Kind::Symlink => self.name.clone(),
+            _ => self.name.clone(),
         }
     }
 }

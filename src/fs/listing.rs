@@ -37,8 +37,8 @@ impl Fs {
         let cached = self.meta.attr(ino);
         let attr = match (entry.kind, &entry.object, cached) {
             // Keep attributes from a HEAD (with metadata) while they describe the same object.
-            (Kind::File | Kind::Symlink, Some(obj), Some(cached))
-                if cached.etag.as_deref() == Some(obj.etag.as_str()) =>
+            (kind, Some(obj), Some(cached))
+                if kind != Kind::Dir && cached.etag.as_deref() == Some(obj.etag.as_str()) =>
             {
                 return cached
             }
@@ -239,25 +239,38 @@ impl Fs {
                 _ => None,
             })
             .collect();
-        let known_metadata = memo.iter().flatten().any(meta::has_attr_headers);
+        // Empty objects are left out: a fifo's or a device node's metadata says nothing about
+        // the rest of a page.
+        let known_metadata = memo
+            .iter()
+            .flatten()
+            .any(|h| h.size > 0 && meta::has_attr_headers(h));
+        // A fifo, socket or device node is an empty object that only its metadata tells apart
+        // from an empty file: those are asked for even on a plain page, so that every page
+        // shows each entry's type.
+        let maybe_special = |page: &[dir::ListedEntry], i: usize| {
+            page[i].object.as_ref().is_some_and(|o| o.size == 0)
+        };
         // A page is known by its directory and first name: listed again unchanged, it is the
         // same page.
         let page_id = format!("{prefix}\0{}", page.first().map_or("", |e| e.name.as_str()));
         if !known_metadata && self.plain_listings.contains_key(&page_id) {
             // A sample of this page showed no metadata within --metadata-ttl: listing it
             // again costs the listing alone.
-            wanted.clear();
+            wanted.retain(|(i, _)| maybe_special(page, *i));
         }
-        let rest = if known_metadata || wanted.len() <= LISTING_SAMPLE {
+        let mut rest = if known_metadata || wanted.len() <= LISTING_SAMPLE {
             Vec::new()
         } else {
             wanted.split_off(LISTING_SAMPLE)
         };
         let (sample_has_metadata, mut headed) = self.head_entries(page, wanted).await;
-        if !rest.is_empty() && sample_has_metadata {
-            headed.extend(self.head_entries(page, rest).await.1);
-        } else if !rest.is_empty() {
+        if !rest.is_empty() && !sample_has_metadata {
             self.plain_listings.insert(page_id, ());
+            rest.retain(|(i, _)| maybe_special(page, *i));
+        }
+        if !rest.is_empty() {
+            headed.extend(self.head_entries(page, rest).await.1);
         }
         for (i, known) in memo.into_iter().enumerate() {
             if let Some(head) = known {
@@ -269,9 +282,7 @@ impl Fs {
             if entry.kind == Kind::Dir {
                 continue;
             }
-            if meta::is_symlink(&head) {
-                entry.kind = Kind::Symlink;
-            }
+            entry.kind = meta::kind_of_object(&head);
             entry.object = Some(head);
         }
         for entry in page.iter_mut() {
@@ -298,7 +309,9 @@ impl Fs {
         for (i, result, key) in heads {
             match result {
                 Ok(info) => {
-                    any_metadata |= meta::has_attr_headers(&info);
+                    // An empty object's metadata (a fifo's, say) says nothing of the rest.
+                    let telling = info.size > 0 || page[i].kind == Kind::Dir;
+                    any_metadata |= telling && meta::has_attr_headers(&info);
                     self.meta.put_head(&info);
                     if page[i].kind == Kind::Dir {
                         page[i].object = Some(info);

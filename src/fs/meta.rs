@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use moka::sync::Cache;
 
 use super::inode::Ino;
-use super::{Attr, FsConfig, Kind};
+use super::{Attr, FsConfig, Kind, Special};
 use crate::store::{Metadata, ObjectInfo};
 
 /// File type bits of `st_mode`, as s3fs stores them in `x-amz-meta-mode`.
@@ -16,6 +16,40 @@ pub const S_IFMT: u64 = 0o170000;
 pub const S_IFREG: u64 = 0o100000;
 pub const S_IFDIR: u64 = 0o040000;
 pub const S_IFLNK: u64 = 0o120000;
+pub const S_IFIFO: u64 = 0o010000;
+pub const S_IFSOCK: u64 = 0o140000;
+pub const S_IFCHR: u64 = 0o020000;
+pub const S_IFBLK: u64 = 0o060000;
+
+/// The header that keeps a device node's `st_rdev` (decimal, as `stat` shows it). s3fs
+/// keeps no device number and ignores it.
+pub const RDEV_HEADER: &str = "rdev";
+
+/// The kind of an object whose `st_mode` type bits are `mode & S_IFMT` (anything that is not
+/// a directory, a link or a special file is a file, as for objects without a mode).
+pub fn object_kind(type_bits: u64) -> Kind {
+    match type_bits {
+        S_IFLNK => Kind::Symlink,
+        S_IFIFO => Kind::Special(Special::Fifo),
+        S_IFSOCK => Kind::Special(Special::Socket),
+        S_IFCHR => Kind::Special(Special::CharDevice),
+        S_IFBLK => Kind::Special(Special::BlockDevice),
+        _ => Kind::File,
+    }
+}
+
+/// The `st_mode` type bits of `kind`.
+pub fn type_bits(kind: Kind) -> u64 {
+    match kind {
+        Kind::File => S_IFREG,
+        Kind::Dir => S_IFDIR,
+        Kind::Symlink => S_IFLNK,
+        Kind::Special(Special::Fifo) => S_IFIFO,
+        Kind::Special(Special::Socket) => S_IFSOCK,
+        Kind::Special(Special::CharDevice) => S_IFCHR,
+        Kind::Special(Special::BlockDevice) => S_IFBLK,
+    }
+}
 
 /// Attribute cache and negative (miss) cache, both bounded in entries and aged by the TTL,
 /// and a memo of HEAD answers that stays valid while the object keeps its ETag and
@@ -182,10 +216,11 @@ pub fn has_attr_headers(info: &ObjectInfo) -> bool {
         .any(|h| info.metadata.contains_key(*h))
 }
 
-/// Whether an object is a symbolic link stored the s3fs way (its mode says S_IFLNK; its
-/// content is the target).
-pub fn is_symlink(info: &ObjectInfo) -> bool {
-    meta_number(info, "mode").is_some_and(|m| m & S_IFMT == S_IFLNK)
+/// What an object is, by the type bits of its mode header (s3fs's convention: a symlink's
+/// content is its target, a fifo, socket or device node is an empty object); a file when it
+/// has none.
+pub fn kind_of_object(info: &ObjectInfo) -> Kind {
+    meta_number(info, "mode").map_or(Kind::File, |m| object_kind(m & S_IFMT))
 }
 
 /// The modification time of an object: its `mtime` header, else LastModified.
@@ -204,10 +239,14 @@ pub fn file_mtime(info: &ObjectInfo) -> SystemTime {
 /// `-gid`, `-mtime` as s3fs writes them), the mount's defaults otherwise.
 pub fn file_attr(ino: Ino, info: &ObjectInfo, cfg: &FsConfig) -> Attr {
     let mtime = file_mtime(info);
-    let symlink = is_symlink(info);
+    let kind = kind_of_object(info);
     let perm = meta_number(info, "mode")
         .map(|m| (m & 0o7777) as u16)
-        .unwrap_or(if symlink { 0o777 } else { cfg.file_mode });
+        .unwrap_or(if kind == Kind::Symlink {
+            0o777
+        } else {
+            cfg.file_mode
+        });
     let stored_time = |name: &str| {
         meta_number(info, name)
             .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
@@ -217,7 +256,7 @@ pub fn file_attr(ino: Ino, info: &ObjectInfo, cfg: &FsConfig) -> Attr {
         atime: stored_time("atime"),
         ctime: stored_time("ctime"),
         ino,
-        kind: if symlink { Kind::Symlink } else { Kind::File },
+        kind,
         size: info.size,
         mtime,
         perm,
@@ -227,6 +266,10 @@ pub fn file_attr(ino: Ino, info: &ObjectInfo, cfg: &FsConfig) -> Attr {
         gid: meta_number(info, "gid")
             .map(|v| v as u32)
             .unwrap_or(cfg.gid),
+        rdev: match kind.is_device() {
+            true => meta_number(info, RDEV_HEADER).map_or(0, |d| d as u32),
+            false => 0,
+        },
         etag: Some(info.etag.clone()),
     }
 }
@@ -253,6 +296,7 @@ pub fn dir_attr(ino: Ino, marker: Option<&ObjectInfo>, cfg: &FsConfig) -> Attr {
             perm: cfg.dir_mode,
             uid: cfg.uid,
             gid: cfg.gid,
+            rdev: 0,
             etag: None,
         },
     }
@@ -284,16 +328,14 @@ fn unix_seconds(t: SystemTime) -> i64 {
 /// The metadata headers that describe `attr` the way s3fs writes them (whole `st_mode` and
 /// times in decimal seconds), on top of `base` (other user metadata, such as xattrs, is kept).
 pub fn attr_headers(attr: &Attr, base: &Metadata) -> Metadata {
-    let type_bits = match attr.kind {
-        Kind::File => S_IFREG,
-        Kind::Dir => S_IFDIR,
-        Kind::Symlink => S_IFLNK,
-    };
     let mut out = base.clone();
     out.insert(
         "mode".into(),
-        (type_bits | attr.perm as u64 & 0o7777).to_string(),
+        (type_bits(attr.kind) | attr.perm as u64 & 0o7777).to_string(),
     );
+    if attr.kind.is_device() {
+        out.insert(RDEV_HEADER.into(), attr.rdev.to_string());
+    }
     out.insert("uid".into(), attr.uid.to_string());
     out.insert("gid".into(), attr.gid.to_string());
     out.insert("mtime".into(), unix_seconds(attr.mtime).to_string());
@@ -392,6 +434,7 @@ mod tests {
             perm: 0o777,
             uid: 1000,
             gid: 1001,
+            rdev: 0,
             etag: None,
         };
         let headers = attr_headers(&attr, &base);

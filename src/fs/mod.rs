@@ -36,6 +36,7 @@ use error::FsError;
 use inode::{child_path, Ino, InodeTable};
 use meta::{dir_attr, file_attr, MetaCache};
 use names::{check_name, OddKeyLog};
+use namespace::Caller;
 use read::{ReadTuning, Reader, BUDGET_UNIT};
 use staging::{StagedRef, Start};
 use write::{CacheDir, WriteTuning};
@@ -46,16 +47,37 @@ pub enum Kind {
     Dir,
     /// An object whose metadata says S_IFLNK (s3fs's convention); its content is the target.
     Symlink,
+    /// An empty object whose metadata gives another file type (s3fs's convention too): the
+    /// kernel serves its opens (a fifo's pipe, a device's driver), pailfs only its name and
+    /// attributes.
+    Special(Special),
+}
+
+/// The file types that are only a name and attributes on S3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Special {
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
 impl Kind {
-    /// The inode slot: a symlink is an object like a file, and a listing cannot tell them
-    /// apart, so both share one number per path.
+    /// The inode slot: symlinks and special files are objects like a file, and a listing
+    /// cannot tell them apart, so all share one number per path.
     pub fn slot(self) -> Kind {
         match self {
-            Kind::Symlink => Kind::File,
-            other => other,
+            Kind::Dir => Kind::Dir,
+            _ => Kind::File,
         }
+    }
+
+    /// Whether `st_rdev` means something for this kind (a device number).
+    pub fn is_device(self) -> bool {
+        matches!(
+            self,
+            Kind::Special(Special::CharDevice | Special::BlockDevice)
+        )
     }
 }
 
@@ -72,8 +94,30 @@ pub struct Attr {
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
+    /// The device number of a device node (`st_rdev`), 0 for every other kind.
+    pub rdev: u32,
     /// ETag of the object the attributes came from (files only).
     pub etag: Option<String>,
+}
+
+impl Attr {
+    /// The attributes of an entry created now by `owner`, before the bucket has it (no ETag).
+    pub fn created(ino: Ino, kind: Kind, perm: u16, owner: Caller, size: u64) -> Attr {
+        let now = SystemTime::now();
+        Attr {
+            ino,
+            kind,
+            size,
+            mtime: now,
+            atime: now,
+            ctime: now,
+            perm,
+            uid: owner.uid,
+            gid: owner.gid,
+            rdev: 0,
+            etag: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -456,7 +500,7 @@ impl Fs {
                 };
                 dir_attr(ino, marker.as_ref(), &self.cfg)
             }
-            Kind::File | Kind::Symlink => return self.head_file(ino, &node.path).await,
+            _ => return self.head_file(ino, &node.path).await,
         };
         self.meta.put_attr(attr.clone());
         Ok(attr)
@@ -606,7 +650,7 @@ impl Fs {
     fn object_key(&self, node: &inode::Node) -> String {
         match node.kind {
             Kind::Dir => self.dir_prefix(&node.path),
-            Kind::File | Kind::Symlink => self.key_of(&node.path),
+            _ => self.key_of(&node.path),
         }
     }
 
@@ -647,16 +691,6 @@ impl Fs {
         }
         let path = child_path(&dir.path, name);
         Ok((dir, path))
-    }
-
-    /// Refuses a change S3 cannot hold (device nodes, fifos): `EROFS` on a read-only mount,
-    /// `ENOTSUP` otherwise.
-    pub fn refuse_change(&self) -> FsError {
-        if self.writable().is_ok() {
-            FsError::NotSupported
-        } else {
-            FsError::ReadOnly
-        }
     }
 
     /// Refuses a hard link: `EPERM` (the filesystem has none), `EROFS` when read-only.

@@ -13,7 +13,7 @@ use super::error::FsError;
 use super::inode::Ino;
 use super::meta::{apply_change, attr_headers, dir_attr, file_attr, AttrChange};
 use super::write::{complete_or_abort, part_size_for, send_parts, tile, PartSources, PlannedPart};
-use super::{lock, Attr, Fs, Kind, OpenFile};
+use super::{lock, Attr, Fs, Kind, OpenFile, Special};
 use crate::store::{ByteRange, ListRequest, Metadata, StoreError};
 
 /// Longest symlink target (PATH_MAX).
@@ -60,16 +60,7 @@ impl Fs {
         self.writable()?;
         let (_, path) = self.child(parent, name)?;
         let ino = lock(&self.inodes).peek(Kind::Dir, &path);
-        let now = std::time::SystemTime::now();
-        let attr = Attr {
-            perm,
-            uid: caller.uid,
-            gid: caller.gid,
-            mtime: now,
-            atime: now,
-            ctime: now,
-            ..dir_attr(ino, None, &self.cfg)
-        };
+        let attr = Attr::created(ino, Kind::Dir, perm, caller, 0);
         let (marker, headers) = (
             self.dir_prefix(&path),
             attr_headers(&attr, &Metadata::new()),
@@ -125,35 +116,60 @@ impl Fs {
         caller: Caller,
     ) -> Result<Attr, FsError> {
         self.writable()?;
-        let (_, path) = self.child(parent, name)?;
         if target.is_empty() || target.len() as u64 > SYMLINK_MAX {
             return Err(FsError::Invalid);
         }
-        let ino = lock(&self.inodes).peek(Kind::Symlink, &path);
-        let now = std::time::SystemTime::now();
+        let content = Bytes::copy_from_slice(target.as_bytes());
+        self.create_object_entry(parent, name, Kind::Symlink, 0o777, 0, caller, content)
+            .await
+    }
+
+    /// Creates a fifo, socket or device node (mknod, mkfifo, bind) the way s3fs stores one:
+    /// an empty object whose mode header carries the file type, and, for a device, its
+    /// number in one more header that s3fs ignores.
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &str,
+        special: Special,
+        perm: u16,
+        rdev: u32,
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
+        self.writable()?;
+        let kind = Kind::Special(special);
+        let rdev = if kind.is_device() { rdev } else { 0 };
+        self.create_object_entry(parent, name, kind, perm, rdev, caller, Bytes::new())
+            .await
+    }
+
+    /// Puts a new object-backed entry that is not a file being written (a symlink, a special
+    /// file) with its attributes as headers, and records its name.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_object_entry(
+        &self,
+        parent: Ino,
+        name: &str,
+        kind: Kind,
+        perm: u16,
+        rdev: u32,
+        caller: Caller,
+        content: Bytes,
+    ) -> Result<Attr, FsError> {
+        let (_, path) = self.child(parent, name)?;
+        let ino = lock(&self.inodes).peek(kind, &path);
         let mut attr = Attr {
-            ino,
-            kind: Kind::Symlink,
-            size: target.len() as u64,
-            mtime: now,
-            atime: now,
-            ctime: now,
-            perm: 0o777,
-            uid: caller.uid,
-            gid: caller.gid,
-            etag: None,
+            rdev,
+            ..Attr::created(ino, kind, perm, caller, content.len() as u64)
         };
+        let headers = attr_headers(&attr, &Metadata::new());
         let etag = self
             .store
-            .put_object(
-                &self.key_of(&path),
-                Bytes::copy_from_slice(target.as_bytes()),
-                &attr_headers(&attr, &Metadata::new()),
-            )
+            .put_object(&self.key_of(&path), content, &headers)
             .await?;
         attr.etag = Some(etag);
-        lock(&self.inodes).remember(parent, Kind::Symlink, &path);
-        self.note_path(&path, Some((Kind::Symlink, attr.clone())));
+        lock(&self.inodes).remember(parent, kind, &path);
+        self.note_path(&path, Some((kind, attr.clone())));
         self.meta.forget_miss(parent, name);
         self.meta.put_attr(attr.clone());
         Ok(attr)

@@ -4,7 +4,7 @@ use super::meta::AttrChange;
 use super::namespace::caller;
 use super::tests::{write_rig, write_rig_with};
 use super::*;
-use crate::store::RequestKind;
+use crate::store::{Metadata, RequestKind};
 
 fn secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
@@ -636,4 +636,167 @@ async fn touch_while_open_is_what_stat_shows_after_the_close() {
     fs.release(fh).await.unwrap();
     assert_eq!(fs.getattr(a.ino).await.unwrap().mtime, when);
     assert_eq!(w.rig.mem.metadata("t").unwrap()["mtime"], "1577934245");
+}
+
+/// Each special type with the device number mknod is given.
+const SPECIALS: [(&str, Special, u32); 4] = [
+    ("pipe", Special::Fifo, 0),
+    ("agent.sock", Special::Socket, 0),
+    // makedev(1, 3) and makedev(8, 1), as stat shows them.
+    ("null", Special::CharDevice, 0x103),
+    ("sda1", Special::BlockDevice, 0x801),
+];
+
+#[tokio::test]
+async fn special_files_are_empty_objects_with_their_type_in_the_mode_header() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    let owner = Caller {
+        uid: 1000,
+        gid: 100,
+    };
+    for (name, special, _) in SPECIALS {
+        let before = w.rig.count(RequestKind::Put);
+        let a = fs
+            .mknod(Ino::ROOT, name, special, 0o640, 0x103, owner)
+            .await
+            .unwrap();
+        assert_eq!(w.rig.count(RequestKind::Put), before + 1, "{name}: one PUT");
+        assert_eq!(a.kind, Kind::Special(special));
+        assert_eq!((a.perm, a.uid, a.gid, a.size), (0o640, 1000, 100, 0));
+        assert_eq!(a.rdev, if a.kind.is_device() { 0x103 } else { 0 });
+        assert_eq!(w.rig.mem.content(name).as_deref(), Some(&b""[..]));
+        let headers = w.rig.mem.metadata(name).unwrap();
+        let mode: u32 = headers["mode"].parse().unwrap();
+        assert_eq!(
+            mode & libc::S_IFMT,
+            match special {
+                Special::Fifo => libc::S_IFIFO,
+                Special::Socket => libc::S_IFSOCK,
+                Special::CharDevice => libc::S_IFCHR,
+                Special::BlockDevice => libc::S_IFBLK,
+            },
+            "{name}: s3fs's whole st_mode"
+        );
+        assert_eq!(mode & 0o7777, 0o640);
+        assert_eq!(headers["uid"], "1000");
+        assert_eq!(
+            headers.contains_key(meta::RDEV_HEADER),
+            a.kind.is_device(),
+            "{name}: only devices keep a number"
+        );
+        // The name answers at once, with its type.
+        let found = fs.lookup(Ino::ROOT, name).await.unwrap();
+        assert_eq!((found.ino, found.kind), (a.ino, a.kind));
+    }
+}
+
+#[tokio::test]
+async fn special_files_keep_type_owner_and_device_through_changes_and_remounts() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    for (name, special, rdev) in SPECIALS {
+        fs.mknod(Ino::ROOT, name, special, 0o600, rdev, caller())
+            .await
+            .unwrap();
+    }
+    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    for (name, _, _) in SPECIALS {
+        let a = fs.lookup(Ino::ROOT, name).await.unwrap();
+        fs.set_attr(
+            a.ino,
+            AttrChange {
+                perm: Some(0o664),
+                uid: Some(42),
+                gid: Some(43),
+                mtime: Some(when),
+                ..AttrChange::default()
+            },
+        )
+        .await
+        .unwrap();
+        fs.rename(Ino::ROOT, name, Ino::ROOT, &format!("moved-{name}"), false)
+            .await
+            .unwrap();
+    }
+    // A new mount sees each one as it was left, by lookup and in a listing.
+    let again = w.rig.remount();
+    let listed = again.list(Ino::ROOT, true).await;
+    for (name, special, rdev) in SPECIALS {
+        let moved = format!("moved-{name}");
+        let a = again.fs.lookup(Ino::ROOT, &moved).await.unwrap();
+        let in_listing = &listed.iter().find(|e| e.0 == moved).unwrap().1;
+        for a in [&a, in_listing] {
+            assert_eq!(a.kind, Kind::Special(special), "{moved}");
+            assert_eq!((a.perm, a.uid, a.gid), (0o664, 42, 43), "{moved}");
+            assert_eq!(secs(a.mtime), 1_600_000_000);
+            assert_eq!(a.rdev, rdev, "{moved}: device number");
+        }
+        assert_eq!(w.rig.mem.content(name), None, "{name}: renamed away");
+        fs.unlink(Ino::ROOT, &moved).await.unwrap();
+        assert_eq!(w.rig.mem.content(&moved), None);
+        assert_eq!(
+            fs.lookup(Ino::ROOT, &moved).await.unwrap_err().errno(),
+            libc::ENOENT
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_plain_page_still_shows_the_type_of_its_special_files() {
+    let w = write_rig(1 << 30);
+    // A bucket written by plain S3 clients (no metadata) with one fifo and one s3fs-made
+    // device (mode, no device number) far past the page's sample.
+    for i in 0..40 {
+        w.rig.mem.put(&format!("f{i:02}"), "data");
+    }
+    w.rig.mem.put("f99-empty", "");
+    let mut fifo = Metadata::new();
+    fifo.insert("mode".into(), (libc::S_IFIFO | 0o644).to_string());
+    w.rig.mem.put_with_metadata("zz-fifo", "", fifo);
+    let mut dev = Metadata::new();
+    dev.insert("mode".into(), (libc::S_IFCHR | 0o600).to_string());
+    w.rig.mem.put_with_metadata("zz-null", "", dev);
+    let listed = w.rig.list(Ino::ROOT, true).await;
+    let kind = |n: &str| listed.iter().find(|e| e.0 == n).unwrap().1.kind;
+    assert_eq!(kind("zz-fifo"), Kind::Special(Special::Fifo));
+    assert_eq!(kind("zz-null"), Kind::Special(Special::CharDevice));
+    assert_eq!(kind("f99-empty"), Kind::File);
+    assert_eq!(kind("f00"), Kind::File);
+    // The sample, then only the three empty objects: the plain files keep listing cost.
+    assert_eq!(
+        w.rig.count(RequestKind::Head),
+        listing::LISTING_SAMPLE as u64 + 3
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_mount_refuses_special_files_without_a_request() {
+    let r = super::tests::rig_with(
+        "",
+        FsConfig {
+            read_only: true,
+            ..FsConfig::default()
+        },
+    );
+    let before = r.store.counters().summary();
+    let err =
+        r.fs.mknod(Ino::ROOT, "p", Special::Fifo, 0o644, 0, caller())
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno(), libc::EROFS);
+    assert_eq!(r.store.counters().summary(), before);
+}
+
+#[tokio::test]
+async fn mknod_of_a_regular_file_uploads_an_empty_file() {
+    let w = write_rig(1 << 30);
+    let a = w
+        .rig
+        .fs
+        .create_empty(Ino::ROOT, "empty", 0o600, caller())
+        .await
+        .unwrap();
+    assert_eq!((a.kind, a.size, a.perm), (Kind::File, 0, 0o600));
+    assert_eq!(w.rig.mem.content("empty").as_deref(), Some(&b""[..]));
 }

@@ -67,6 +67,7 @@ struct Entry {
     perm: u16,
     uid: u32,
     gid: u32,
+    /// The size; for a device node (always empty), its device number instead.
     size: u64,
     mtime: i64,
     atime: i64,
@@ -90,7 +91,11 @@ impl Entry {
             perm: attr.perm,
             uid: attr.uid,
             gid: attr.gid,
-            size: attr.size,
+            size: if kind.is_device() {
+                u64::from(attr.rdev)
+            } else {
+                attr.size
+            },
             mtime: nanos(attr.mtime),
             atime: nanos(attr.atime),
             ctime: nanos(attr.ctime),
@@ -112,7 +117,12 @@ impl Entry {
         Attr {
             ino: Ino(0),
             kind: self.kind,
-            size: self.size,
+            size: if self.kind.is_device() { 0 } else { self.size },
+            rdev: if self.kind.is_device() {
+                self.size as u32
+            } else {
+                0
+            },
             mtime: time(self.mtime),
             atime: time(self.atime),
             ctime: time(self.ctime),
@@ -377,8 +387,22 @@ mod tests {
             perm: 0o644,
             uid: 0,
             gid: 0,
+            rdev: 0,
             etag: Some("\"0123456789abcdef0123456789abcdef\"".into()),
         }
+    }
+
+    #[test]
+    fn a_device_keeps_its_number_and_a_file_its_size() {
+        let device = Attr {
+            kind: Kind::Special(crate::fs::Special::BlockDevice),
+            rdev: 0x801,
+            ..attr(0)
+        };
+        let back = Entry::new("sda1", device.kind, &device).attr();
+        assert_eq!((back.kind, back.rdev, back.size), (device.kind, 0x801, 0));
+        let file = Entry::new("f", Kind::File, &attr(77)).attr();
+        assert_eq!((file.rdev, file.size), (0, 77));
     }
 
     fn listed(names: &[&str]) -> Collector {

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use super::error::FsError;
 use super::inode::Ino;
 use super::meta::{self, file_attr};
+use super::namespace::Caller;
 use super::write::Staged;
 use super::{lock, progress, Attr, Fs, Kind, OpenFile, WriteBack};
 use crate::store::{Metadata, ObjectInfo, StoreError};
@@ -181,19 +182,7 @@ impl Fs {
 
     /// Metadata for a new file: its mode and owner, s3fs-style.
     pub(super) fn new_file_headers(&self, perm: u16, uid: u32, gid: u32) -> Metadata {
-        let now = SystemTime::now();
-        let attr = Attr {
-            ino: Ino(0),
-            kind: Kind::File,
-            size: 0,
-            mtime: now,
-            atime: now,
-            ctime: now,
-            perm,
-            uid,
-            gid,
-            etag: None,
-        };
+        let attr = Attr::created(Ino(0), Kind::File, perm, Caller { uid, gid }, 0);
         meta::attr_headers(&attr, &Metadata::new())
     }
 
@@ -286,7 +275,7 @@ impl Fs {
         parent: Ino,
         name: &str,
         perm: u16,
-        caller: super::namespace::Caller,
+        caller: Caller,
     ) -> Result<(Attr, u64), FsError> {
         self.writable()?;
         let (_, path) = self.child(parent, name)?;
@@ -298,6 +287,20 @@ impl Fs {
         let attr = self.staged_attr(ino).ok_or(FsError::BadHandle)?;
         self.note_path(&path, Some((Kind::File, attr.clone())));
         Ok((attr, fh))
+    }
+
+    /// mknod(2) of a regular file: an empty file, created and closed (so uploaded as a close
+    /// would upload it).
+    pub async fn create_empty(
+        self: &Arc<Self>,
+        parent: Ino,
+        name: &str,
+        perm: u16,
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
+        let (attr, fh) = self.create(parent, name, perm, caller).await?;
+        self.release(fh).await?;
+        Ok(attr)
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {

@@ -20,7 +20,11 @@ fn rig(prefix: &str) -> Rig {
 }
 
 pub(super) fn rig_with(prefix: &str, cfg: FsConfig) -> Rig {
-    let mem = Arc::new(MemoryStore::new());
+    rig_on(Arc::new(MemoryStore::new()), prefix, cfg)
+}
+
+/// A mount of the bucket `mem` holds.
+fn rig_on(mem: Arc<MemoryStore>, prefix: &str, cfg: FsConfig) -> Rig {
     let store = Arc::new(Instrumented::new(mem.clone()));
     let fs = Fs::new(
         store.clone(),
@@ -39,6 +43,12 @@ pub(super) fn rig_with(prefix: &str, cfg: FsConfig) -> Rig {
 }
 
 impl Rig {
+    /// Another mount of the same bucket, as after a remount: it knows only what the bucket
+    /// holds.
+    pub fn remount(&self) -> Rig {
+        rig_on(self.mem.clone(), "", FsConfig::default())
+    }
+
     pub fn count(&self, kind: RequestKind) -> u64 {
         self.store.counters().count(kind)
     }
@@ -278,7 +288,9 @@ async fn read_only_refusals_send_nothing() {
         r.fs.open(f.ino, true, false).await.unwrap_err().errno(),
         libc::EROFS
     );
-    assert_eq!(r.fs.refuse_change().errno(), libc::EROFS);
+    let owner = super::namespace::Caller { uid: 0, gid: 0 };
+    let fifo = r.fs.mknod(Ino::ROOT, "p", Special::Fifo, 0o644, 0, owner);
+    assert_eq!(fifo.await.unwrap_err().errno(), libc::EROFS);
     assert_eq!(r.store.counters().summary(), before);
 }
 
