@@ -261,7 +261,11 @@ pub fn query_status(mountpoint: &Path) -> Result<String, String> {
 
 pub fn pailfs() -> Command {
     let g = garage();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pailfs"));
+    // PAILFS_TEST_BINARY runs the mount tests against another build (an installed package,
+    // an older commit).
+    let binary = std::env::var_os("PAILFS_TEST_BINARY")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_pailfs").into());
+    let mut c = Command::new(binary);
     c.env_clear()
         .env("PAILFS_DIRS", pailfs_dirs())
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
