@@ -12,6 +12,8 @@ pailfs=target/release/pailfs
 work=$(mktemp -d "/tmp/pailfs-$1.XXXXXX")
 mnt="$work/mnt"
 mkdir -p "$mnt"
+# pailfs's default log, cache and run folders go below the work directory, not /var.
+export PAILFS_DIRS="$work/pailfs-dirs"
 mount_pid=""
 cleanup() {
     fusermount3 -u "$mnt" 2>/dev/null || true

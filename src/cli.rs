@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::options::{parse_cache_size, parse_duration, parse_mode, parse_size};
+use crate::config::options::{
+    parse_cache_size, parse_data_cache_size, parse_duration, parse_mode, parse_size,
+};
 use crate::store::s3::ChecksumPolicy;
 
 #[derive(Parser, Debug)]
@@ -214,6 +216,17 @@ pub struct MountArgs {
     /// Memory for read-ahead across all open files
     #[arg(long, value_parser = parse_size, default_value = "80MiB", help_heading = "Reading")]
     pub max_readahead_memory: u64,
+
+    /// Most bytes of the data cache (blocks of what was read, kept in --cache-dir/blocks/ and
+    /// reused by every later read of the same object version, across remounts), or `auto`:
+    /// 10GiB or a tenth of the cache directory's filesystem, whichever is smaller. Files being
+    /// written take precedence within --max-cache-size: cached blocks make room for them
+    #[arg(long, value_parser = parse_data_cache_size, default_value = "auto", help_heading = "Reading")]
+    pub data_cache_size: crate::config::options::DataCacheSize,
+    /// Keeps nothing that was read on local disk (every read not in the kernel's page cache
+    /// goes to the bucket)
+    #[arg(long, help_heading = "Reading")]
+    pub no_data_cache: bool,
 
     /// Where files being written are staged, and failed uploads kept (recovery/)
     /// [default: $XDG_CACHE_HOME/pailfs/MOUNT, or /var/cache/pailfs/MOUNT for root]

@@ -112,6 +112,38 @@ fn cache_identity(cfg: &MountConfig) -> String {
     )
 }
 
+/// The data cache in the cache directory (unless `--no-data-cache`). A cache that cannot be
+/// opened is logged and left out: reads then all go to the bucket.
+fn open_data_cache(
+    cfg: &MountConfig,
+    staged: Arc<std::sync::atomic::AtomicU64>,
+) -> Option<Arc<crate::fs::block_cache::BlockCache>> {
+    use crate::fs::block_cache::{default_cap, BlockCache};
+    if !cfg.data_cache {
+        return None;
+    }
+    let cap = cfg
+        .data_cache_size
+        .unwrap_or_else(|| default_cap(&cfg.cache_dir));
+    match BlockCache::open(
+        &cfg.cache_dir,
+        &cache_identity(cfg),
+        cap,
+        cfg.max_cache_size,
+        staged,
+        cfg.cache_min_free,
+    ) {
+        Ok(blocks) => Some(Arc::new(blocks)),
+        Err(e) => {
+            tracing::warn!(
+                "no data cache: cannot use {}: {e} (reads all go to the bucket)",
+                cfg.cache_dir.join("blocks").display()
+            );
+            None
+        }
+    }
+}
+
 /// Reports the outcome of start-up to whoever waits on the readiness pipe.
 pub struct Readiness {
     pipe: Option<std::fs::File>,
@@ -300,6 +332,11 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         cfg.location.prefix.clone(),
         cfg.fs.clone(),
     );
+    let lock_description = format!(
+        "mountpoint {}\nlocation {}",
+        cfg.mountpoint.display(),
+        cache_identity(&cfg)
+    );
     let mut _cache_lock = None;
     if !cfg.fs.read_only {
         let cannot_use = |e: &dyn std::fmt::Display| {
@@ -313,20 +350,40 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         // files being written.
         _cache_lock = Some(crate::fs::journal::CacheLock::acquire(
             &cfg.cache_dir,
-            &format!(
-                "mountpoint {}\nlocation {}",
-                cfg.mountpoint.display(),
-                cache_identity(&cfg)
-            ),
+            &lock_description,
         )?);
-        let cache = crate::fs::write::CacheDir::open(&cfg.cache_dir, cfg.max_cache_size)
+        let mut cache = crate::fs::write::CacheDir::open(&cfg.cache_dir, cfg.max_cache_size)
             .map(|c| {
                 c.with_min_free_ratio(cfg.cache_min_free)
                     .with_write_buffers(cfg.write_buffer_memory, cfg.fs.write.upload_concurrency)
                     .for_mount(&cache_identity(&cfg), &cfg.location.prefix)
             })
             .map_err(|e| cannot_use(&e))?;
+        if let Some(blocks) = open_data_cache(&cfg, cache.staged_counter()) {
+            cache = cache.with_blocks(blocks.clone());
+            fs = fs.with_blocks(blocks);
+        }
         fs = fs.with_cache(Arc::new(cache));
+    } else if cfg.data_cache {
+        // A read-only mount keeps a data cache too, when its directory is free to use.
+        let locked = std::fs::create_dir_all(&cfg.cache_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                crate::fs::journal::CacheLock::acquire(&cfg.cache_dir, &lock_description)
+            });
+        match locked {
+            Ok(lock) => {
+                _cache_lock = Some(lock);
+                let nothing_staged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                if let Some(blocks) = open_data_cache(&cfg, nothing_staged) {
+                    fs = fs.with_blocks(blocks);
+                }
+            }
+            Err(e) => tracing::warn!(
+                "no data cache for this read-only mount: cannot use {}: {e}",
+                cfg.cache_dir.display()
+            ),
+        }
     }
     let fs = Arc::new(fs);
     // What a daemon that did not finish left: acknowledged files upload (in the background),

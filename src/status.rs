@@ -98,7 +98,7 @@ type Line = (&'static str, &'static [(&'static str, &'static str)]);
 
 /// The report's sections: a label, then (field, what to call it) pairs. Fields not named
 /// here are printed under "other", so a newer daemon's fields are never hidden.
-const LINES: [Line; 5] = [
+const LINES: [Line; 6] = [
     (
         "requests",
         &[
@@ -140,6 +140,17 @@ const LINES: [Line; 5] = [
             ("head_memo_hits", "HEAD memo hits"),
             ("head_memo_misses", "HEAD memo misses"),
             ("cache_bytes", "staging"),
+        ],
+    ),
+    (
+        "data cache",
+        &[
+            ("data_cache_bytes", "held"),
+            ("data_cache_cap_bytes", "cap"),
+            ("data_cache_hits", "block hits"),
+            ("data_cache_misses", "block misses"),
+            ("data_cache_evictions", "evictions"),
+            ("data_cache_torn", "damaged blocks dropped"),
         ],
     ),
     ("kernel", &[("kernel_names", "names held")]),

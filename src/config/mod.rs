@@ -30,6 +30,10 @@ pub struct MountConfig {
     pub kernel_read_ahead: u64,
     pub cache_dir: PathBuf,
     pub max_cache_size: u64,
+    /// Cap of the data cache (`None`: the default, see `block_cache::default_cap`), and
+    /// whether there is one.
+    pub data_cache_size: Option<u64>,
+    pub data_cache: bool,
     /// Share (0..1) of the cache directory's filesystem kept free.
     pub cache_min_free: f64,
     /// Memory for the parts of files being written (`--write-buffer-memory`).
@@ -193,6 +197,8 @@ impl MountConfig {
                 .clone()
                 .unwrap_or_else(|| paths::cache_dir().join(paths::mount_name(&args.mountpoint))),
             max_cache_size: args.max_cache_size,
+            data_cache_size: args.data_cache_size.0,
+            data_cache: !args.no_data_cache,
             cache_min_free: args.cache_min_free / 100.0,
             write_buffer_memory: args.write_buffer_memory,
             log_file: args.log_file.clone(),
@@ -230,6 +236,15 @@ mod tests {
         // A 20 GB video copied in needs 20 GB staged: no default cap may refuse it.
         let defaults = config(&[]);
         assert_eq!(defaults.max_cache_size, u64::MAX);
+        assert_eq!(
+            (defaults.data_cache, defaults.data_cache_size),
+            (true, None)
+        );
+        let off = config(&["--no-data-cache", "--data-cache-size", "256MiB"]);
+        assert_eq!(
+            (off.data_cache, off.data_cache_size),
+            (false, Some(256 << 20))
+        );
         assert!((defaults.cache_min_free - 0.05).abs() < 1e-9);
         assert_eq!(config(&["--max-cache-size", "2G"]).max_cache_size, 2 << 30);
         assert_eq!(

@@ -151,6 +151,17 @@ pub fn parse_cache_size(text: &str) -> Result<u64, String> {
     parse_size(text)
 }
 
+/// `--data-cache-size`: a size, or `auto` (`None`: the default cap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataCacheSize(pub Option<u64>);
+
+pub fn parse_data_cache_size(text: &str) -> Result<DataCacheSize, String> {
+    if text.trim().eq_ignore_ascii_case("auto") {
+        return Ok(DataCacheSize(None));
+    }
+    parse_size(text).map(|n| DataCacheSize(Some(n)))
+}
+
 /// Parses an octal permission mode such as `644` or `0755`.
 pub fn parse_mode(text: &str) -> Result<u16, String> {
     let mode = u16::from_str_radix(text.trim_start_matches("0o"), 8)

@@ -1,6 +1,7 @@
 //! Filesystem semantics over an `ObjectStore`, with no FUSE types: plain inode numbers,
 //! handles, offsets and names in; attributes, bytes and `FsError`s out.
 
+pub mod block_cache;
 mod blocking;
 pub mod buffers;
 pub mod dir;
@@ -31,13 +32,14 @@ use tokio::sync::Semaphore;
 
 use crate::store::instrumented::RequestCounters;
 use crate::store::{ListRequest, ObjectStore, StoreError};
+use block_cache::BlockCache;
 use dir::DirStream;
 use error::FsError;
 use inode::{child_path, Ino, InodeTable};
 use meta::{dir_attr, file_attr, MetaCache};
 use names::{check_name, OddKeyLog};
 use namespace::Caller;
-use read::{ReadTuning, Reader, BUDGET_UNIT};
+use read::{ReadShared, ReadTuning, Reader, BUDGET_UNIT};
 use staging::{StagedRef, Start};
 use write::{CacheDir, WriteTuning};
 
@@ -268,10 +270,10 @@ pub struct Fs {
     next_fh: AtomicU64,
     reads_served: AtomicU64,
     bytes_served: AtomicU64,
-    readahead_budget: Arc<Semaphore>,
+    /// What every reader shares: the read-ahead budget and buffers, the data cache.
+    reading: Arc<ReadShared>,
     /// Background uploads (`--write-back=async`) running at once.
     background_uploads: Arc<Semaphore>,
-    buffers: Arc<buffers::BufferPool>,
     odd_keys: OddKeyLog,
     /// Upload progress of every staging copy still alive.
     progress: Mutex<Vec<std::sync::Weak<progress::UploadProgress>>>,
@@ -294,6 +296,17 @@ impl Fs {
         let units = (cfg.max_readahead_memory / BUDGET_UNIT).max(1) as usize;
         let pooled = cfg.max_readahead_memory;
         let uploads_at_once = cfg.write.upload_concurrency.max(1);
+        let reading = Arc::new(ReadShared {
+            store: store.clone(),
+            budget: Arc::new(Semaphore::new(units)),
+            pool: Arc::new(buffers::BufferPool::new(pooled)),
+            tuning: ReadTuning {
+                part_size: cfg.read_part_size,
+                max_window: cfg.max_read_window,
+                small_file_size: cfg.small_file_size,
+            },
+            blocks: None,
+        });
         Fs {
             store,
             counters,
@@ -315,9 +328,8 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             reads_served: AtomicU64::new(0),
             bytes_served: AtomicU64::new(0),
-            readahead_budget: Arc::new(Semaphore::new(units)),
+            reading,
             background_uploads: Arc::new(Semaphore::new(uploads_at_once)),
-            buffers: Arc::new(buffers::BufferPool::new(pooled)),
             odd_keys: OddKeyLog::default(),
             progress: Mutex::new(Vec::new()),
         }
@@ -329,6 +341,15 @@ impl Fs {
         self
     }
 
+    /// Keeps what reads fetch in `blocks`, and serves reads from it.
+    pub fn with_blocks(mut self, blocks: Arc<BlockCache>) -> Fs {
+        self.reading = Arc::new(ReadShared {
+            blocks: Some(blocks),
+            ..(*self.reading).clone()
+        });
+        self
+    }
+
     pub fn config(&self) -> &FsConfig {
         &self.cfg
     }
@@ -337,9 +358,10 @@ impl Fs {
     pub fn request_summary(&self) -> Option<String> {
         self.counters.as_ref().map(|c| {
             format!(
-                "{} {} fuse_reads={} fuse_read_bytes={} files_being_written={} cache_bytes={} kernel_names={}",
+                "{} {} {} fuse_reads={} fuse_read_bytes={} files_being_written={} cache_bytes={} kernel_names={}",
                 c.summary(),
                 self.meta.summary(),
+                self.reading.blocks.as_ref().map_or(String::new(), |b| b.summary()),
                 self.reads_served.load(Ordering::Relaxed),
                 self.bytes_served.load(Ordering::Relaxed),
                 self.pending_uploads(),
@@ -596,14 +618,7 @@ impl Fs {
         let etag = attr.etag.clone().unwrap_or_default();
         self.cached_etags.insert(ino, etag.clone());
         let mut reader = Reader::new(
-            self.store.clone(),
-            self.readahead_budget.clone(),
-            self.buffers.clone(),
-            ReadTuning {
-                part_size: self.cfg.read_part_size,
-                max_window: self.cfg.max_read_window,
-                small_file_size: self.cfg.small_file_size,
-            },
+            self.reading.clone(),
             self.key_of(&node.path),
             etag,
             attr.size,
@@ -669,7 +684,7 @@ impl Fs {
             Some(OpenFile::Object { .. }) => {
                 if readers_left == 0 {
                     // Pooled read-ahead buffers only pay off while something streams.
-                    self.buffers.clear();
+                    self.reading.pool.clear();
                 }
                 Ok(())
             }

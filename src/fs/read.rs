@@ -1,6 +1,8 @@
-//! Reading one open file: small files in one GET, sequential reads from a growing window of
-//! concurrent ranged GETs (`PrefetchWindow`), random reads fetching only what was asked.
-//! Every GET carries the ETag the file was opened at, so content never mixes two versions.
+//! Reading one open file: from the data cache when it holds the blocks, otherwise small files
+//! in one GET, sequential reads from a growing window of concurrent ranged GETs
+//! (`PrefetchWindow`), random reads fetching only what was asked (whole cache blocks once a
+//! file is seen to be read at random). What is fetched lands in the data cache. Every GET
+//! carries the ETag the file was opened at, so content never mixes two versions.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::block_cache::{BlockCache, ObjectTag, BLOCK};
 use super::buffers::BufferPool;
 use super::error::FsError;
 use crate::store::{ByteRange, ObjectStore, StoreError};
@@ -20,6 +23,9 @@ const INITIAL_WINDOW: u64 = 1024 * 1024;
 /// How far apart the kernel's concurrent read-ahead requests can arrive out of order; parts
 /// this far behind the reader are kept for late arrivals.
 const REORDER_SLACK: u64 = 4 * 1024 * 1024;
+/// Reads out of sequence after which a file counts as read at random: its misses then fetch
+/// whole cache blocks, so that nearby reads come from disk.
+pub(super) const RANDOM_AFTER: u32 = 3;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ReadTuning {
@@ -39,6 +45,8 @@ struct Part {
     range: ByteRange,
     state: PartState,
     _permit: Option<OwnedSemaphorePermit>,
+    /// Handed to the data cache already.
+    cached: bool,
 }
 
 impl Drop for Part {
@@ -106,16 +114,28 @@ impl PrefetchWindow {
     }
 }
 
+/// What every reader of a mount shares: the store, the read-ahead memory budget and its
+/// buffers, the data cache, and the tuning.
+#[derive(Clone)]
+pub struct ReadShared {
+    pub store: Arc<dyn ObjectStore>,
+    pub budget: Arc<Semaphore>,
+    pub pool: Arc<BufferPool>,
+    pub tuning: ReadTuning,
+    pub blocks: Option<Arc<BlockCache>>,
+}
+
 pub struct Reader {
-    store: Arc<dyn ObjectStore>,
-    budget: Arc<Semaphore>,
-    pool: Arc<BufferPool>,
-    tuning: ReadTuning,
+    shared: Arc<ReadShared>,
     key: String,
     etag: String,
+    /// The data cache's name for this version of the object.
+    tag: Option<ObjectTag>,
     size: u64,
     window: PrefetchWindow,
     last_end: Option<u64>,
+    /// Reads out of sequence so far (see `RANDOM_AFTER`).
+    random_reads: u32,
     /// A read succeeded: from then on the handle is pinned to its version for good.
     served: bool,
     /// Whether a handle that has read nothing yet may move to the current version when its
@@ -128,46 +148,49 @@ impl Reader {
     pub fn moved(&mut self, key: String, etag: String) {
         self.key = key;
         self.etag = etag;
+        self.retag();
+    }
+
+    fn retag(&mut self) {
+        self.tag = self
+            .shared
+            .blocks
+            .as_ref()
+            .map(|b| b.tag(&self.key, &self.etag));
     }
 
     pub fn key(&self) -> &str {
         &self.key
     }
 
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
-        budget: Arc<Semaphore>,
-        pool: Arc<BufferPool>,
-        tuning: ReadTuning,
-        key: String,
-        etag: String,
-        size: u64,
-    ) -> Self {
-        Reader {
-            store,
-            budget,
-            pool,
-            tuning,
+    pub fn new(shared: Arc<ReadShared>, key: String, etag: String, size: u64) -> Self {
+        let mut reader = Reader {
+            shared,
             key,
             etag,
+            tag: None,
             size,
             window: PrefetchWindow::default(),
             last_end: None,
+            random_reads: 0,
             served: false,
             may_repin: true,
-        }
+        };
+        reader.retag();
+        reader
     }
 
     fn spawn_get(&self, range: ByteRange) -> JoinHandle<Result<Bytes, StoreError>> {
-        let store = self.store.clone();
+        let store = self.shared.store.clone();
         let key = self.key.clone();
         let etag = self.etag.clone();
-        let buffer = self.pool.take(range.len() as usize);
+        let buffer = self.shared.pool.take(range.len() as usize);
         tokio::spawn(async move { store.get_range_into(&key, range, Some(&etag), buffer).await })
     }
 
     async fn fetch_now(&self, range: ByteRange) -> Result<Bytes, FsError> {
         Ok(self
+            .shared
             .store
             .get_range(&self.key, range, Some(&self.etag))
             .await?)
@@ -175,7 +198,61 @@ impl Reader {
 
     fn permit_for(&self, len: u64) -> Option<OwnedSemaphorePermit> {
         let units = len.div_ceil(BUDGET_UNIT).min(u32::MAX as u64) as u32;
-        self.budget.clone().try_acquire_many_owned(units).ok()
+        self.shared
+            .budget
+            .clone()
+            .try_acquire_many_owned(units)
+            .ok()
+    }
+
+    /// `want` from the data cache, if it holds every block of it.
+    async fn cached(&self, want: ByteRange) -> Option<Bytes> {
+        let (blocks, tag) = (self.shared.blocks.clone()?, self.tag?);
+        let found = tokio::task::spawn_blocking(move || {
+            let (first, last) = (want.start / BLOCK, (want.end - 1) / BLOCK);
+            let mut pieces = Vec::new();
+            for index in first..=last {
+                let start = want.start.max(index * BLOCK) - index * BLOCK;
+                let end = want.end.min((index + 1) * BLOCK) - index * BLOCK;
+                pieces.push(blocks.read(tag, index, start as usize, end as usize)?);
+            }
+            Some(join(pieces, want.len()))
+        });
+        found.await.ok().flatten()
+    }
+
+    /// Hands the data cache the whole blocks within `data`, fetched at `start` (a block ends
+    /// at a multiple of `BLOCK` or at the end of the object).
+    fn offer(&self, start: u64, data: &Bytes) {
+        let (Some(blocks), Some(tag)) = (&self.shared.blocks, self.tag) else {
+            return;
+        };
+        let end = start + data.len() as u64;
+        let mut index = start.div_ceil(BLOCK);
+        while index * BLOCK < end {
+            let block_end = ((index + 1) * BLOCK).min(self.size);
+            if block_end > end {
+                break;
+            }
+            let from = (index * BLOCK - start) as usize;
+            let to = (block_end - start) as usize;
+            blocks.insert(tag, index, data.slice(from..to));
+            index += 1;
+        }
+    }
+
+    /// A read at random, once the file is known to be read so: the whole blocks around it in
+    /// one GET, kept in the data cache, so that nearby reads come from disk.
+    async fn fetch_blocks(&self, want: ByteRange) -> Result<Bytes, FsError> {
+        let start = want.start / BLOCK * BLOCK;
+        let end = self.size.min(want.end.div_ceil(BLOCK) * BLOCK);
+        let data = self.fetch_now(ByteRange::new(start, end)).await?;
+        if data.len() as u64 != end - start {
+            return Err(FsError::Changed);
+        }
+        self.offer(start, &data);
+        let from = (want.start - start) as usize;
+        Ok(data.slice(from..from + want.len() as usize))
     }
 
     /// Reads up to `len` bytes at `offset` (fewer at the end of the object).
@@ -184,6 +261,11 @@ impl Reader {
             return Ok(Bytes::new());
         }
         let end = self.size.min(offset + len as u64);
+        if let Some(data) = self.cached(ByteRange::new(offset, end)).await {
+            self.served = true;
+            self.last_end = Some(self.last_end.map_or(end, |e| e.max(end)));
+            return Ok(data);
+        }
         let mut result = self.read_range(ByteRange::new(offset, end)).await;
         if matches!(result, Err(FsError::Store(StoreError::PreconditionFailed)))
             && !self.served
@@ -191,11 +273,12 @@ impl Reader {
         {
             // Opened from cached attributes (within --metadata-ttl) of a version replaced
             // since: nothing was read yet, so the handle takes the current version instead.
-            self.window.reset(0, &self.pool);
-            if let Ok(info) = self.store.head(&self.key).await {
+            self.window.reset(0, &self.shared.pool);
+            if let Ok(info) = self.shared.store.head(&self.key).await {
                 tracing::debug!(key = %self.key, "the object changed since its attributes were cached; reading the current version");
                 self.etag = info.etag;
                 self.size = info.size;
+                self.retag();
                 let end = self.size.min(offset + len as u64);
                 result = if offset >= self.size {
                     Ok(Bytes::new())
@@ -207,24 +290,28 @@ impl Reader {
         self.served |= result.is_ok();
         if let Err(FsError::Store(StoreError::PreconditionFailed)) = result {
             tracing::error!(key = %self.key, "object changed in the bucket while open; failing the read instead of mixing versions");
-            self.window.reset(0, &self.pool);
+            self.window.reset(0, &self.shared.pool);
             return Err(FsError::Changed);
         }
         if result.is_err() {
-            self.window.reset(0, &self.pool);
+            self.window.reset(0, &self.shared.pool);
         }
         result
     }
 
     async fn read_range(&mut self, want: ByteRange) -> Result<Bytes, FsError> {
-        if self.size <= self.tuning.small_file_size {
+        let tuning = self.shared.tuning;
+        if self.size <= tuning.small_file_size {
             if self.window.parts.is_empty() {
                 let whole = ByteRange::new(0, self.size);
                 let data = self.fetch_now(whole).await?;
+                // Small files are cached whole: a re-read after a remount costs no GET.
+                self.offer(0, &data);
                 self.window.parts.push_back(Part {
                     range: whole,
                     state: PartState::Ready(data),
                     _permit: None,
+                    cached: true,
                 });
                 self.window.next_fetch = self.size;
             }
@@ -249,12 +336,23 @@ impl Reader {
                 return self.fetch_now(want).await;
             }
             if !sequential_start {
-                // Random access: fetch only what was asked; drop the window's memory.
-                self.window.reset(want.end, &self.pool);
+                // Random access: fetch only what was asked (whole blocks once the file is seen
+                // to be read at random, with a data cache to keep them); drop the window.
+                self.window.reset(want.end, &self.shared.pool);
                 self.last_end = Some(want.end);
+                self.random_reads = self.random_reads.saturating_add(1);
+                if self.tag.is_some() && self.random_reads >= RANDOM_AFTER {
+                    return self.fetch_blocks(want).await;
+                }
                 return self.fetch_now(want).await;
             }
-            self.window.reset(want.start, &self.pool);
+            // With a data cache, the window starts at a block boundary, so that every part it
+            // fetches is made of whole blocks.
+            let start = match self.tag {
+                Some(_) => want.start / BLOCK * BLOCK,
+                None => want.start,
+            };
+            self.window.reset(start, &self.shared.pool);
         }
         // Sequential: drop what is behind, grow the window, keep it filled.
         while self
@@ -264,19 +362,22 @@ impl Reader {
             .is_some_and(|p| p.range.end + REORDER_SLACK <= want.start)
         {
             if let Some(part) = self.window.parts.pop_front() {
-                part.recycle(&self.pool);
+                part.recycle(&self.shared.pool);
             }
         }
         self.window.target = if self.window.target == 0 {
             INITIAL_WINDOW.max(want.len())
         } else {
-            (self.window.target * 2).min(self.tuning.max_window)
+            (self.window.target * 2).min(tuning.max_window)
         };
         while self.window.next_fetch < self.size
             && (self.window.next_fetch < want.end
                 || self.window.next_fetch - want.start < self.window.target)
         {
-            let part_len = self.tuning.part_size.min(self.window.target);
+            let mut part_len = tuning.part_size.min(self.window.target);
+            if self.tag.is_some() {
+                part_len = part_len.div_ceil(BLOCK) * BLOCK;
+            }
             let range = ByteRange::new(
                 self.window.next_fetch,
                 self.size.min(self.window.next_fetch + part_len),
@@ -292,6 +393,7 @@ impl Reader {
                 range,
                 state: PartState::Pending(handle),
                 _permit: permit,
+                cached: false,
             });
             self.window.next_fetch = range.end;
         }
@@ -301,11 +403,16 @@ impl Reader {
 
     async fn serve_from_window(&mut self, want: ByteRange) -> Result<Bytes, FsError> {
         let mut pieces: Vec<Bytes> = Vec::new();
+        let mut fetched = Vec::new();
         for part in self.window.parts.iter_mut() {
             if part.range.end <= want.start || part.range.start >= want.end {
                 continue;
             }
             let data = part.bytes().await?;
+            if !part.cached && data.len() as u64 == part.range.len() {
+                part.cached = true;
+                fetched.push((part.range.start, data.clone()));
+            }
             let from = (want.start.max(part.range.start) - part.range.start) as usize;
             let to = (want.end.min(part.range.end) - part.range.start) as usize;
             if to > data.len() {
@@ -315,17 +422,25 @@ impl Reader {
             }
             pieces.push(data.slice(from..to));
         }
-        Ok(match pieces.len() {
-            0 => Bytes::new(),
-            1 => pieces.pop().unwrap_or_default(),
-            _ => {
-                let mut joined = BytesMut::with_capacity(want.len() as usize);
-                for p in pieces {
-                    joined.extend_from_slice(&p);
-                }
-                joined.freeze()
+        for (start, data) in fetched {
+            self.offer(start, &data);
+        }
+        Ok(join(pieces, want.len()))
+    }
+}
+
+/// Consecutive pieces as one buffer (without a copy when there is one piece).
+fn join(mut pieces: Vec<Bytes>, len: u64) -> Bytes {
+    match pieces.len() {
+        0 => Bytes::new(),
+        1 => pieces.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(len as usize);
+            for p in pieces {
+                joined.extend_from_slice(&p);
             }
-        })
+            joined.freeze()
+        }
     }
 }
 
@@ -348,18 +463,27 @@ mod tests {
         let mem = Arc::new(MemoryStore::new());
         let bytes = data(size);
         mem.put("obj", bytes.clone());
-        let etag = mem.head("obj").await.unwrap().etag;
         let store = Arc::new(Instrumented::new(mem.clone()));
-        let r = Reader::new(
-            store.clone(),
-            Arc::new(Semaphore::new(budget)),
-            Arc::new(BufferPool::new(4 << 20)),
-            tuning,
-            "obj".into(),
-            etag,
-            size as u64,
-        );
+        let r = open(&store, tuning, budget, None).await;
         (r, store, bytes, mem)
+    }
+
+    /// A reader of `obj` as the store has it now.
+    async fn open(
+        store: &Arc<Instrumented>,
+        tuning: ReadTuning,
+        budget: usize,
+        blocks: Option<Arc<BlockCache>>,
+    ) -> Reader {
+        let info = store.head("obj").await.unwrap();
+        let shared = ReadShared {
+            store: store.clone(),
+            budget: Arc::new(Semaphore::new(budget)),
+            pool: Arc::new(BufferPool::new(4 << 20)),
+            tuning,
+            blocks,
+        };
+        Reader::new(Arc::new(shared), "obj".into(), info.etag, info.size)
     }
 
     const TUNING: ReadTuning = ReadTuning {
@@ -453,7 +577,7 @@ mod tests {
         let (mut r, _, _, mem) = reader(size, TUNING, 1000).await;
         r.read(0, 4096).await.unwrap();
         mem.put("obj", vec![0u8; size]);
-        r.window.reset(0, &r.pool.clone());
+        r.window.reset(0, &r.shared.pool.clone());
         let err = r.read(4096, 4096).await.unwrap_err();
         assert_eq!(err.errno(), libc::EIO);
         assert!(matches!(err, FsError::Changed));

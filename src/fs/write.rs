@@ -36,7 +36,7 @@ mod upload;
 use super::progress::{Tracked, UploadProgress};
 use super::ranges::RangeSet;
 use crate::store::{ByteRange, Metadata, ObjectInfo, ObjectStore, StoreError};
-pub use cache_dir::{files_below, CacheDir, UploadBudget, UploadPermit};
+pub use cache_dir::{files_below, filesystem_space, CacheDir, UploadBudget, UploadPermit};
 pub use parts::{
     complete_or_abort, part_size_for, plan_parts, send_parts, tile, PartSources, PlannedPart,
     MIN_PART_SIZE,

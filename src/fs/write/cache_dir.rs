@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::fs::block_cache::BlockCache;
 use crate::fs::error::FsError;
 use crate::fs::part_buffer::PartPool;
 
@@ -28,7 +29,10 @@ pub struct CacheDir {
     pub(super) location: String,
     pub(super) prefix: String,
     pub(super) max_bytes: u64,
-    pub(super) used: AtomicU64,
+    /// Bytes staged (shared with the data cache, which makes room for them).
+    pub(super) used: Arc<AtomicU64>,
+    /// The data cache in the same directory, whose blocks give way to staged bytes.
+    blocks: Option<Arc<BlockCache>>,
     pub(super) next: AtomicU64,
     /// Share of the filesystem that must stay free.
     pub(super) min_free_ratio: f64,
@@ -41,7 +45,7 @@ pub struct CacheDir {
 }
 
 /// (bytes free for unprivileged users, total bytes) of the filesystem holding `path`.
-pub(super) fn filesystem_space(path: &Path) -> Option<(u64, u64)> {
+pub fn filesystem_space(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs fills the struct we pass; the path is a valid NUL-terminated string.
@@ -81,7 +85,8 @@ impl CacheDir {
             location: String::new(),
             prefix: String::new(),
             max_bytes,
-            used: AtomicU64::new(0),
+            used: Arc::new(AtomicU64::new(0)),
+            blocks: None,
             next: AtomicU64::new(next),
             min_free_ratio: 0.0,
             parts: PartPool::new(DEFAULT_WRITE_BUFFERS),
@@ -147,6 +152,17 @@ impl CacheDir {
         self
     }
 
+    /// The count of staged bytes, which the data cache keeps room for.
+    pub fn staged_counter(&self) -> Arc<AtomicU64> {
+        self.used.clone()
+    }
+
+    /// The data cache sharing this directory: its blocks are evicted when staging needs room.
+    pub fn with_blocks(mut self, blocks: Arc<BlockCache>) -> CacheDir {
+        self.blocks = Some(blocks);
+        self
+    }
+
     /// The mount-wide budget of parts being uploaded.
     pub fn uploads(&self) -> &UploadBudget {
         &self.uploads
@@ -205,6 +221,13 @@ impl CacheDir {
 
     /// Accounts `more` bytes of staging space, or says which limit refuses them.
     pub(super) fn try_reserve(&self, more: u64) -> Result<(), String> {
+        // Cached blocks give way first: to the cap, and to the free-space floor.
+        if let Some(blocks) = &self.blocks {
+            blocks.make_room(more);
+            if self.check_free_space(more).is_err() {
+                blocks.shrink_by(more);
+            }
+        }
         self.check_free_space(more)?;
         let mut used = self.used.load(Ordering::Relaxed);
         loop {

@@ -1,0 +1,482 @@
+//! The data cache: aligned blocks of objects read from the bucket, kept on local disk in
+//! `--cache-dir/blocks/` so re-reads and random reads cost no request. A block belongs to one
+//! version of one object (its name hashes the location, key and ETag), so a changed object is
+//! never served from old blocks. Blocks are written whole to a temporary name and renamed into
+//! place, each with a checksum trailer checked the first time a mount reads it: a block torn by
+//! a crash or a full disk is dropped, never served. The cache is bounded by its own cap and,
+//! with the files being written, by `--max-cache-size` and the `--cache-min-free` floor;
+//! blocks are evicted least recently used, staged bytes never.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use foldhash::quality::FixedState;
+
+use super::write::filesystem_space;
+
+/// Size of a block: objects are cached in aligned pieces of this many bytes (the last piece
+/// of an object is shorter).
+pub const BLOCK: u64 = 1 << 20;
+/// Bytes after a block's data: CRC-32 of the data, its length, and a marker.
+const TRAILER: usize = 12;
+const MARKER: &[u8; 4] = b"PFB1";
+/// Blocks on their way to disk at once (their bytes are held in memory until written);
+/// beyond this, new blocks are not cached.
+const PENDING_LIMIT: u64 = 16 << 20;
+/// Share of the cap freed by one eviction pass, so that eviction does not run per block.
+const EVICT_SLACK: u64 = 16;
+
+/// One version of one object, as the cache names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectTag(u128);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BlockId {
+    tag: ObjectTag,
+    index: u32,
+}
+
+#[derive(Clone, Copy)]
+enum State {
+    /// Being written to disk: not served yet.
+    Writing,
+    /// On disk, not yet checked by this mount.
+    Stored,
+    /// On disk and checked.
+    Verified,
+}
+
+struct Entry {
+    len: u32,
+    state: State,
+    /// When it was last used, in the index's ticks.
+    used: u64,
+}
+
+#[derive(Default)]
+struct Index {
+    entries: HashMap<BlockId, Entry>,
+    /// Bytes of the blocks in `entries` (being written included).
+    bytes: u64,
+    tick: u64,
+}
+
+/// Counters of `pailfs status`.
+#[derive(Clone, Copy)]
+enum Stat {
+    Hits,
+    Misses,
+    Evictions,
+    Torn,
+}
+
+/// The block cache of one mount.
+pub struct BlockCache {
+    dir: PathBuf,
+    /// The bucket the blocks come from: part of every block's name.
+    location: String,
+    index: Mutex<Index>,
+    /// Most bytes of blocks.
+    cap: u64,
+    /// Most bytes of blocks and staged files together (`--max-cache-size`).
+    shared_cap: u64,
+    /// Bytes staged by files being written (the cache directory's count).
+    staged: Arc<AtomicU64>,
+    /// Share of the filesystem kept free (`--cache-min-free`).
+    min_free_ratio: f64,
+    pending: AtomicU64,
+    stats: [AtomicU64; 4],
+}
+
+/// The default cap: 10 GiB or a tenth of the cache's filesystem, whichever is smaller.
+pub fn default_cap(dir: &Path) -> u64 {
+    let tenth = filesystem_space(dir).map_or(u64::MAX, |(_, total)| total / 10);
+    tenth.min(10 << 30)
+}
+
+fn lock(index: &Mutex<Index>) -> std::sync::MutexGuard<'_, Index> {
+    index.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BlockCache {
+    /// Opens (creating) `cache_dir/blocks`, and indexes the blocks an earlier mount left:
+    /// their age is their file's, temporary files of an unfinished write are removed.
+    pub fn open(
+        cache_dir: &Path,
+        location: &str,
+        cap: u64,
+        shared_cap: u64,
+        staged: Arc<AtomicU64>,
+        min_free_ratio: f64,
+    ) -> std::io::Result<BlockCache> {
+        let dir = cache_dir.join("blocks");
+        std::fs::create_dir_all(&dir)?;
+        let cache = BlockCache {
+            dir,
+            location: location.to_string(),
+            index: Mutex::new(Index::default()),
+            cap,
+            shared_cap,
+            staged,
+            min_free_ratio,
+            pending: AtomicU64::new(0),
+            stats: Default::default(),
+        };
+        cache.load()?;
+        Ok(cache)
+    }
+
+    fn load(&self) -> std::io::Result<()> {
+        let mut found = Vec::new();
+        for sub in std::fs::read_dir(&self.dir)? {
+            let sub = sub?.path();
+            if !sub.is_dir() {
+                // A temporary file of a write a crash interrupted.
+                let _ = std::fs::remove_file(&sub);
+                continue;
+            }
+            for file in std::fs::read_dir(&sub)? {
+                let path = file?.path();
+                let parsed = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(parse_name);
+                let meta = std::fs::metadata(&path);
+                match (parsed, meta) {
+                    (Some(id), Ok(meta)) if meta.len() > TRAILER as u64 => {
+                        let age = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                        found.push((age, id, meta.len() - TRAILER as u64));
+                    }
+                    _ => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        found.sort_by_key(|(age, _, _)| *age);
+        let mut index = lock(&self.index);
+        for (_, id, len) in found {
+            index.tick += 1;
+            let used = index.tick;
+            index.bytes += len;
+            index.entries.insert(
+                id,
+                Entry {
+                    len: len as u32,
+                    state: State::Stored,
+                    used,
+                },
+            );
+        }
+        drop(index);
+        self.make_room(0);
+        Ok(())
+    }
+
+    /// The tag of version `etag` of `key`.
+    pub fn tag(&self, key: &str, etag: &str) -> ObjectTag {
+        let hash = |seed: u64| FixedState::with_seed(seed).hash_one((&self.location, key, etag));
+        ObjectTag((u128::from(hash(0x7061_696c)) << 64) | u128::from(hash(0x6673_626c)))
+    }
+
+    fn path(&self, id: BlockId) -> PathBuf {
+        let name = format!("{:032x}-{:x}", id.tag.0, id.index);
+        self.dir.join(&name[..2]).join(name)
+    }
+
+    fn count(&self, stat: Stat) {
+        self.stats[stat as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes `[from, to)` of block `index` of `tag`, if the cache holds that block.
+    pub fn read(&self, tag: ObjectTag, index: u64, from: usize, to: usize) -> Option<Bytes> {
+        let id = BlockId {
+            tag,
+            index: u32::try_from(index).ok()?,
+        };
+        let verified = {
+            let mut idx = lock(&self.index);
+            idx.tick += 1;
+            let tick = idx.tick;
+            match idx.entries.get_mut(&id) {
+                Some(e) if !matches!(e.state, State::Writing) => {
+                    e.used = tick;
+                    // A version's blocks have fixed lengths: one shorter than a read of
+                    // that version needs is damaged, whatever its trailer says.
+                    matches!(e.state, State::Verified) && to <= e.len as usize
+                }
+                _ => {
+                    drop(idx);
+                    self.count(Stat::Misses);
+                    return None;
+                }
+            }
+        };
+        let found = if verified {
+            self.read_verified(id, from, to)
+        } else {
+            self.read_checked(id, from, to)
+        };
+        match found {
+            Some(data) => {
+                self.count(Stat::Hits);
+                Some(data)
+            }
+            None => {
+                self.count(Stat::Misses);
+                None
+            }
+        }
+    }
+
+    fn read_verified(&self, id: BlockId, from: usize, to: usize) -> Option<Bytes> {
+        let file = std::fs::File::open(self.path(id));
+        let mut buf = vec![0u8; to - from];
+        match file.and_then(|f| f.read_exact_at(&mut buf, from as u64)) {
+            Ok(()) => Some(Bytes::from(buf)),
+            Err(e) => {
+                // Removed by hand, or the disk failed: a miss, and the block is forgotten.
+                tracing::debug!(error = %e, "a cached block could not be read; reading from the bucket");
+                self.forget(id);
+                None
+            }
+        }
+    }
+
+    /// The first read of a block by this mount checks it whole against its trailer.
+    fn read_checked(&self, id: BlockId, from: usize, to: usize) -> Option<Bytes> {
+        let mut raw = Vec::new();
+        let read = std::fs::File::open(self.path(id)).and_then(|mut f| f.read_to_end(&mut raw));
+        let data = match read {
+            Ok(_) => check_block(raw),
+            Err(_) => None,
+        };
+        let Some(data) = data.filter(|d| to <= d.len()) else {
+            tracing::warn!(path = %self.path(id).display(), "a cached block is torn or damaged (a crash or a full disk while it was written); it is dropped and read from the bucket again");
+            self.count(Stat::Torn);
+            self.forget(id);
+            let _ = std::fs::remove_file(self.path(id));
+            return None;
+        };
+        if let Some(e) = lock(&self.index).entries.get_mut(&id) {
+            e.state = State::Verified;
+        }
+        Some(data.slice(from..to))
+    }
+
+    fn forget(&self, id: BlockId) {
+        let mut idx = lock(&self.index);
+        if let Some(e) = idx.entries.remove(&id) {
+            idx.bytes -= u64::from(e.len);
+        }
+    }
+
+    /// Caches `data` as block `index` of `tag`, written in the background. Nothing happens
+    /// when the block is already there, when too many blocks wait to be written, or when no
+    /// room can be made (staged files fill the shared cap, or the disk nears its floor).
+    pub fn insert(self: &Arc<Self>, tag: ObjectTag, index: u64, data: Bytes) {
+        let (Ok(index), Ok(len)) = (u32::try_from(index), u32::try_from(data.len())) else {
+            return;
+        };
+        if data.is_empty() || u64::from(len) > BLOCK {
+            return;
+        }
+        let id = BlockId { tag, index };
+        if self.pending.load(Ordering::Relaxed) + u64::from(len) > PENDING_LIMIT {
+            return;
+        }
+        {
+            let mut idx = lock(&self.index);
+            if idx.entries.contains_key(&id) {
+                return;
+            }
+            idx.tick += 1;
+            let used = idx.tick;
+            idx.bytes += u64::from(len);
+            idx.entries.insert(
+                id,
+                Entry {
+                    len,
+                    state: State::Writing,
+                    used,
+                },
+            );
+        }
+        if !self.make_room(0) || !self.floor_allows(u64::from(len)) {
+            self.forget(id);
+            return;
+        }
+        self.pending.fetch_add(u64::from(len), Ordering::Relaxed);
+        let cache = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let written = cache.write_block(id, &data);
+            cache.pending.fetch_sub(u64::from(len), Ordering::Relaxed);
+            let mut idx = lock(&cache.index);
+            match written {
+                Ok(()) => {
+                    if let Some(e) = idx.entries.get_mut(&id) {
+                        e.state = State::Verified;
+                    }
+                }
+                Err(e) => {
+                    if let Some(entry) = idx.entries.remove(&id) {
+                        idx.bytes -= u64::from(entry.len);
+                    }
+                    drop(idx);
+                    tracing::debug!(error = %e, "a block could not be cached (the read itself is unaffected)");
+                }
+            }
+        });
+    }
+
+    fn write_block(&self, id: BlockId, data: &[u8]) -> std::io::Result<()> {
+        let path = self.path(id);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        // Written under a temporary name in blocks/ itself, then renamed: a block is either
+        // whole under its name or absent.
+        let tmp = self
+            .dir
+            .join(format!("tmp-{:032x}-{:x}", id.tag.0, id.index));
+        let result = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(data)?;
+            file.write_all(&trailer(data))?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Whether the cache's filesystem keeps its free floor after `more` bytes.
+    fn floor_allows(&self, more: u64) -> bool {
+        if self.min_free_ratio <= 0.0 {
+            return true;
+        }
+        match filesystem_space(&self.dir) {
+            Some((free, total)) => {
+                free.saturating_sub(more) >= (total as f64 * self.min_free_ratio) as u64
+            }
+            None => true,
+        }
+    }
+
+    /// Evicts least recently used blocks until the blocks fit their cap and, with the staged
+    /// files and `more` bytes to stage, the shared cap; false if that cannot be done (staged
+    /// bytes alone fill it).
+    pub fn make_room(&self, more: u64) -> bool {
+        let staged = self.staged.load(Ordering::Relaxed).saturating_add(more);
+        let limit = self.cap.min(self.shared_cap.saturating_sub(staged));
+        if self.bytes() <= limit {
+            return true;
+        }
+        // Down to a little below the limit, so the next blocks do not evict one by one.
+        self.evict_to(limit.saturating_sub(limit / EVICT_SLACK)) <= limit
+    }
+
+    /// Evicts at least `bytes` of blocks (the disk nears its free floor).
+    pub fn shrink_by(&self, bytes: u64) {
+        let held = self.bytes();
+        self.evict_to(held.saturating_sub(bytes));
+    }
+
+    /// Evicts least recently used blocks (not those being written) until at most `target`
+    /// bytes are held; returns the bytes then held.
+    fn evict_to(&self, target: u64) -> u64 {
+        let mut idx = lock(&self.index);
+        let mut by_age: Vec<(u64, BlockId, u32)> = idx
+            .entries
+            .iter()
+            .filter(|(_, e)| !matches!(e.state, State::Writing))
+            .map(|(id, e)| (e.used, *id, e.len))
+            .collect();
+        by_age.sort_unstable_by_key(|(used, _, _)| *used);
+        let mut doomed = Vec::new();
+        for (_, id, len) in by_age {
+            if idx.bytes <= target {
+                break;
+            }
+            idx.entries.remove(&id);
+            idx.bytes -= u64::from(len);
+            doomed.push(id);
+        }
+        let held = idx.bytes;
+        drop(idx);
+        for id in doomed {
+            self.count(Stat::Evictions);
+            let _ = std::fs::remove_file(self.path(id));
+        }
+        held
+    }
+
+    /// Whether blocks are still on their way to disk.
+    pub fn writing(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) > 0
+    }
+
+    /// Bytes of blocks held.
+    pub fn bytes(&self) -> u64 {
+        lock(&self.index).bytes
+    }
+
+    /// `name=value` fields for `pailfs status`.
+    pub fn summary(&self) -> String {
+        let get = |s: Stat| self.stats[s as usize].load(Ordering::Relaxed);
+        format!(
+            "data_cache_bytes={} data_cache_cap_bytes={} data_cache_hits={} data_cache_misses={} data_cache_evictions={} data_cache_torn={}",
+            self.bytes(),
+            self.cap.min(self.shared_cap),
+            get(Stat::Hits),
+            get(Stat::Misses),
+            get(Stat::Evictions),
+            get(Stat::Torn)
+        )
+    }
+}
+
+/// The trailer of a block holding `data`.
+fn trailer(data: &[u8]) -> [u8; TRAILER] {
+    let mut out = [0u8; TRAILER];
+    out[..4].copy_from_slice(&crc32fast::hash(data).to_le_bytes());
+    out[4..8].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    out[8..].copy_from_slice(MARKER);
+    out
+}
+
+/// The data of a block file, if its trailer vouches for it.
+fn check_block(mut raw: Vec<u8>) -> Option<Bytes> {
+    if raw.len() < TRAILER {
+        return None;
+    }
+    let len = raw.len() - TRAILER;
+    let tail = &raw[len..];
+    let crc = u32::from_le_bytes(tail[..4].try_into().ok()?);
+    let stored_len = u32::from_le_bytes(tail[4..8].try_into().ok()?);
+    if &tail[8..] != MARKER || stored_len as usize != len || crc32fast::hash(&raw[..len]) != crc {
+        return None;
+    }
+    raw.truncate(len);
+    Some(Bytes::from(raw))
+}
+
+/// The block a file name (`TAG-INDEX`, both hexadecimal) stands for.
+fn parse_name(name: &str) -> Option<BlockId> {
+    let (tag, index) = name.split_once('-')?;
+    Some(BlockId {
+        tag: ObjectTag(u128::from_str_radix(tag, 16).ok()?),
+        index: u32::from_str_radix(index, 16).ok()?,
+    })
+}
+
+#[cfg(test)]
+#[path = "block_cache_tests.rs"]
+mod tests;

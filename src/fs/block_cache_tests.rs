@@ -1,0 +1,334 @@
+//! Tests of the data cache on its own, and of readers that use it, on the in-memory store.
+
+use super::*;
+use crate::fs::buffers::BufferPool;
+use crate::fs::read::{ReadShared, ReadTuning, Reader};
+use crate::store::instrumented::Instrumented;
+use crate::store::memory::MemoryStore;
+use crate::store::{ObjectStore, RequestKind};
+
+fn block(seed: u8, len: usize) -> Bytes {
+    Bytes::from(
+        (0..len)
+            .map(|i| (i as u8).wrapping_add(seed))
+            .collect::<Vec<u8>>(),
+    )
+}
+
+fn cache_in(dir: &Path, cap: u64) -> Arc<BlockCache> {
+    cache_with(dir, cap, Arc::new(AtomicU64::new(0)), u64::MAX)
+}
+
+fn cache_with(dir: &Path, cap: u64, staged: Arc<AtomicU64>, shared_cap: u64) -> Arc<BlockCache> {
+    Arc::new(BlockCache::open(dir, "s3://b/ at test", cap, shared_cap, staged, 0.0).unwrap())
+}
+
+async fn settle(cache: &BlockCache) {
+    for _ in 0..1000 {
+        if !cache.writing() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    panic!("blocks never reached the disk");
+}
+
+fn stat(cache: &BlockCache, name: &str) -> u64 {
+    let summary = cache.summary();
+    let field = summary
+        .split(' ')
+        .find_map(|f| f.strip_prefix(&format!("{name}=")))
+        .unwrap();
+    field.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_block_is_served_to_the_same_version_only_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_in(dir.path(), 64 << 20);
+    let v1 = cache.tag("photo.jpg", "\"etag-1\"");
+    let v2 = cache.tag("photo.jpg", "\"etag-2\"");
+    assert_ne!(v1, v2);
+    assert_eq!(cache.read(v1, 0, 0, 10), None, "empty cache: a miss");
+    cache.insert(v1, 0, block(1, BLOCK as usize));
+    cache.insert(v1, 1, block(2, 1000));
+    settle(&cache).await;
+    assert_eq!(
+        cache.read(v1, 0, 100, 200).unwrap(),
+        block(1, BLOCK as usize).slice(100..200)
+    );
+    assert_eq!(cache.read(v1, 1, 0, 1000).unwrap(), block(2, 1000));
+    assert_eq!(
+        cache.read(v2, 0, 0, 10),
+        None,
+        "another ETag: never the old blocks"
+    );
+    assert_eq!(cache.bytes(), BLOCK + 1000);
+    assert_eq!(
+        (
+            stat(&cache, "data_cache_hits"),
+            stat(&cache, "data_cache_misses")
+        ),
+        (2, 2)
+    );
+    // A new mount finds them on disk, checks each on its first read, and serves it.
+    drop(cache);
+    let again = cache_in(dir.path(), 64 << 20);
+    assert_eq!(again.bytes(), BLOCK + 1000);
+    assert_eq!(
+        again.read(v1, 1, 10, 20).unwrap(),
+        block(2, 1000).slice(10..20)
+    );
+}
+
+#[tokio::test]
+async fn a_torn_block_is_dropped_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_in(dir.path(), 64 << 20);
+    let tag = cache.tag("db.sqlite", "\"e\"");
+    for i in 0..3 {
+        cache.insert(tag, i, block(i as u8, 4096));
+    }
+    settle(&cache).await;
+    drop(cache);
+    // A crash left: one block cut short, one with a changed byte, and a temporary file.
+    let mut files = crate::fs::write::files_below(&dir.path().join("blocks"));
+    files.sort();
+    assert_eq!(files.len(), 3);
+    let cut = std::fs::read(&files[0]).unwrap();
+    std::fs::write(&files[0], &cut[..100]).unwrap();
+    let mut flipped = std::fs::read(&files[1]).unwrap();
+    flipped[7] ^= 1;
+    std::fs::write(&files[1], flipped).unwrap();
+    std::fs::write(dir.path().join("blocks/tmp-half-written"), b"xx").unwrap();
+    let again = cache_in(dir.path(), 64 << 20);
+    assert!(!dir.path().join("blocks/tmp-half-written").exists());
+    let served: Vec<Option<Bytes>> = (0..3).map(|i| again.read(tag, i, 0, 4096)).collect();
+    let good: Vec<&Bytes> = served.iter().flatten().collect();
+    assert_eq!(good.len(), 1, "only the intact block is served");
+    assert!((0..3).any(|i| good[0] == &block(i as u8, 4096)));
+    assert_eq!(stat(&again, "data_cache_torn"), 2);
+    assert_eq!(again.bytes(), 4096, "the torn ones are forgotten");
+    assert_eq!(
+        crate::fs::write::files_below(&dir.path().join("blocks")).len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_least_recently_used_blocks_go_first_and_the_cap_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = 100 * 1024;
+    // Room for four blocks.
+    let cache = cache_in(dir.path(), 4 * len as u64 + 10);
+    let tag = cache.tag("k", "\"e\"");
+    for i in 0..4 {
+        cache.insert(tag, i, block(i as u8, len));
+        settle(&cache).await;
+    }
+    // Block 0 is read again: block 1 is now the oldest.
+    assert!(cache.read(tag, 0, 0, 1).is_some());
+    cache.insert(tag, 4, block(4, len));
+    settle(&cache).await;
+    assert!(cache.bytes() <= 4 * len as u64 + 10);
+    assert!(cache.read(tag, 1, 0, 1).is_none(), "the oldest went");
+    assert!(
+        cache.read(tag, 0, 0, 1).is_some(),
+        "the one used again stayed"
+    );
+    assert!(cache.read(tag, 4, 0, 1).is_some());
+    assert!(stat(&cache, "data_cache_evictions") >= 1);
+    let on_disk: u64 = crate::fs::write::files_below(&dir.path().join("blocks"))
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len() - 12)
+        .sum();
+    assert_eq!(
+        on_disk,
+        cache.bytes(),
+        "what the index counts is what the disk holds"
+    );
+}
+
+#[tokio::test]
+async fn staged_files_take_the_room_of_cached_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let staged = Arc::new(AtomicU64::new(0));
+    let len = 100 * 1024;
+    let cache = cache_with(dir.path(), u64::MAX, staged.clone(), 10 * len as u64);
+    let tag = cache.tag("k", "\"e\"");
+    for i in 0..8 {
+        cache.insert(tag, i, block(i as u8, len));
+    }
+    settle(&cache).await;
+    assert_eq!(cache.bytes(), 8 * len as u64);
+    // A file being written wants 6 blocks' worth: the cache makes way.
+    assert!(cache.make_room(6 * len as u64));
+    assert!(cache.bytes() <= 4 * len as u64);
+    // Staged bytes fill the shared cap: no block is cached at all.
+    staged.store(10 * len as u64, Ordering::Relaxed);
+    cache.insert(tag, 20, block(20, len));
+    settle(&cache).await;
+    assert!(cache.read(tag, 20, 0, 1).is_none());
+    assert_eq!(cache.bytes(), 0);
+}
+
+const TUNING: ReadTuning = ReadTuning {
+    part_size: 2 << 20,
+    max_window: 8 << 20,
+    small_file_size: 64 * 1024,
+};
+
+struct CachedRig {
+    _dir: tempfile::TempDir,
+    mem: Arc<MemoryStore>,
+    store: Arc<Instrumented>,
+    blocks: Arc<BlockCache>,
+}
+
+impl CachedRig {
+    fn new(cap: u64) -> CachedRig {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        let store = Arc::new(Instrumented::new(mem.clone()));
+        let blocks = cache_in(dir.path(), cap);
+        CachedRig {
+            _dir: dir,
+            mem,
+            store,
+            blocks,
+        }
+    }
+
+    async fn reader(&self, key: &str) -> Reader {
+        let info = self.store.head(key).await.unwrap();
+        let shared = ReadShared {
+            store: self.store.clone(),
+            budget: Arc::new(tokio::sync::Semaphore::new(10_000)),
+            pool: Arc::new(BufferPool::new(4 << 20)),
+            tuning: TUNING,
+            blocks: Some(self.blocks.clone()),
+        };
+        Reader::new(Arc::new(shared), key.into(), info.etag, info.size)
+    }
+
+    fn gets(&self) -> u64 {
+        self.store.counters().count(RequestKind::Get)
+    }
+}
+
+fn content(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
+        .collect()
+}
+
+async fn read_whole(r: &mut Reader, size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < size {
+        let chunk = r.read(out.len() as u64, 128 * 1024).await.unwrap();
+        assert!(!chunk.is_empty());
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_second_read_of_an_unchanged_object_costs_no_get_and_a_changed_one_is_read_fresh() {
+    let rig = CachedRig::new(1 << 30);
+    let size = 5 * BLOCK as usize + 12345;
+    rig.mem.put("video.mp4", content(size, 1));
+    let mut first = rig.reader("video.mp4").await;
+    assert_eq!(read_whole(&mut first, size).await, content(size, 1));
+    settle(&rig.blocks).await;
+    let gets = rig.gets();
+    assert_eq!(
+        rig.blocks.bytes(),
+        size as u64,
+        "every block, the short last one too"
+    );
+    let mut second = rig.reader("video.mp4").await;
+    assert_eq!(read_whole(&mut second, size).await, content(size, 1));
+    assert_eq!(rig.gets(), gets, "no GET: every block came from disk");
+    // Changed elsewhere: the new ETag names other blocks.
+    rig.mem.put("video.mp4", content(size, 2));
+    let mut third = rig.reader("video.mp4").await;
+    assert_eq!(read_whole(&mut third, size).await, content(size, 2));
+    assert!(rig.gets() > gets);
+}
+
+#[tokio::test]
+async fn small_files_are_cached_whole_by_their_first_read() {
+    let rig = CachedRig::new(1 << 30);
+    rig.mem.put("note.txt", content(5000, 3));
+    let mut r = rig.reader("note.txt").await;
+    assert_eq!(
+        &r.read(0, 4096).await.unwrap()[..],
+        &content(5000, 3)[..4096]
+    );
+    settle(&rig.blocks).await;
+    let gets = rig.gets();
+    let mut again = rig.reader("note.txt").await;
+    assert_eq!(
+        &again.read(0, 8192).await.unwrap()[..],
+        &content(5000, 3)[..]
+    );
+    assert_eq!(rig.gets(), gets);
+}
+
+#[tokio::test]
+async fn random_reads_fetch_whole_blocks_only_once_the_pattern_is_seen() {
+    let rig = CachedRig::new(1 << 30);
+    let size = 16 * BLOCK as usize;
+    let bytes = content(size, 5);
+    rig.mem.put("db", bytes.clone());
+    let mut r = rig.reader("db").await;
+    let offsets = [
+        9 * BLOCK + 4096,
+        3 * BLOCK + 8192,
+        12 * BLOCK,
+        6 * BLOCK + 100,
+    ];
+    for (i, off) in offsets.iter().enumerate() {
+        let before = rig.store.counters().bytes_read();
+        let got = r.read(*off, 4096).await.unwrap();
+        assert_eq!(&got[..], &bytes[*off as usize..*off as usize + 4096]);
+        let fetched = rig.store.counters().bytes_read() - before;
+        if (i as u32) + 1 < super::super::read::RANDOM_AFTER {
+            assert_eq!(fetched, 4096, "read {i}: not yet known to be random");
+        } else {
+            assert_eq!(fetched, BLOCK, "read {i}: the whole block");
+        }
+    }
+    settle(&rig.blocks).await;
+    // A read near the last one comes from disk.
+    let gets = rig.gets();
+    let near = 6 * BLOCK + 300_000;
+    let got = r.read(near, 4096).await.unwrap();
+    assert_eq!(&got[..], &bytes[near as usize..near as usize + 4096]);
+    assert_eq!(rig.gets(), gets);
+}
+
+#[tokio::test]
+async fn reading_more_than_the_cap_leaves_at_most_the_cap_on_disk() {
+    let cap = 3 * BLOCK;
+    let rig = CachedRig::new(cap);
+    let size = 10 * BLOCK as usize;
+    rig.mem.put("big", content(size, 9));
+    let mut r = rig.reader("big").await;
+    let mut off = 0;
+    while off < size {
+        let chunk = r.read(off as u64, 128 * 1024).await.unwrap();
+        off += chunk.len();
+        settle(&rig.blocks).await;
+        assert!(
+            rig.blocks.bytes() <= cap + BLOCK,
+            "{} held",
+            rig.blocks.bytes()
+        );
+    }
+    let on_disk: u64 = crate::fs::write::files_below(&rig._dir.path().join("blocks"))
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(on_disk <= cap + BLOCK, "{on_disk} bytes on disk");
+}
