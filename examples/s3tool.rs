@@ -12,7 +12,7 @@
 //!   s3tool list BUCKET PREFIX                   every page of ListObjectsV2 (no delimiter)
 //!   s3tool get-each BUCKET PREFIX               list, then GET each object one after another
 //!   s3tool get-random BUCKET KEY SIZE SECONDS   random ranged GETs of SIZE bytes
-//!   s3tool pread-random PATH SIZE SECONDS       random preads of SIZE bytes on a local path
+//!   s3tool pread-random PATH SIZE SECONDS [SEED] random preads of SIZE bytes on a local path
 
 use std::time::{Duration, Instant};
 
@@ -175,7 +175,10 @@ async fn run(args: Vec<String>) -> Result<()> {
         unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
         let len = file.metadata()?.len();
         let mut buf = vec![0u8; size];
-        let mut rng = Rng(0x9e3779b97f4a7c15);
+        // An optional seed: a second run with another seed reads other offsets (the kernel's
+        // page cache does not answer for it).
+        let seed = num(&args, 5, "seed").unwrap_or(0x9e3779b97f4a7c15);
+        let mut rng = Rng(seed);
         let (start, mut ops) = (Instant::now(), 0u64);
         while start.elapsed() < Duration::from_secs(secs) {
             let off = (rng.next() % (len / size as u64)) * size as u64;
@@ -342,7 +345,10 @@ async fn run(args: Vec<String>) -> Result<()> {
             let size = num(&args, 4, "size")?;
             let secs = num(&args, 5, "seconds")?;
             let len = object_size(&c, &bucket, &key).await?;
-            let mut rng = Rng(0x9e3779b97f4a7c15);
+            // An optional seed: a second run with another seed reads other offsets (the kernel's
+            // page cache does not answer for it).
+            let seed = num(&args, 5, "seed").unwrap_or(0x9e3779b97f4a7c15);
+            let mut rng = Rng(seed);
             let (start, mut ops) = (Instant::now(), 0u64);
             while start.elapsed() < Duration::from_secs(secs) {
                 let off = (rng.next() % (len / size)) * size;

@@ -22,7 +22,10 @@ B=pairs
 bytes=$((size_mib << 20))
 $tool mb $B > /dev/null
 head -c "$bytes" /dev/urandom > "$work/src.bin"
-[ "$what" = read ] && $tool put $B big.bin "$bytes" 3 > /dev/null
+# One object per round: each read is cold (the data cache would serve a second read).
+if [ "$what" = read ]; then
+    for round in $(seq 1 "$rounds"); do $tool put $B "big-$round.bin" "$bytes" "$round" > /dev/null; done
+fi
 
 "$pailfs" mount "s3://$B" "$mnt" --endpoint-url "$PAILFS_S3_ENDPOINT" --foreground \
     --log-file "$work/pailfs.log" "$@" > /dev/null 2>&1 &
@@ -37,11 +40,11 @@ for round in $(seq 1 "$rounds"); do
         t=$(now)
         dd if="$work/src.bin" of="$mnt/p-$round.bin" bs=1M conv=fsync status=none
     else
-        raw=$($tool get-parallel $B big.bin $((8 << 20)) 8 | field secs)
+        raw=$($tool get-parallel $B "big-$round.bin" $((8 << 20)) 8 | field secs)
         # Drop the kernel's cached pages of the mount so that pailfs really reads.
         sync && echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
         t=$(now)
-        dd if="$mnt/big.bin" of=/dev/null bs=1M status=none
+        dd if="$mnt/big-$round.bin" of=/dev/null bs=1M status=none
     fi
     p=$(since "$t")
     awk -v r="$raw" -v p="$p" -v n="$round" -v w="$what" \

@@ -2,7 +2,7 @@
 //! every Debian system has, calls them one by one and prints each result or errno) in a folder
 //! of a local disk and in a folder of a mount with `--allow-other`, as root and as two other
 //! users; every line that differs is a check the mount fails. The set of failing checks must be
-//! exactly the known one, each with its reason (README, "What S3 cannot do"): a check that
+//! exactly the known one, each with its reason (docs/SEMANTICS.md, "What S3 cannot do"): a check that
 //! starts failing is a regression, one that starts passing must leave the list.
 
 mod common;

@@ -29,8 +29,61 @@ const MARKER: &[u8; 4] = b"PFB1";
 /// Blocks on their way to disk at once (their bytes are held in memory until written);
 /// beyond this, new blocks are not cached.
 const PENDING_LIMIT: u64 = 16 << 20;
+/// Block files kept open (a random read over a 256 MiB region finds its file open).
+const OPEN_FILES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(256) {
+    Some(n) => n,
+    None => panic!("OPEN_FILES is not zero"),
+};
 /// Share of the cap freed by one eviction pass, so that eviction does not run per block.
 const EVICT_SLACK: u64 = 16;
+
+/// What a read of a block found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    Hit(Bytes),
+    Miss,
+    /// In the cache, but not in memory: reading it would wait for the disk.
+    WouldBlock,
+}
+
+/// Fills `buf` from `file` at `offset` only from the page cache (`RWF_NOWAIT`): `WouldBlock`
+/// when the bytes would have to come from the disk.
+fn read_exact_now(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut done = 0;
+    while done < buf.len() {
+        let iov = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: buf.len() - done,
+        };
+        // SAFETY: the iovec points into `buf`, which outlives the call; the descriptor is
+        // open for as long as `file` lives.
+        let n = unsafe {
+            libc::preadv2(
+                file.as_raw_fd(),
+                &iov,
+                1,
+                (offset + done as u64) as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let err = std::io::Error::last_os_error();
+                return Err(match err.raw_os_error() {
+                    // Not in the page cache, or a filesystem without RWF_NOWAIT.
+                    Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) => {
+                        std::io::ErrorKind::WouldBlock.into()
+                    }
+                    _ => err,
+                });
+            }
+        }
+    }
+    Ok(())
+}
 
 /// One version of one object, as the cache names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,10 +95,10 @@ struct BlockId {
     index: u32,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum State {
-    /// Being written to disk: not served yet.
-    Writing,
+    /// Being written to disk: served from these bytes meanwhile.
+    Writing(Bytes),
     /// On disk, not yet checked by this mount.
     Stored,
     /// On disk and checked.
@@ -91,6 +144,11 @@ pub struct BlockCache {
     /// Share of the filesystem kept free (`--cache-min-free`).
     min_free_ratio: f64,
     pending: AtomicU64,
+    /// Block files kept open for reads (a random read then costs one `pread`).
+    open_files: Mutex<lru::LruCache<BlockId, Arc<std::fs::File>>>,
+    /// Held while blocks are written: one writer at a time, so that a burst of blocks (a whole
+    /// object coming in) does not take every core from the reads.
+    writer: Mutex<()>,
     stats: [AtomicU64; 4],
 }
 
@@ -126,6 +184,8 @@ impl BlockCache {
             staged,
             min_free_ratio,
             pending: AtomicU64::new(0),
+            writer: Mutex::new(()),
+            open_files: Mutex::new(lru::LruCache::new(OPEN_FILES)),
             stats: Default::default(),
         };
         cache.load()?;
@@ -194,18 +254,70 @@ impl BlockCache {
         self.stats[stat as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Bytes `[from, to)` of block `index` of `tag`, if the cache holds that block.
+    /// Whether every block `first..=last` of `tag` is on disk (a look at the index only, so a
+    /// read the cache cannot serve costs no file access); a miss is counted.
+    pub fn holds(&self, tag: ObjectTag, first: u64, last: u64) -> bool {
+        let held = self.present(tag, first, last);
+        if !held {
+            self.count(Stat::Misses);
+        }
+        held
+    }
+
+    /// Whether every block `first..=last` of `tag` is on disk or on its way there.
+    pub fn present(&self, tag: ObjectTag, first: u64, last: u64) -> bool {
+        let idx = lock(&self.index);
+        (first..=last).all(|index| {
+            u32::try_from(index)
+                .is_ok_and(|index| idx.entries.contains_key(&BlockId { tag, index }))
+        })
+    }
+
+    /// Whether a whole object of `size` bytes may be brought in ahead of its reads: at most a
+    /// quarter of what the cache may hold, so one file never flushes the rest.
+    pub fn may_fill(&self, size: u64) -> bool {
+        size <= self.cap.min(self.shared_cap) / 4
+    }
+
+    /// Bytes `[from, to)` of block `index` of `tag`, if the cache holds that block (may block
+    /// on the disk).
     pub fn read(&self, tag: ObjectTag, index: u64, from: usize, to: usize) -> Option<Bytes> {
-        let id = BlockId {
-            tag,
-            index: u32::try_from(index).ok()?,
+        match self.read_block(tag, index, from, to, false) {
+            Found::Hit(data) => Some(data),
+            Found::Miss | Found::WouldBlock => None,
+        }
+    }
+
+    /// Like `read`, but without waiting for the disk: `WouldBlock` when the bytes are not in
+    /// memory (the kernel's page cache, or a block still being written), so the caller can
+    /// answer from its async thread when they are and go to a blocking thread when not.
+    pub fn read_now(&self, tag: ObjectTag, index: u64, from: usize, to: usize) -> Found {
+        self.read_block(tag, index, from, to, true)
+    }
+
+    fn read_block(&self, tag: ObjectTag, index: u64, from: usize, to: usize, now: bool) -> Found {
+        let Ok(index) = u32::try_from(index) else {
+            return Found::Miss;
         };
+        let id = BlockId { tag, index };
         let verified = {
             let mut idx = lock(&self.index);
             idx.tick += 1;
             let tick = idx.tick;
             match idx.entries.get_mut(&id) {
-                Some(e) if !matches!(e.state, State::Writing) => {
+                Some(Entry {
+                    state: State::Writing(data),
+                    used,
+                    ..
+                }) if to <= data.len() => {
+                    // Still on its way to disk: the bytes are in memory.
+                    *used = tick;
+                    let data = data.slice(from..to);
+                    drop(idx);
+                    self.count(Stat::Hits);
+                    return Found::Hit(data);
+                }
+                Some(e) if !matches!(e.state, State::Writing(_)) => {
                     e.used = tick;
                     // A version's blocks have fixed lengths: one shorter than a read of
                     // that version needs is damaged, whatever its trailer says.
@@ -214,37 +326,51 @@ impl BlockCache {
                 _ => {
                     drop(idx);
                     self.count(Stat::Misses);
-                    return None;
+                    return Found::Miss;
                 }
             }
         };
-        let found = if verified {
-            self.read_verified(id, from, to)
-        } else {
-            self.read_checked(id, from, to)
+        let found = match (verified, now) {
+            (true, _) => self.read_verified(id, from, to, now),
+            // The first read of a block checks all of it: a job for a blocking thread.
+            (false, true) => return Found::WouldBlock,
+            (false, false) => self
+                .read_checked(id, from, to)
+                .map_or(Found::Miss, Found::Hit),
         };
-        match found {
-            Some(data) => {
-                self.count(Stat::Hits);
-                Some(data)
-            }
-            None => {
-                self.count(Stat::Misses);
-                None
-            }
+        match &found {
+            Found::Hit(_) => self.count(Stat::Hits),
+            Found::Miss => self.count(Stat::Misses),
+            Found::WouldBlock => {}
         }
+        found
     }
 
-    fn read_verified(&self, id: BlockId, from: usize, to: usize) -> Option<Bytes> {
-        let file = std::fs::File::open(self.path(id));
+    /// The open file of block `id`.
+    fn open_file(&self, id: BlockId) -> std::io::Result<Arc<std::fs::File>> {
+        let mut open = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = open.get(&id) {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(std::fs::File::open(self.path(id))?);
+        open.put(id, file.clone());
+        Ok(file)
+    }
+
+    fn read_verified(&self, id: BlockId, from: usize, to: usize, now: bool) -> Found {
         let mut buf = vec![0u8; to - from];
-        match file.and_then(|f| f.read_exact_at(&mut buf, from as u64)) {
-            Ok(()) => Some(Bytes::from(buf)),
+        let read = self.open_file(id).and_then(|f| match now {
+            true => read_exact_now(&f, &mut buf, from as u64),
+            false => f.read_exact_at(&mut buf, from as u64),
+        });
+        match read {
+            Ok(()) => Found::Hit(Bytes::from(buf)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Found::WouldBlock,
             Err(e) => {
                 // Removed by hand, or the disk failed: a miss, and the block is forgotten.
                 tracing::debug!(error = %e, "a cached block could not be read; reading from the bucket");
                 self.forget(id);
-                None
+                Found::Miss
             }
         }
     }
@@ -271,67 +397,92 @@ impl BlockCache {
     }
 
     fn forget(&self, id: BlockId) {
+        self.close(id);
         let mut idx = lock(&self.index);
         if let Some(e) = idx.entries.remove(&id) {
             idx.bytes -= u64::from(e.len);
         }
     }
 
-    /// Caches `data` as block `index` of `tag`, written in the background. Nothing happens
-    /// when the block is already there, when too many blocks wait to be written, or when no
-    /// room can be made (staged files fill the shared cap, or the disk nears its floor).
+    /// Caches `data` as block `index` of `tag`, written in the background (see `insert_run`).
     pub fn insert(self: &Arc<Self>, tag: ObjectTag, index: u64, data: Bytes) {
-        let (Ok(index), Ok(len)) = (u32::try_from(index), u32::try_from(data.len())) else {
-            return;
-        };
-        if data.is_empty() || u64::from(len) > BLOCK {
-            return;
-        }
-        let id = BlockId { tag, index };
-        if self.pending.load(Ordering::Relaxed) + u64::from(len) > PENDING_LIMIT {
-            return;
-        }
+        self.insert_run(tag, vec![(index, data)], false, || {});
+    }
+
+    /// Caches `blocks` (index, bytes) of `tag`, written by one background job that calls
+    /// `written` once it holds none of their bytes any more (the caller can then reuse the
+    /// buffer they were sliced from). A block already there is skipped; nothing is cached when
+    /// no room can be made (staged files fill the shared cap, or the disk nears its floor), or
+    /// when too many blocks wait to be written, unless the caller's own memory budget bounds
+    /// them (`budgeted`: read-ahead parts).
+    pub fn insert_run(
+        self: &Arc<Self>,
+        tag: ObjectTag,
+        blocks: Vec<(u64, Bytes)>,
+        budgeted: bool,
+        written: impl FnOnce() + Send + 'static,
+    ) {
+        let mut wanted = Vec::with_capacity(blocks.len());
+        let mut total = 0u64;
         {
             let mut idx = lock(&self.index);
-            if idx.entries.contains_key(&id) {
-                return;
+            for (index, data) in blocks {
+                let (Ok(index), Ok(len)) = (u32::try_from(index), u32::try_from(data.len())) else {
+                    continue;
+                };
+                let id = BlockId { tag, index };
+                if data.is_empty() || u64::from(len) > BLOCK || idx.entries.contains_key(&id) {
+                    continue;
+                }
+                idx.tick += 1;
+                let used = idx.tick;
+                idx.bytes += u64::from(len);
+                idx.entries.insert(
+                    id,
+                    Entry {
+                        len,
+                        state: State::Writing(data.clone()),
+                        used,
+                    },
+                );
+                total += u64::from(len);
+                wanted.push((id, data));
             }
-            idx.tick += 1;
-            let used = idx.tick;
-            idx.bytes += u64::from(len);
-            idx.entries.insert(
-                id,
-                Entry {
-                    len,
-                    state: State::Writing,
-                    used,
-                },
-            );
         }
-        if !self.make_room(0) || !self.floor_allows(u64::from(len)) {
-            self.forget(id);
+        let busy = !budgeted && self.pending.load(Ordering::Relaxed) + total > PENDING_LIMIT;
+        if wanted.is_empty() || busy || !self.make_room(0) || !self.floor_allows(total) {
+            for (id, _) in wanted {
+                self.forget(id);
+            }
+            written();
             return;
         }
-        self.pending.fetch_add(u64::from(len), Ordering::Relaxed);
+        self.pending.fetch_add(total, Ordering::Relaxed);
         let cache = self.clone();
         tokio::task::spawn_blocking(move || {
-            let written = cache.write_block(id, &data);
-            cache.pending.fetch_sub(u64::from(len), Ordering::Relaxed);
-            let mut idx = lock(&cache.index);
-            match written {
-                Ok(()) => {
-                    if let Some(e) = idx.entries.get_mut(&id) {
-                        e.state = State::Verified;
+            let turn = cache.writer.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, data) in wanted {
+                let result = cache.write_block(id, &data);
+                drop(data);
+                let mut idx = lock(&cache.index);
+                match result {
+                    Ok(()) => {
+                        if let Some(e) = idx.entries.get_mut(&id) {
+                            e.state = State::Verified;
+                        }
                     }
-                }
-                Err(e) => {
-                    if let Some(entry) = idx.entries.remove(&id) {
-                        idx.bytes -= u64::from(entry.len);
+                    Err(e) => {
+                        if let Some(entry) = idx.entries.remove(&id) {
+                            idx.bytes -= u64::from(entry.len);
+                        }
+                        drop(idx);
+                        tracing::debug!(error = %e, "a block could not be cached (the read itself is unaffected)");
                     }
-                    drop(idx);
-                    tracing::debug!(error = %e, "a block could not be cached (the read itself is unaffected)");
                 }
             }
+            drop(turn);
+            cache.pending.fetch_sub(total, Ordering::Relaxed);
+            written();
         });
     }
 
@@ -396,7 +547,7 @@ impl BlockCache {
         let mut by_age: Vec<(u64, BlockId, u32)> = idx
             .entries
             .iter()
-            .filter(|(_, e)| !matches!(e.state, State::Writing))
+            .filter(|(_, e)| !matches!(e.state, State::Writing(_)))
             .map(|(id, e)| (e.used, *id, e.len))
             .collect();
         by_age.sort_unstable_by_key(|(used, _, _)| *used);
@@ -412,10 +563,16 @@ impl BlockCache {
         let held = idx.bytes;
         drop(idx);
         for id in doomed {
+            self.close(id);
             self.count(Stat::Evictions);
             let _ = std::fs::remove_file(self.path(id));
         }
         held
+    }
+
+    fn close(&self, id: BlockId) {
+        let mut open = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        open.pop(&id);
     }
 
     /// Whether blocks are still on their way to disk.

@@ -332,3 +332,63 @@ async fn reading_more_than_the_cap_leaves_at_most_the_cap_on_disk() {
         .sum();
     assert!(on_disk <= cap + BLOCK, "{on_disk} bytes on disk");
 }
+
+#[tokio::test]
+async fn a_block_is_served_from_memory_while_written_and_checked_off_the_async_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_in(dir.path(), 64 << 20);
+    let tag = cache.tag("k", "\"e\"");
+    cache.insert(tag, 0, block(7, 4096));
+    // Whether or not the write is done, the bytes answer at once.
+    assert_eq!(cache.read_now(tag, 0, 0, 10), Found::Hit(block(7, 4096).slice(0..10)));
+    settle(&cache).await;
+    drop(cache);
+    // A new mount must check the block whole first: that is never done without waiting.
+    let again = cache_in(dir.path(), 64 << 20);
+    assert_eq!(again.read_now(tag, 0, 0, 10), Found::WouldBlock);
+    assert_eq!(again.read(tag, 0, 0, 10).unwrap(), block(7, 4096).slice(0..10));
+    assert_eq!(again.read_now(tag, 1, 0, 10), Found::Miss);
+}
+
+/// Reads at random in `r`, one per block of the first `blocks` blocks, in a scattered order.
+async fn read_scattered(r: &mut Reader, blocks: u64, bytes: &[u8]) {
+    for i in 0..blocks {
+        let off = (i * 7 % blocks) * BLOCK + 12_345;
+        let got = r.read(off, 4096).await.unwrap();
+        assert_eq!(&got[..], &bytes[off as usize..off as usize + 4096]);
+    }
+}
+
+#[tokio::test]
+async fn a_file_read_at_random_comes_in_whole_when_it_fits_a_quarter_of_the_cache() {
+    let rig = CachedRig::new(256 << 20);
+    let size = 24 * BLOCK as usize;
+    let bytes = content(size, 4);
+    rig.mem.put("db", bytes.clone());
+    let mut r = rig.reader("db").await;
+    read_scattered(&mut r, 10, &bytes).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rig.blocks.bytes() < size as u64 || rig.blocks.writing() {
+        assert!(std::time::Instant::now() < deadline, "the fill never finished");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(r);
+    let gets = rig.gets();
+    let mut again = rig.reader("db").await;
+    assert_eq!(read_whole(&mut again, size).await, bytes);
+    assert_eq!(rig.gets(), gets, "all of it from local disk");
+}
+
+#[tokio::test]
+async fn a_file_larger_than_a_quarter_of_the_cache_is_never_brought_in_whole() {
+    let rig = CachedRig::new(64 << 20);
+    let size = 24 * BLOCK as usize;
+    let bytes = content(size, 6);
+    rig.mem.put("huge", bytes.clone());
+    let mut r = rig.reader("huge").await;
+    read_scattered(&mut r, 12, &bytes).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    settle(&rig.blocks).await;
+    assert_eq!(rig.gets(), 12, "one GET per read, nothing in the background");
+    assert!(rig.blocks.bytes() <= 12 * BLOCK);
+}

@@ -4,6 +4,7 @@
 pub mod block_cache;
 mod blocking;
 pub mod buffers;
+mod cache_fill;
 pub mod dir;
 pub mod error;
 pub mod inode;

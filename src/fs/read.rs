@@ -11,8 +11,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::block_cache::{BlockCache, ObjectTag, BLOCK};
+use super::block_cache::{BlockCache, Found, ObjectTag, BLOCK};
 use super::buffers::BufferPool;
+use super::cache_fill::CacheFill;
 use super::error::FsError;
 use crate::store::{ByteRange, ObjectStore, StoreError};
 
@@ -26,6 +27,13 @@ const REORDER_SLACK: u64 = 4 * 1024 * 1024;
 /// Reads out of sequence after which a file counts as read at random: its misses then fetch
 /// whole cache blocks, so that nearby reads come from disk.
 pub(super) const RANDOM_AFTER: u32 = 3;
+/// Misses at random after which a file small enough for the data cache (see
+/// `BlockCache::may_fill`) is brought in whole, in the background.
+pub(super) const FILL_AFTER: u32 = 4;
+/// Misses at random after which the piece fetched around each doubles.
+const RANDOM_GROWTH_EVERY: u32 = 16;
+/// The most fetched around one miss at random.
+const RANDOM_CHUNK_MAX: u64 = 8 << 20;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ReadTuning {
@@ -44,7 +52,9 @@ enum PartState {
 struct Part {
     range: ByteRange,
     state: PartState,
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Shared with the data cache's write of the part's blocks: the budget is given back once
+    /// neither the window nor that write holds the bytes.
+    _permit: Option<Arc<OwnedSemaphorePermit>>,
     /// Handed to the data cache already.
     cached: bool,
 }
@@ -136,6 +146,8 @@ pub struct Reader {
     last_end: Option<u64>,
     /// Reads out of sequence so far (see `RANDOM_AFTER`).
     random_reads: u32,
+    /// The whole object coming into the data cache, once it is read at random enough.
+    fill: Option<CacheFill>,
     /// A read succeeded: from then on the handle is pinned to its version for good.
     served: bool,
     /// Whether a handle that has read nothing yet may move to the current version when its
@@ -152,6 +164,7 @@ impl Reader {
     }
 
     fn retag(&mut self) {
+        self.fill = None;
         self.tag = self
             .shared
             .blocks
@@ -173,6 +186,7 @@ impl Reader {
             window: PrefetchWindow::default(),
             last_end: None,
             random_reads: 0,
+            fill: None,
             served: false,
             may_repin: true,
         };
@@ -205,29 +219,54 @@ impl Reader {
             .ok()
     }
 
-    /// `want` from the data cache, if it holds every block of it.
+    /// `want` from the data cache, if it holds every block of it: from memory at once when it
+    /// can (a block being written, the kernel's page cache), else on a blocking thread.
     async fn cached(&self, want: ByteRange) -> Option<Bytes> {
         let (blocks, tag) = (self.shared.blocks.clone()?, self.tag?);
-        let found = tokio::task::spawn_blocking(move || {
-            let (first, last) = (want.start / BLOCK, (want.end - 1) / BLOCK);
-            let mut pieces = Vec::new();
-            for index in first..=last {
-                let start = want.start.max(index * BLOCK) - index * BLOCK;
-                let end = want.end.min((index + 1) * BLOCK) - index * BLOCK;
-                pieces.push(blocks.read(tag, index, start as usize, end as usize)?);
+        let (first, last) = (want.start / BLOCK, (want.end - 1) / BLOCK);
+        if !blocks.holds(tag, first, last) {
+            return None;
+        }
+        let piece = move |index: u64| {
+            let start = want.start.max(index * BLOCK) - index * BLOCK;
+            let end = want.end.min((index + 1) * BLOCK) - index * BLOCK;
+            (start as usize, end as usize)
+        };
+        let mut pieces = Vec::new();
+        for index in first..=last {
+            let (from, to) = piece(index);
+            match blocks.read_now(tag, index, from, to) {
+                Found::Hit(data) => pieces.push(data),
+                Found::Miss => return None,
+                Found::WouldBlock => break,
+            }
+        }
+        let done = pieces.len() as u64;
+        if first + done > last {
+            return Some(join(pieces, want.len()));
+        }
+        let rest = tokio::task::spawn_blocking(move || {
+            for index in first + done..=last {
+                let (from, to) = piece(index);
+                pieces.push(blocks.read(tag, index, from, to)?);
             }
             Some(join(pieces, want.len()))
         });
-        found.await.ok().flatten()
+        rest.await.ok().flatten()
     }
 
     /// Hands the data cache the whole blocks within `data`, fetched at `start` (a block ends
-    /// at a multiple of `BLOCK` or at the end of the object).
-    fn offer(&self, start: u64, data: &Bytes) {
+    /// at a multiple of `BLOCK` or at the end of the object). The buffer goes back to the
+    /// pool once they are written (or straight away when the window is done with it first).
+    /// With `permit` (a window part's share of the read-ahead budget), the write holds that
+    /// share until it is done: a cache that writes slower than the bucket sends makes the
+    /// window read ahead less, and never makes it drop blocks.
+    fn offer(&self, start: u64, data: &Bytes, permit: Option<Arc<OwnedSemaphorePermit>>) {
         let (Some(blocks), Some(tag)) = (&self.shared.blocks, self.tag) else {
             return;
         };
         let end = start + data.len() as u64;
+        let mut run = Vec::new();
         let mut index = start.div_ceil(BLOCK);
         while index * BLOCK < end {
             let block_end = ((index + 1) * BLOCK).min(self.size);
@@ -236,21 +275,65 @@ impl Reader {
             }
             let from = (index * BLOCK - start) as usize;
             let to = (block_end - start) as usize;
-            blocks.insert(tag, index, data.slice(from..to));
+            run.push((index, data.slice(from..to)));
             index += 1;
+        }
+        if run.is_empty() {
+            return;
+        }
+        let (pool, whole) = (self.shared.pool.clone(), data.clone());
+        let budgeted = permit.is_some();
+        blocks.insert_run(tag, run, budgeted, move || {
+            pool.give(whole);
+            drop(permit);
+        });
+    }
+
+    /// Starts bringing the whole object into the data cache once it has missed at random
+    /// `FILL_AFTER` times, if it is small enough for the cache.
+    fn maybe_fill(&mut self) {
+        let (Some(blocks), Some(tag)) = (&self.shared.blocks, self.tag) else {
+            return;
+        };
+        if self.fill.is_none() && self.random_reads >= FILL_AFTER && blocks.may_fill(self.size) {
+            self.fill = CacheFill::start(&self.shared, tag, &self.key, &self.etag, self.size);
         }
     }
 
     /// A read at random, once the file is known to be read so: the whole blocks around it in
     /// one GET, kept in the data cache, so that nearby reads come from disk.
     async fn fetch_blocks(&self, want: ByteRange) -> Result<Bytes, FsError> {
-        let start = want.start / BLOCK * BLOCK;
-        let end = self.size.min(want.end.div_ceil(BLOCK) * BLOCK);
-        let data = self.fetch_now(ByteRange::new(start, end)).await?;
+        // The more misses at random a file has, the more around each is fetched (up to
+        // RANDOM_CHUNK_MAX, and a sixteenth of the file): a file read all over soon lives on
+        // local disk, while a few reads of a huge file fetch little.
+        // While the whole object is coming in, a miss fetches one block: soonest answered,
+        // least in the way of the fill.
+        let grown = (self.random_reads - RANDOM_AFTER) / RANDOM_GROWTH_EVERY;
+        let chunk = match self.fill {
+            Some(_) => BLOCK,
+            None => (BLOCK
+                << grown.min(RANDOM_CHUNK_MAX.trailing_zeros() - BLOCK.trailing_zeros()))
+            .min((self.size / 16 / BLOCK * BLOCK).max(BLOCK)),
+        };
+        let start = want.start / chunk * chunk;
+        let end = self
+            .size
+            .min((start + chunk).max(want.end.div_ceil(BLOCK) * BLOCK));
+        let buffer = self.shared.pool.take((end - start) as usize);
+        let data = self
+            .shared
+            .store
+            .get_range_into(
+                &self.key,
+                ByteRange::new(start, end),
+                Some(&self.etag),
+                buffer,
+            )
+            .await?;
         if data.len() as u64 != end - start {
             return Err(FsError::Changed);
         }
-        self.offer(start, &data);
+        self.offer(start, &data, None);
         let from = (want.start - start) as usize;
         Ok(data.slice(from..from + want.len() as usize))
     }
@@ -306,7 +389,7 @@ impl Reader {
                 let whole = ByteRange::new(0, self.size);
                 let data = self.fetch_now(whole).await?;
                 // Small files are cached whole: a re-read after a remount costs no GET.
-                self.offer(0, &data);
+                self.offer(0, &data, None);
                 self.window.parts.push_back(Part {
                     range: whole,
                     state: PartState::Ready(data),
@@ -342,6 +425,7 @@ impl Reader {
                 self.last_end = Some(want.end);
                 self.random_reads = self.random_reads.saturating_add(1);
                 if self.tag.is_some() && self.random_reads >= RANDOM_AFTER {
+                    self.maybe_fill();
                     return self.fetch_blocks(want).await;
                 }
                 return self.fetch_now(want).await;
@@ -352,7 +436,11 @@ impl Reader {
                 Some(_) => want.start / BLOCK * BLOCK,
                 None => want.start,
             };
+            // A reader streaming on after blocks the data cache served keeps its window's
+            // width rather than starting again from 1 MiB.
+            let width = self.window.target;
             self.window.reset(start, &self.shared.pool);
+            self.window.target = width / 2;
         }
         // Sequential: drop what is behind, grow the window, keep it filled.
         while self
@@ -392,7 +480,7 @@ impl Reader {
             self.window.parts.push_back(Part {
                 range,
                 state: PartState::Pending(handle),
-                _permit: permit,
+                _permit: permit.map(Arc::new),
                 cached: false,
             });
             self.window.next_fetch = range.end;
@@ -411,7 +499,7 @@ impl Reader {
             let data = part.bytes().await?;
             if !part.cached && data.len() as u64 == part.range.len() {
                 part.cached = true;
-                fetched.push((part.range.start, data.clone()));
+                fetched.push((part.range.start, data.clone(), part._permit.clone()));
             }
             let from = (want.start.max(part.range.start) - part.range.start) as usize;
             let to = (want.end.min(part.range.end) - part.range.start) as usize;
@@ -422,8 +510,8 @@ impl Reader {
             }
             pieces.push(data.slice(from..to));
         }
-        for (start, data) in fetched {
-            self.offer(start, &data);
+        for (start, data, permit) in fetched {
+            self.offer(start, &data, permit);
         }
         Ok(join(pieces, want.len()))
     }
