@@ -340,13 +340,19 @@ async fn a_block_is_served_from_memory_while_written_and_checked_off_the_async_t
     let tag = cache.tag("k", "\"e\"");
     cache.insert(tag, 0, block(7, 4096));
     // Whether or not the write is done, the bytes answer at once.
-    assert_eq!(cache.read_now(tag, 0, 0, 10), Found::Hit(block(7, 4096).slice(0..10)));
+    assert_eq!(
+        cache.read_now(tag, 0, 0, 10),
+        Found::Hit(block(7, 4096).slice(0..10))
+    );
     settle(&cache).await;
     drop(cache);
     // A new mount must check the block whole first: that is never done without waiting.
     let again = cache_in(dir.path(), 64 << 20);
     assert_eq!(again.read_now(tag, 0, 0, 10), Found::WouldBlock);
-    assert_eq!(again.read(tag, 0, 0, 10).unwrap(), block(7, 4096).slice(0..10));
+    assert_eq!(
+        again.read(tag, 0, 0, 10).unwrap(),
+        block(7, 4096).slice(0..10)
+    );
     assert_eq!(again.read_now(tag, 1, 0, 10), Found::Miss);
 }
 
@@ -369,7 +375,10 @@ async fn a_file_read_at_random_comes_in_whole_when_it_fits_a_quarter_of_the_cach
     read_scattered(&mut r, 10, &bytes).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while rig.blocks.bytes() < size as u64 || rig.blocks.writing() {
-        assert!(std::time::Instant::now() < deadline, "the fill never finished");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fill never finished"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     drop(r);
@@ -389,6 +398,10 @@ async fn a_file_larger_than_a_quarter_of_the_cache_is_never_brought_in_whole() {
     read_scattered(&mut r, 12, &bytes).await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     settle(&rig.blocks).await;
-    assert_eq!(rig.gets(), 12, "one GET per read, nothing in the background");
+    assert_eq!(
+        rig.gets(),
+        12,
+        "one GET per read, nothing in the background"
+    );
     assert!(rig.blocks.bytes() <= 12 * BLOCK);
 }

@@ -33,7 +33,7 @@ mod cache_dir;
 mod parts;
 mod streaming;
 mod upload;
-use super::progress::{Tracked, UploadProgress};
+use super::progress::{Tracked, UploadProgress, UploadTracking};
 use super::ranges::RangeSet;
 use crate::store::{ByteRange, Metadata, ObjectInfo, ObjectStore, StoreError};
 pub use cache_dir::{files_below, filesystem_space, CacheDir, UploadBudget, UploadPermit};
@@ -352,11 +352,13 @@ impl Staged {
         let (progress, journal) = (&self.progress, &self.journal);
         self.tracked
             .get_or_insert_with(|| {
-                Arc::new(Tracked {
-                    inner: store.clone(),
-                    progress: progress.clone(),
-                    journal: journal.clone(),
-                })
+                Arc::new(Tracked::over(
+                    store.clone(),
+                    UploadTracking {
+                        progress: progress.clone(),
+                        journal: journal.clone(),
+                    },
+                ))
             })
             .clone()
     }

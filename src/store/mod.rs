@@ -5,6 +5,7 @@
 //! `instrumented` wraps any store to count requests by kind and to inject faults.
 
 pub mod instrumented;
+pub mod layered;
 pub mod memory;
 pub mod s3;
 
