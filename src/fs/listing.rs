@@ -25,16 +25,16 @@ impl Fs {
         }
         let fh = self.new_fh();
         let stream = DirStream::new(self.dir_prefix(&node.path), self.cfg.list_page_size);
-        lock(&self.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(stream)));
+        lock(&self.handles.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(stream)));
         Ok(fh)
     }
 
     pub fn releasedir(&self, fh: u64) {
-        lock(&self.dirs).remove(&fh);
+        lock(&self.handles.dirs).remove(&fh);
     }
 
     fn listed_attr(&self, ino: Ino, entry: &ListedEntry) -> Attr {
-        let cached = self.meta.attr(ino);
+        let cached = self.names.meta.attr(ino);
         let attr = match (entry.kind, &entry.object, cached) {
             // Keep attributes from a HEAD (with metadata) while they describe the same object.
             (kind, Some(obj), Some(cached))
@@ -45,7 +45,7 @@ impl Fs {
             (Kind::Dir, None, Some(cached)) if cached.kind == Kind::Dir => return cached,
             (Kind::Dir, marker, _) => dir_attr(ino, marker.as_ref(), &self.cfg),
             (_, Some(obj), _) if entry.completed => file_attr(ino, obj, &self.cfg),
-            (_, Some(obj), _) => match self.meta.head_of(obj) {
+            (_, Some(obj), _) => match self.names.meta.head_of(obj) {
                 Some(head) => file_attr(ino, &head, &self.cfg),
                 None => file_attr(ino, obj, &self.cfg),
             },
@@ -60,11 +60,11 @@ impl Fs {
     /// Attributes of a directory whose marker a listing showed: the marker's metadata needs
     /// a HEAD (listings carry none), unless the memo has it for this very marker.
     pub(super) async fn marker_attr(&self, ino: Ino, listed: &ObjectInfo) -> Result<Attr, FsError> {
-        let head = match self.meta.head_of(listed) {
+        let head = match self.names.meta.head_of(listed) {
             Some(head) => head,
             None => match self.store.head(&listed.key).await {
                 Ok(head) => {
-                    self.meta.put_head(&head);
+                    self.names.meta.put_head(&head);
                     head
                 }
                 Err(StoreError::NotFound) => return Ok(dir_attr(ino, None, &self.cfg)),
@@ -85,7 +85,7 @@ impl Fs {
         sink: &mut (dyn FnMut(DirSinkEntry<'_>) -> bool + Send),
     ) -> Result<(), FsError> {
         let node = self.node(ino)?;
-        let stream = lock(&self.dirs)
+        let stream = lock(&self.handles.dirs)
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle)?;
@@ -117,13 +117,13 @@ impl Fs {
         while let Some(entry) = self.next_entry(&mut stream, cookie - 2).await? {
             let path = child_path(&node.path, &entry.name);
             let ino_child = if plus {
-                lock(&self.inodes).remember(ino, entry.kind, &path)
+                lock(&self.names.inodes).remember(ino, entry.kind, &path)
             } else {
-                lock(&self.inodes).peek(entry.kind, &path)
+                lock(&self.names.inodes).peek(entry.kind, &path)
             };
             let attr = self.listed_attr(ino_child, &entry);
             if let Some(collector) = stream.collector.as_mut() {
-                let budget = self.snapshots.budget();
+                let budget = self.names.snapshots.budget();
                 collector.add(cookie - 2, &entry.name, entry.kind, &attr, budget);
             }
             let full = sink(DirSinkEntry {
@@ -142,11 +142,17 @@ impl Fs {
         }
         // The listing ended: what it showed is the directory's snapshot from now on.
         if let Some(collected) = stream.collector.take() {
-            self.snapshots.commit(ino, collected);
+            self.names.snapshots.commit(ino, collected);
         }
-        if let Some(head) = stream.marker.as_ref().and_then(|m| self.meta.head_of(m)) {
+        if let Some(head) = stream
+            .marker
+            .as_ref()
+            .and_then(|m| self.names.meta.head_of(m))
+        {
             if ino != Ino::ROOT {
-                self.meta.put_attr(dir_attr(ino, Some(&head), &self.cfg));
+                self.names
+                    .meta
+                    .put_attr(dir_attr(ino, Some(&head), &self.cfg));
             }
         }
         // Then the files of this directory being written that the bucket does not have yet
@@ -162,7 +168,7 @@ impl Fs {
                 continue;
             };
             if plus {
-                lock(&self.inodes).remember(ino, Kind::File, &child_path(&node.path, name));
+                lock(&self.names.inodes).remember(ino, Kind::File, &child_path(&node.path, name));
             }
             let full = sink(DirSinkEntry {
                 ino: *child,
@@ -185,7 +191,7 @@ impl Fs {
         let staged = self.staged_files();
         let mut out = Vec::new();
         for (ino, staged) in staged {
-            let Some(node) = lock(&self.inodes).get(ino).cloned() else {
+            let Some(node) = lock(&self.names.inodes).get(ino).cloned() else {
                 continue;
             };
             let parent = node.path.rsplit_once('/').map_or("", |(p, _)| p);
@@ -204,12 +210,16 @@ impl Fs {
         stream: &mut DirStream,
         index: u64,
     ) -> Result<Option<ListedEntry>, FsError> {
-        let entry = stream.entry_at(index, &self.store, &self.odd_keys).await?;
+        let entry = stream
+            .entry_at(index, &self.store, &self.names.odd_keys)
+            .await?;
         let prefix = stream.list_prefix().to_string();
         match stream.take_new_page() {
             Some(page) if self.cfg.listing_heads => {
                 self.complete_with_heads(&prefix, page).await;
-                stream.entry_at(index, &self.store, &self.odd_keys).await
+                stream
+                    .entry_at(index, &self.store, &self.names.odd_keys)
+                    .await
             }
             _ => Ok(entry),
         }
@@ -225,7 +235,7 @@ impl Fs {
         // feels every extra look-up).
         let memo: Vec<Option<ObjectInfo>> = page
             .iter()
-            .map(|e| e.object.as_ref().and_then(|o| self.meta.head_of(o)))
+            .map(|e| e.object.as_ref().and_then(|o| self.names.meta.head_of(o)))
             .collect();
         // Files: only objects new or changed since their last HEAD. Directories: their
         // marker, if any (a listing shows only the common prefix).
@@ -254,7 +264,7 @@ impl Fs {
         // A page is known by its directory and first name: listed again unchanged, it is the
         // same page.
         let page_id = format!("{prefix}\0{}", page.first().map_or("", |e| e.name.as_str()));
-        if !known_metadata && self.plain_listings.contains_key(&page_id) {
+        if !known_metadata && self.names.plain_listings.contains_key(&page_id) {
             // A sample of this page showed no metadata within --metadata-ttl: listing it
             // again costs the listing alone.
             wanted.retain(|(i, _)| maybe_special(page, *i));
@@ -266,7 +276,7 @@ impl Fs {
         };
         let (sample_has_metadata, mut headed) = self.head_entries(page, wanted).await;
         if !rest.is_empty() && !sample_has_metadata {
-            self.plain_listings.insert(page_id, ());
+            self.names.plain_listings.insert(page_id, ());
             rest.retain(|(i, _)| maybe_special(page, *i));
         }
         if !rest.is_empty() {
@@ -312,7 +322,7 @@ impl Fs {
                     // An empty object's metadata (a fifo's, say) says nothing of the rest.
                     let telling = info.size > 0 || page[i].kind == Kind::Dir;
                     any_metadata |= telling && meta::has_attr_headers(&info);
-                    self.meta.put_head(&info);
+                    self.names.meta.put_head(&info);
                     if page[i].kind == Kind::Dir {
                         page[i].object = Some(info);
                     } else {

@@ -7,10 +7,12 @@ pub mod buffers;
 mod cache_fill;
 pub mod dir;
 pub mod error;
+mod handles;
 pub mod inode;
 pub mod journal;
 mod listing;
 pub mod meta;
+mod name_cache;
 pub mod names;
 pub mod namespace;
 pub mod part_buffer;
@@ -23,8 +25,7 @@ mod staging;
 pub mod write;
 pub mod xattr;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -34,11 +35,12 @@ use tokio::sync::Semaphore;
 use crate::store::instrumented::RequestCounters;
 use crate::store::{ListRequest, ObjectStore, StoreError};
 use block_cache::BlockCache;
-use dir::DirStream;
 use error::FsError;
-use inode::{child_path, Ino, InodeTable};
-use meta::{dir_attr, file_attr, MetaCache};
-use names::{check_name, OddKeyLog};
+use handles::Handles;
+use inode::{child_path, Ino};
+use meta::{dir_attr, file_attr};
+use name_cache::NameCache;
+use names::check_name;
 use namespace::Caller;
 use read::{ReadShared, ReadTuning, Reader, BUDGET_UNIT};
 use staging::{StagedRef, Start};
@@ -249,35 +251,18 @@ pub enum WriteBack {
     Async,
 }
 
+/// The filesystem: the composition of what the mount knows of names, its open handles, its
+/// files being written and its readers' shared state, over one store.
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
     counters: Option<Arc<RequestCounters>>,
     prefix: String,
     cfg: FsConfig,
-    inodes: Mutex<InodeTable>,
-    meta: MetaCache,
-    snapshots: snapshot::Snapshots,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    staged: Mutex<HashMap<Ino, StagedRef>>,
-    /// Staging copies whose name is gone (unlinked or replaced) while handles hold them.
-    unlinked: Mutex<HashMap<Ino, StagedRef>>,
-    cache: Option<Arc<CacheDir>>,
-    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
-    /// Listing pages whose sample showed no attribute metadata (plain buckets), for
-    /// --metadata-ttl: listing them again sends no HEAD.
-    plain_listings: moka::sync::Cache<String, ()>,
-    /// ETag whose content the kernel page cache holds, per file: lets a reopen keep the cache.
-    cached_etags: moka::sync::Cache<Ino, String>,
-    next_fh: AtomicU64,
-    reads_served: AtomicU64,
-    bytes_served: AtomicU64,
+    names: NameCache,
+    handles: Handles,
+    writing: staging::Staging,
     /// What every reader shares: the read-ahead budget and buffers, the data cache.
     reading: Arc<ReadShared>,
-    /// Background uploads (`--write-back=async`) running at once.
-    background_uploads: Arc<Semaphore>,
-    odd_keys: OddKeyLog,
-    /// Upload progress of every staging copy still alive.
-    progress: Mutex<Vec<std::sync::Weak<progress::UploadProgress>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -312,33 +297,17 @@ impl Fs {
             store,
             counters,
             prefix,
-            meta: MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity),
-            snapshots: snapshot::Snapshots::new(cfg.metadata_ttl, cfg.snapshot_memory),
-            cached_etags: moka::sync::Cache::new(cfg.cache_capacity),
-            plain_listings: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(cfg.metadata_ttl.max(Duration::from_nanos(1)))
-                .build(),
+            names: NameCache::new(&cfg),
+            handles: Handles::new(cfg.cache_capacity),
+            writing: staging::Staging::new(uploads_at_once),
             cfg,
-            inodes: Mutex::new(InodeTable::default()),
-            files: Mutex::new(HashMap::new()),
-            staged: Mutex::new(HashMap::new()),
-            unlinked: Mutex::new(HashMap::new()),
-            cache: None,
-            dirs: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
-            reads_served: AtomicU64::new(0),
-            bytes_served: AtomicU64::new(0),
             reading,
-            background_uploads: Arc::new(Semaphore::new(uploads_at_once)),
-            odd_keys: OddKeyLog::default(),
-            progress: Mutex::new(Vec::new()),
         }
     }
 
     /// Enables writing, staging changes in `cache`.
     pub fn with_cache(mut self, cache: Arc<CacheDir>) -> Fs {
-        self.cache = Some(cache);
+        self.writing.cache = Some(cache);
         self
     }
 
@@ -361,19 +330,19 @@ impl Fs {
             format!(
                 "{} {} {} fuse_reads={} fuse_read_bytes={} files_being_written={} cache_bytes={} kernel_names={}",
                 c.summary(),
-                self.meta.summary(),
+                self.names.meta.summary(),
                 self.reading.blocks.as_ref().map_or(String::new(), |b| b.summary()),
-                self.reads_served.load(Ordering::Relaxed),
-                self.bytes_served.load(Ordering::Relaxed),
+                self.handles.reads_served.load(Ordering::Relaxed),
+                self.handles.bytes_served.load(Ordering::Relaxed),
                 self.pending_uploads(),
-                self.cache.as_ref().map_or(0, |c| c.used()),
+                self.writing.cache.as_ref().map_or(0, |c| c.used()),
                 self.open_inodes()
             )
         })
     }
 
     fn node(&self, ino: Ino) -> Result<inode::Node, FsError> {
-        lock(&self.inodes)
+        lock(&self.names.inodes)
             .get(ino)
             .cloned()
             .ok_or(FsError::NotFound)
@@ -395,12 +364,12 @@ impl Fs {
     /// change made through this mount: `None` when it is gone.
     fn note_path(&self, path: &str, entry: Option<(Kind, Attr)>) {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-        let dir = lock(&self.inodes).peek(Kind::Dir, dir);
-        self.snapshots.note(dir, name, entry);
+        let dir = lock(&self.names.inodes).peek(Kind::Dir, dir);
+        self.names.snapshots.note(dir, name, entry);
     }
 
     fn new_fh(&self) -> u64 {
-        self.next_fh.fetch_add(1, Ordering::Relaxed)
+        self.handles.new_fh()
     }
 
     /// Looks `name` up in `parent`, taking a kernel reference on the result.
@@ -426,34 +395,34 @@ impl Fs {
         let is_dir = !list.objects.is_empty() || !list.prefixes.is_empty();
         let attr = if is_dir {
             if head.is_ok() {
-                self.odd_keys.report(
+                self.names.odd_keys.report(
                     &key,
                     "is both an object and a directory prefix; the directory is shown",
                 );
             }
             let marker = list.objects.iter().find(|o| o.key == dir_prefix);
-            let ino = lock(&self.inodes).peek(Kind::Dir, &path);
+            let ino = lock(&self.names.inodes).peek(Kind::Dir, &path);
             let attr = match marker {
                 Some(marker) => self.marker_attr(ino, marker).await?,
                 None => dir_attr(ino, None, &self.cfg),
             };
-            lock(&self.inodes).remember(parent, Kind::Dir, &path);
+            lock(&self.names.inodes).remember(parent, Kind::Dir, &path);
             attr
         } else {
             match head {
                 Ok(info) => {
-                    self.meta.put_head(&info);
-                    let ino = lock(&self.inodes).remember(parent, Kind::File, &path);
+                    self.names.meta.put_head(&info);
+                    let ino = lock(&self.names.inodes).remember(parent, Kind::File, &path);
                     file_attr(ino, &info, &self.cfg)
                 }
                 Err(StoreError::NotFound) => {
-                    self.meta.put_miss(parent, name);
+                    self.names.meta.put_miss(parent, name);
                     return Err(FsError::NotFound);
                 }
                 Err(e) => return Err(e.into()),
             }
         };
-        self.meta.put_attr(attr.clone());
+        self.names.meta.put_attr(attr.clone());
         Ok(attr)
     }
 
@@ -468,18 +437,18 @@ impl Fs {
             Err(FsError::Invalid) => return Some(Err(FsError::NotFound)),
             Err(e) => return Some(Err(e)),
         };
-        if self.meta.is_miss(parent, name) {
+        if self.names.meta.is_miss(parent, name) {
             return Some(Err(FsError::NotFound));
         }
-        let staged_ino = lock(&self.inodes).peek(Kind::File, &path);
+        let staged_ino = lock(&self.names.inodes).peek(Kind::File, &path);
         if let Some(attr) = self.staged_attr(staged_ino) {
-            lock(&self.inodes).remember(parent, Kind::File, &path);
+            lock(&self.names.inodes).remember(parent, Kind::File, &path);
             return Some(Ok(attr));
         }
         // A fresh listing of the parent answers without a request, hits and misses alike.
-        match self.snapshots.lookup(parent, name) {
+        match self.names.snapshots.lookup(parent, name) {
             snapshot::Answer::Present(kind, attr, seen) => {
-                let ino = lock(&self.inodes).remember(parent, kind, &path);
+                let ino = lock(&self.names.inodes).remember(parent, kind, &path);
                 Some(Ok(self.snapshot_answer(ino, attr, seen)))
             }
             snapshot::Answer::Absent => Some(Err(FsError::NotFound)),
@@ -492,7 +461,7 @@ impl Fs {
         if let Some(attr) = self.staged_attr(ino) {
             return Some(Ok(attr));
         }
-        if let Some(attr) = self.meta.attr(ino) {
+        if let Some(attr) = self.names.meta.attr(ino) {
             return Some(Ok(attr));
         }
         if ino == Ino::ROOT {
@@ -506,7 +475,7 @@ impl Fs {
     }
 
     pub fn forget(&self, ino: Ino, n: u64) {
-        lock(&self.inodes).forget(ino, n);
+        lock(&self.names.inodes).forget(ino, n);
     }
 
     pub async fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
@@ -525,7 +494,7 @@ impl Fs {
             }
             _ => return self.head_file(ino, &node.path).await,
         };
-        self.meta.put_attr(attr.clone());
+        self.names.meta.put_attr(attr.clone());
         Ok(attr)
     }
 
@@ -540,7 +509,7 @@ impl Fs {
         if ino == Ino::ROOT {
             return None;
         }
-        match self.snapshots.lookup(node.parent, node.name()) {
+        match self.names.snapshots.lookup(node.parent, node.name()) {
             snapshot::Answer::Present(kind, attr, seen)
                 if kind.slot() == node.kind && within.is_none_or(|w| seen.elapsed() <= w) =>
             {
@@ -553,16 +522,16 @@ impl Fs {
     /// A snapshot's attributes as those of `ino`, cached with the snapshot's age.
     fn snapshot_answer(&self, ino: Ino, attr: Attr, seen: std::time::Instant) -> Attr {
         let attr = Attr { ino, ..attr };
-        self.meta.put_attr_seen(attr.clone(), seen);
+        self.names.meta.put_attr_seen(attr.clone(), seen);
         attr
     }
 
     /// The attributes of the file at `path` as the bucket has them now (one HEAD).
     async fn head_file(&self, ino: Ino, path: &str) -> Result<Attr, FsError> {
         let info = self.store.head(&self.key_of(path)).await?;
-        self.meta.put_head(&info);
+        self.names.meta.put_head(&info);
         let attr = file_attr(ino, &info, &self.cfg);
-        self.meta.put_attr(attr.clone());
+        self.names.meta.put_attr(attr.clone());
         Ok(attr)
     }
 
@@ -594,8 +563,9 @@ impl Fs {
                 let base = staged.lock().await.base_etag().map(str::to_string);
                 match base {
                     Some(base) => {
-                        let same = self.cached_etags.get(&ino).as_deref() == Some(base.as_str());
-                        self.cached_etags.insert(ino, base);
+                        let same =
+                            self.handles.cached_etags.get(&ino).as_deref() == Some(base.as_str());
+                        self.handles.cached_etags.insert(ino, base);
                         same
                     }
                     None => false,
@@ -606,6 +576,7 @@ impl Fs {
         // Close-to-open: what a new handle reads is the version the bucket had at most
         // --content-ttl ago, however long names and attributes are trusted otherwise.
         let recent = self
+            .names
             .meta
             .attr_within(ino, self.cfg.content_ttl)
             .or_else(|| self.snapshot_attr(ino, &node, Some(self.cfg.content_ttl)));
@@ -614,10 +585,10 @@ impl Fs {
             None => self.head_file(ino, &node.path).await?,
         };
         // The kernel keeps the pages it cached only while they are of that same version.
-        let keep_cache =
-            self.cached_etags.get(&ino).as_deref() == Some(attr.etag.as_deref().unwrap_or(""));
+        let keep_cache = self.handles.cached_etags.get(&ino).as_deref()
+            == Some(attr.etag.as_deref().unwrap_or(""));
         let etag = attr.etag.clone().unwrap_or_default();
-        self.cached_etags.insert(ino, etag.clone());
+        self.handles.cached_etags.insert(ino, etag.clone());
         let mut reader = Reader::new(
             self.reading.clone(),
             self.key_of(&node.path),
@@ -627,7 +598,7 @@ impl Fs {
         // Moving to a newer version is safe only while the kernel holds no page of this one.
         reader.may_repin = !keep_cache;
         let fh = self.new_fh();
-        lock(&self.files).insert(
+        lock(&self.handles.files).insert(
             fh,
             Arc::new(OpenFile::Object {
                 ino,
@@ -638,7 +609,7 @@ impl Fs {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
-        let file = lock(&self.files)
+        let file = lock(&self.handles.files)
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle)?;
@@ -649,14 +620,12 @@ impl Fs {
                 staged.read(offset, len, self.store.as_ref()).await?
             }
         };
-        self.reads_served.fetch_add(1, Ordering::Relaxed);
-        self.bytes_served
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.handles.served(data.len());
         Ok(data)
     }
 
     fn writable(&self) -> Result<&Arc<CacheDir>, FsError> {
-        match &self.cache {
+        match &self.writing.cache {
             Some(cache) if !self.cfg.read_only => Ok(cache),
             _ => Err(FsError::ReadOnly),
         }
@@ -672,7 +641,7 @@ impl Fs {
 
     pub async fn release(self: &Arc<Self>, fh: u64) -> Result<(), FsError> {
         let (file, readers_left) = {
-            let mut files = lock(&self.files);
+            let mut files = lock(&self.handles.files);
             let file = files.remove(&fh);
             let readers = files
                 .values()
@@ -772,28 +741,29 @@ impl Fs {
     /// answers with FORGET.
     pub fn names_to_forget(&self, max: usize) -> Vec<(Ino, Ino, String)> {
         let budget = self.cfg.max_inodes;
-        let over = lock(&self.inodes).len().saturating_sub(budget);
+        let over = lock(&self.names.inodes).len().saturating_sub(budget);
         if budget == 0 || over == 0 {
             return Vec::new();
         }
-        let open: std::collections::HashSet<Ino> = lock(&self.files)
+        let open: std::collections::HashSet<Ino> = lock(&self.handles.files)
             .values()
             .map(|f| f.ino())
-            .chain(lock(&self.staged).keys().copied())
-            .chain(lock(&self.unlinked).keys().copied())
+            .chain(lock(&self.writing.staged).keys().copied())
+            .chain(lock(&self.writing.unlinked).keys().copied())
             .collect();
-        lock(&self.inodes).oldest_files(over.min(max), &|ino| open.contains(&ino))
+        lock(&self.names.inodes).oldest_files(over.min(max), &|ino| open.contains(&ino))
     }
 
     /// Files kept in the cache directory's `recovery/` (see `CacheDir::recovered_files`).
     pub fn recovered_files(&self, limit: usize) -> (Vec<(String, u64)>, usize) {
-        self.cache
+        self.writing
+            .cache
             .as_ref()
             .map_or((Vec::new(), 0), |c| c.recovered_files(limit))
     }
 
     pub fn open_inodes(&self) -> usize {
-        lock(&self.inodes).len()
+        lock(&self.names.inodes).len()
     }
 }
 

@@ -36,15 +36,15 @@ impl Fs {
     pub async fn unlink(&self, parent: Ino, name: &str) -> Result<(), FsError> {
         self.writable()?;
         let (_, path) = self.child(parent, name)?;
-        let ino = lock(&self.inodes).peek(Kind::File, &path);
+        let ino = lock(&self.names.inodes).peek(Kind::File, &path);
         let key = self.key_of(&path);
         self.detach_staged(ino, async { Ok(self.store.delete_object(&key).await?) })
             .await?;
-        lock(&self.inodes).detach(ino);
+        lock(&self.names.inodes).detach(ino);
         self.note_path(&path, None);
-        self.meta.forget_attr(ino);
-        self.meta.forget_head(&key);
-        self.meta.put_miss(parent, name);
+        self.names.meta.forget_attr(ino);
+        self.names.meta.forget_head(&key);
+        self.names.meta.put_miss(parent, name);
         Ok(())
     }
 
@@ -59,7 +59,7 @@ impl Fs {
     ) -> Result<Attr, FsError> {
         self.writable()?;
         let (_, path) = self.child(parent, name)?;
-        let ino = lock(&self.inodes).peek(Kind::Dir, &path);
+        let ino = lock(&self.names.inodes).peek(Kind::Dir, &path);
         let attr = Attr::created(ino, Kind::Dir, perm, caller, 0);
         let (marker, headers) = (
             self.dir_prefix(&path),
@@ -70,13 +70,13 @@ impl Fs {
             .put_object(&marker, Bytes::new(), &headers)
             .await?;
         self.remember_marker(&marker, &etag, headers);
-        let ino = lock(&self.inodes).remember(parent, Kind::Dir, &path);
+        let ino = lock(&self.names.inodes).remember(parent, Kind::Dir, &path);
         // A folder made here is empty, and known to be: creating a tree inside it looks
         // nothing up.
-        self.snapshots.start_empty(ino);
+        self.names.snapshots.start_empty(ino);
         self.note_path(&path, Some((Kind::Dir, attr.clone())));
-        self.meta.forget_miss(parent, name);
-        self.meta.put_attr(attr.clone());
+        self.names.meta.forget_miss(parent, name);
+        self.names.meta.put_attr(attr.clone());
         Ok(attr)
     }
 
@@ -98,11 +98,11 @@ impl Fs {
             return Err(FsError::NotEmpty);
         }
         self.store.delete_object(&prefix).await?;
-        let ino = lock(&self.inodes).peek(Kind::Dir, &path);
-        self.snapshots.forget(ino);
+        let ino = lock(&self.names.inodes).peek(Kind::Dir, &path);
+        self.names.snapshots.forget(ino);
         self.note_path(&path, None);
-        self.meta.forget_attr(ino);
-        self.meta.put_miss(parent, name);
+        self.names.meta.forget_attr(ino);
+        self.names.meta.put_miss(parent, name);
         Ok(())
     }
 
@@ -157,7 +157,7 @@ impl Fs {
         content: Bytes,
     ) -> Result<Attr, FsError> {
         let (_, path) = self.child(parent, name)?;
-        let ino = lock(&self.inodes).peek(kind, &path);
+        let ino = lock(&self.names.inodes).peek(kind, &path);
         let mut attr = Attr {
             rdev,
             ..Attr::created(ino, kind, perm, caller, content.len() as u64)
@@ -168,10 +168,10 @@ impl Fs {
             .put_object(&self.key_of(&path), content, &headers)
             .await?;
         attr.etag = Some(etag);
-        lock(&self.inodes).remember(parent, kind, &path);
+        lock(&self.names.inodes).remember(parent, kind, &path);
         self.note_path(&path, Some((kind, attr.clone())));
-        self.meta.forget_miss(parent, name);
-        self.meta.put_attr(attr.clone());
+        self.names.meta.forget_miss(parent, name);
+        self.names.meta.put_attr(attr.clone());
         Ok(attr)
     }
 
@@ -255,13 +255,13 @@ impl Fs {
                     .copy_whole(&key, &key, s.size(), Some(&s.headers()))
                     .await?;
                 s.retarget(&key, &etag)?;
-                self.meta.forget_head(&key);
+                self.names.meta.forget_head(&key);
                 // Same bytes, new ETag: the kernel's cached pages stay valid.
-                self.cached_etags.insert(ino, etag);
+                self.handles.cached_etags.insert(ino, etag);
             }
             // The attributes cached at the last upload describe the old metadata; once the
             // staging copy is gone, getattr must not serve them.
-            self.meta.forget_attr(ino);
+            self.names.meta.forget_attr(ino);
             return Ok(self.written_attr(ino, s.size(), None, &s.headers()));
         }
         let marker_of_dir = node.kind == Kind::Dir;
@@ -272,8 +272,8 @@ impl Fs {
         }
         // A folder's marker this mount wrote or read within --metadata-ttl is known: its
         // attributes change with one PUT (tar sets a folder's mode and mtime after filling it).
-        let known_marker = match marker_of_dir && self.meta.attr(ino).is_some() {
-            true => self.meta.last_head(&key),
+        let known_marker = match marker_of_dir && self.names.meta.attr(ino).is_some() {
+            true => self.names.meta.last_head(&key),
             false => None,
         };
         let info = match known_marker {
@@ -307,16 +307,16 @@ impl Fs {
             self.remember_marker(&key, &etag, headers);
         } else {
             new.etag = Some(etag.clone());
-            self.cached_etags.insert(ino, etag);
-            self.meta.forget_head(&key);
+            self.handles.cached_etags.insert(ino, etag);
+            self.names.meta.forget_head(&key);
         }
-        self.meta.put_attr(new.clone());
+        self.names.meta.put_attr(new.clone());
         Ok(new)
     }
 
     /// What the bucket holds as a folder's marker after this mount wrote it.
     fn remember_marker(&self, key: &str, etag: &str, metadata: Metadata) {
-        self.meta.put_head(&crate::store::ObjectInfo {
+        self.names.meta.put_head(&crate::store::ObjectInfo {
             key: key.to_string(),
             size: 0,
             last_modified: std::time::SystemTime::now(),
@@ -363,7 +363,7 @@ impl Fs {
 
     /// Points open readers of `ino` (or of keys below a renamed directory) at the new key.
     async fn move_readers(&self, moved: &std::collections::HashMap<String, (String, String)>) {
-        let readers: Vec<_> = lock(&self.files)
+        let readers: Vec<_> = lock(&self.handles.files)
             .values()
             .filter(|f| matches!(f.as_ref(), OpenFile::Object { .. }))
             .cloned()
@@ -392,7 +392,7 @@ impl Fs {
         let (_, from) = self.child(parent, name)?;
         let (_, to) = self.child(new_parent, new_name)?;
         let (ino, is_dir) = {
-            let inodes = lock(&self.inodes);
+            let inodes = lock(&self.names.inodes);
             let file = inodes.peek(Kind::File, &from);
             let dir = inodes.peek(Kind::Dir, &from);
             if inodes.get(file).is_none() && inodes.get(dir).is_some() {
@@ -405,30 +405,30 @@ impl Fs {
         // every node below it.
         let moved_below = if is_dir {
             self.rename_dir(ino, &from, &to, no_replace).await?;
-            let mut inodes = lock(&self.inodes);
+            let mut inodes = lock(&self.names.inodes);
             inodes.move_to(ino, new_parent, &to);
             inodes.move_tree(&from, &to)
         } else {
             self.rename_file(ino, &from, &to, no_replace).await?;
-            lock(&self.inodes).move_to(ino, new_parent, &to);
+            lock(&self.names.inodes).move_to(ino, new_parent, &to);
             Vec::new()
         };
         // Copies may carry new ETags: attributes are asked again, and snapshots of moved
         // folders go (their entries name the old objects).
         for moved in &moved_below {
-            self.meta.forget_attr(*moved);
-            self.snapshots.forget(*moved);
+            self.names.meta.forget_attr(*moved);
+            self.names.snapshots.forget(*moved);
         }
-        self.meta.forget_attr(ino);
-        self.meta.put_miss(parent, name);
-        self.meta.forget_miss(new_parent, new_name);
+        self.names.meta.forget_attr(ino);
+        self.names.meta.put_miss(parent, name);
+        self.names.meta.forget_miss(new_parent, new_name);
         self.note_path(&from, None);
         if is_dir {
-            self.snapshots.forget(ino);
+            self.names.snapshots.forget(ino);
         }
         match self.getattr(ino).await {
             Ok(attr) => self.note_path(&to, Some((attr.kind, attr))),
-            Err(_) => self.snapshots.forget(new_parent),
+            Err(_) => self.names.snapshots.forget(new_parent),
         }
         Ok(())
     }
@@ -464,7 +464,7 @@ impl Fs {
         };
         // A file open elsewhere under the target name keeps its bytes: it is detached before
         // the copy replaces its object.
-        let replaced = lock(&self.inodes).peek(Kind::File, to);
+        let replaced = lock(&self.names.inodes).peek(Kind::File, to);
         let copied = if replaced != ino {
             let copy = async { self.copy_whole(&from_key, &to_key, size, None).await };
             let mut etag = None;
@@ -486,7 +486,7 @@ impl Fs {
         }
         drop(held);
         self.store.delete_object(&from_key).await?;
-        self.meta.forget_head(&from_key);
+        self.names.meta.forget_head(&from_key);
         let moved = std::collections::HashMap::from([(from_key, (to_key, etag))]);
         self.move_readers(&moved).await;
         Ok(())
@@ -527,7 +527,7 @@ impl Fs {
             Err(e) => return Err(e.into()),
         }
         let objects = self.objects_below(&from_prefix, from).await?;
-        if objects.is_empty() && lock(&self.staged).is_empty() {
+        if objects.is_empty() && lock(&self.writing.staged).is_empty() {
             return Err(FsError::NotFound);
         }
         // Files being written below go up first; they upload to their new keys afterwards.
@@ -590,7 +590,7 @@ impl Fs {
             }
         }
         for key in moved.keys() {
-            self.meta.forget_head(key);
+            self.names.meta.forget_head(key);
         }
         self.move_readers(&moved).await;
         if let Some((key, error)) = failure {

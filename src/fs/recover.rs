@@ -171,10 +171,10 @@ impl Fs {
         let path = cache.path_of(&entry.record().key);
         let staged = Staged::from_record(cache.clone(), entry)?;
         let size = staged.size();
-        lock(&self.progress).push(Arc::downgrade(&staged.progress));
-        let ino = lock(&self.inodes).peek(Kind::File, &path);
+        lock(&self.writing.progress).push(Arc::downgrade(&staged.progress));
+        let ino = lock(&self.names.inodes).peek(Kind::File, &path);
         let staged = Arc::new(StagedFile::new(staged));
-        lock(&self.staged).insert(ino, staged.clone());
+        lock(&self.writing.staged).insert(ino, staged.clone());
         self.upload_in_background(ino, staged);
         Ok(size)
     }

@@ -4,6 +4,7 @@
 //! keep the bytes, and nothing is uploaded. The copy itself (`write::Staged`) owns the bytes
 //! and the state machine; this module owns the map from inodes to copies.
 
+use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use super::error::FsError;
 use super::inode::Ino;
 use super::meta::{self, file_attr};
 use super::namespace::Caller;
-use super::write::Staged;
+use super::write::{CacheDir, Staged};
 use super::{lock, progress, Attr, Fs, Kind, OpenFile, WriteBack};
 use crate::store::{Metadata, ObjectInfo, StoreError};
 
@@ -104,10 +105,37 @@ pub(super) enum Start {
     New(Metadata),
 }
 
+/// The files being written, as the filesystem holds them: which inode has a staging copy,
+/// the copies whose name is gone while handles hold them, the cache directory they live in,
+/// the background uploads running at once, and every copy's upload progress.
+pub(super) struct Staging {
+    pub staged: Mutex<HashMap<Ino, StagedRef>>,
+    /// Staging copies whose name is gone (unlinked or replaced) while handles hold them.
+    pub unlinked: Mutex<HashMap<Ino, StagedRef>>,
+    /// The cache directory: present on a writable mount.
+    pub cache: Option<Arc<CacheDir>>,
+    /// Background uploads (`--write-back=async`) running at once.
+    pub background_uploads: Arc<tokio::sync::Semaphore>,
+    /// Upload progress of every staging copy still alive.
+    pub progress: Mutex<Vec<std::sync::Weak<progress::UploadProgress>>>,
+}
+
+impl Staging {
+    pub fn new(uploads_at_once: usize) -> Staging {
+        Staging {
+            staged: Mutex::new(HashMap::new()),
+            unlinked: Mutex::new(HashMap::new()),
+            cache: None,
+            background_uploads: Arc::new(tokio::sync::Semaphore::new(uploads_at_once)),
+            progress: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 impl Fs {
     /// Every file being written, taken out of the map so its locks can be awaited.
     pub(super) fn staged_files(&self) -> Vec<(Ino, StagedRef)> {
-        lock(&self.staged)
+        lock(&self.writing.staged)
             .iter()
             .map(|(ino, s)| (*ino, s.clone()))
             .collect()
@@ -120,18 +148,18 @@ impl Fs {
 
     /// Whether `staged` is still the staging copy of `ino` (not finished and dropped).
     pub(super) fn is_current(&self, ino: Ino, staged: &StagedRef) -> bool {
-        lock(&self.staged)
+        lock(&self.writing.staged)
             .get(&ino)
             .is_some_and(|current| Arc::ptr_eq(current, staged))
     }
 
     pub(super) fn staged_of(&self, ino: Ino) -> Option<StagedRef> {
-        lock(&self.staged).get(&ino).cloned()
+        lock(&self.writing.staged).get(&ino).cloned()
     }
 
     /// The staging copy behind a handle, if it is one.
     fn staged_of_handle(&self, fh: u64) -> Result<Option<StagedRef>, FsError> {
-        let file = lock(&self.files)
+        let file = lock(&self.handles.files)
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle)?;
@@ -169,7 +197,7 @@ impl Fs {
     pub(super) fn staged_attr(&self, ino: Ino) -> Option<Attr> {
         let staged = self
             .staged_of(ino)
-            .or_else(|| lock(&self.unlinked).get(&ino).cloned())?;
+            .or_else(|| lock(&self.writing.unlinked).get(&ino).cloned())?;
         let shown = staged.shown();
         Some(self.written_attr(ino, shown.size, None, &shown.headers))
     }
@@ -215,7 +243,7 @@ impl Fs {
             Start::New(headers) => Staged::empty(cache, key, headers)?,
             // O_TRUNC keeps the file's mode, owner and xattrs, as a local file would.
             Start::Truncated => {
-                let known = self.meta.last_head(&key);
+                let known = self.names.meta.last_head(&key);
                 let headers = match &known {
                     Some(info) => info.metadata.clone(),
                     None => self.default_file_headers(),
@@ -226,7 +254,7 @@ impl Fs {
             }
             Start::Existing => match self.store.head(&key).await {
                 Ok(info) => {
-                    self.meta.put_head(&info);
+                    self.names.meta.put_head(&info);
                     Staged::over(cache, &info)?
                 }
                 Err(StoreError::NotFound) => {
@@ -237,13 +265,13 @@ impl Fs {
             },
         };
         staged.handles = 1;
-        lock(&self.progress).push(Arc::downgrade(&staged.progress));
+        lock(&self.writing.progress).push(Arc::downgrade(&staged.progress));
         let staged = Arc::new(StagedFile::new(staged));
         // Two opens may race to stage the same file: the first one in wins, the other joins
         // it, unless it was finished and dropped meanwhile (then this one goes in).
         loop {
             let existing = {
-                let mut map = lock(&self.staged);
+                let mut map = lock(&self.writing.staged);
                 match map.get(&ino) {
                     Some(existing) => existing.clone(),
                     None => {
@@ -264,7 +292,7 @@ impl Fs {
     /// A new handle on a staging copy.
     pub(super) fn open_staged(&self, ino: Ino, staged: StagedRef) -> u64 {
         let fh = self.new_fh();
-        lock(&self.files).insert(fh, Arc::new(OpenFile::Staged { ino, staged }));
+        lock(&self.handles.files).insert(fh, Arc::new(OpenFile::Staged { ino, staged }));
         fh
     }
 
@@ -279,10 +307,10 @@ impl Fs {
     ) -> Result<(Attr, u64), FsError> {
         self.writable()?;
         let (_, path) = self.child(parent, name)?;
-        let ino = lock(&self.inodes).remember(parent, Kind::File, &path);
+        let ino = lock(&self.names.inodes).remember(parent, Kind::File, &path);
         let headers = self.new_file_headers(perm, caller.uid, caller.gid);
         let (staged, _) = self.stage(ino, &path, Start::New(headers)).await?;
-        self.meta.forget_miss(parent, name);
+        self.names.meta.forget_miss(parent, name);
         let fh = self.open_staged(ino, staged);
         let attr = self.staged_attr(ino).ok_or(FsError::BadHandle)?;
         self.note_path(&path, Some((Kind::File, attr.clone())));
@@ -320,7 +348,7 @@ impl Fs {
         }
         let open = self
             .staged_of(ino)
-            .or_else(|| lock(&self.unlinked).get(&ino).cloned());
+            .or_else(|| lock(&self.writing.unlinked).get(&ino).cloned());
         match open {
             // ftruncate(2) or O_TRUNC on an open file: change the staging copy; its handles
             // upload it.
@@ -356,7 +384,7 @@ impl Fs {
 
     /// fsync(2): uploads the file's changes, if any, whatever the write-back mode.
     pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
-        let file = lock(&self.files).get(&fh).cloned();
+        let file = lock(&self.handles.files).get(&fh).cloned();
         let Some(file) = file else {
             return Ok(());
         };
@@ -371,13 +399,13 @@ impl Fs {
     pub(super) async fn upload_staged(&self, ino: Ino, staged: &mut Staged) -> Result<(), FsError> {
         let (size, headers) = (staged.size(), staged.headers());
         if let Some(etag) = staged.upload(&self.store, self.cfg.write).await? {
-            self.cached_etags.insert(ino, etag.clone());
-            self.meta.forget_head(&staged.key);
+            self.handles.cached_etags.insert(ino, etag.clone());
+            self.names.meta.forget_head(&staged.key);
             let attr = self.written_attr(ino, size, Some(etag), &headers);
             if let Some(path) = staged.key.strip_prefix(self.prefix.as_str()) {
                 self.note_path(path, Some((Kind::File, attr.clone())));
             }
-            self.meta.put_attr(attr);
+            self.names.meta.put_attr(attr);
         }
         Ok(())
     }
@@ -385,12 +413,12 @@ impl Fs {
     /// Forgets a staging copy no handle holds any more (it stays in the map only while it
     /// is still the copy of `ino`).
     fn drop_staged(&self, ino: Ino, staged: &StagedRef) {
-        let mut map = lock(&self.staged);
+        let mut map = lock(&self.writing.staged);
         if map.get(&ino).is_some_and(|s| Arc::ptr_eq(s, staged)) {
             map.remove(&ino);
         }
         drop(map);
-        let mut unlinked = lock(&self.unlinked);
+        let mut unlinked = lock(&self.writing.unlinked);
         if unlinked.get(&ino).is_some_and(|s| Arc::ptr_eq(s, staged)) {
             unlinked.remove(&ino);
         }
@@ -450,7 +478,7 @@ impl Fs {
             // instead of costing a copy of the object afterwards. The bytes are safe on disk
             // and in the journal meanwhile.
             tokio::time::sleep(SETTLE).await;
-            let _permit = fs.background_uploads.clone().acquire_owned().await;
+            let _permit = fs.writing.background_uploads.clone().acquire_owned().await;
             let mut s = staged.lock().await;
             // Failures are logged (with the recovery path) by the upload itself.
             let _ = fs.upload_staged(ino, &mut s).await;
@@ -493,10 +521,10 @@ impl Fs {
         before.await?;
         s.unlink(&self.store);
         drop(s);
-        let mut map = lock(&self.staged);
+        let mut map = lock(&self.writing.staged);
         if map.get(&ino).is_some_and(|s| Arc::ptr_eq(s, &staged)) {
             map.remove(&ino);
-            lock(&self.unlinked).insert(ino, staged.clone());
+            lock(&self.writing.unlinked).insert(ino, staged.clone());
         }
         Ok(())
     }
@@ -527,7 +555,7 @@ impl Fs {
 
     /// Files whose changes are not all in the bucket yet, with how far their upload is.
     pub fn uploads_in_progress(&self) -> Vec<progress::UploadReport> {
-        let mut registry = lock(&self.progress);
+        let mut registry = lock(&self.writing.progress);
         registry.retain(|p| p.strong_count() > 0);
         registry
             .iter()
@@ -539,7 +567,7 @@ impl Fs {
 
     /// Bytes of files waiting for their upload.
     pub fn pending_bytes(&self) -> u64 {
-        let staged: Vec<StagedRef> = lock(&self.staged).values().cloned().collect();
+        let staged: Vec<StagedRef> = lock(&self.writing.staged).values().cloned().collect();
         staged
             .iter()
             .map(|s| s.shown())
@@ -550,6 +578,6 @@ impl Fs {
 
     /// Whether anything written is still waiting for its upload.
     pub fn pending_uploads(&self) -> usize {
-        lock(&self.staged).len()
+        lock(&self.writing.staged).len()
     }
 }

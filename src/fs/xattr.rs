@@ -150,7 +150,7 @@ impl Fs {
         }
         match self.store.head(&described.key).await {
             Ok(info) => {
-                self.meta.put_head(&info);
+                self.names.meta.put_head(&info);
                 described.headers = info.metadata;
                 described.etag = Some(info.etag);
                 described.storage_class = info.storage_class;
