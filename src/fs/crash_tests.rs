@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::journal::StagedState;
 use super::namespace::caller;
 use super::tests::{files_below, wait_uploaded, write_rig, write_rig_with};
+use super::write::WriteTuning;
 use super::*;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::MemoryStore;

@@ -1,10 +1,11 @@
 //! Tests of namespace and metadata changes on the in-memory store.
 
 use super::meta::AttrChange;
-use super::namespace::caller;
+use super::namespace::{caller, Caller};
 use super::tests::{write_rig, write_rig_with};
 use super::*;
 use crate::store::{Metadata, RequestKind};
+use std::time::SystemTime;
 
 fn secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::listing::LISTING_SAMPLE;
+use super::write::WriteTuning;
 use super::*;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::MemoryStore;
