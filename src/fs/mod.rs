@@ -20,6 +20,7 @@ pub mod progress;
 pub mod ranges;
 pub mod read;
 mod recover;
+mod rename;
 pub mod snapshot;
 mod staging;
 mod types;
