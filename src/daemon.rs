@@ -252,13 +252,13 @@ async fn reload_credentials(s3: &S3Store, cfg: &MountConfig) {
     tracing::info!("SIGHUP: reloading credentials");
     crate::notify::notify("RELOADING=1");
     let checked = async {
-        let fresh = S3Store::connect(&cfg.s3).await?;
-        startup::check_bucket(&fresh.with_attempts(2), &cfg.location.prefix).await?;
-        Ok::<_, StoreError>(fresh)
+        let reconnected = S3Store::connect(&cfg.s3).await?;
+        startup::check_bucket(&reconnected.with_attempts(2), &cfg.location.prefix).await?;
+        Ok::<_, StoreError>(reconnected)
     };
     match checked.await {
-        Ok(fresh) => {
-            s3.adopt(&fresh);
+        Ok(reconnected) => {
+            s3.adopt(&reconnected);
             tracing::info!("credentials reloaded; the new ones can list the bucket")
         }
         Err(e) => {

@@ -23,7 +23,7 @@ fn cache_with(dir: &Path, cap: u64, staged: Arc<AtomicU64>, shared_cap: u64) -> 
     Arc::new(BlockCache::open(dir, "s3://b/ at test", cap, shared_cap, staged, 0.0).unwrap())
 }
 
-async fn settle(cache: &BlockCache) {
+async fn wait_written(cache: &BlockCache) {
     for _ in 0..1000 {
         if !cache.writing() {
             return;
@@ -52,7 +52,7 @@ async fn a_block_is_served_to_the_same_version_only_and_survives_a_reopen() {
     assert_eq!(cache.read(v1, 0, 0, 10), None, "empty cache: a miss");
     cache.insert(v1, 0, block(1, BLOCK as usize));
     cache.insert(v1, 1, block(2, 1000));
-    settle(&cache).await;
+    wait_written(&cache).await;
     assert_eq!(
         cache.read(v1, 0, 100, 200).unwrap(),
         block(1, BLOCK as usize).slice(100..200)
@@ -89,7 +89,7 @@ async fn a_torn_block_is_dropped_never_served() {
     for i in 0..3 {
         cache.insert(tag, i, block(i as u8, 4096));
     }
-    settle(&cache).await;
+    wait_written(&cache).await;
     drop(cache);
     // A crash left: one block cut short, one with a changed byte, and a temporary file.
     let mut files = crate::fs::write::files_below(&dir.path().join("blocks"));
@@ -124,12 +124,12 @@ async fn the_least_recently_used_blocks_go_first_and_the_cap_holds() {
     let tag = cache.tag("k", "\"e\"");
     for i in 0..4 {
         cache.insert(tag, i, block(i as u8, len));
-        settle(&cache).await;
+        wait_written(&cache).await;
     }
     // Block 0 is read again: block 1 is now the oldest.
     assert!(cache.read(tag, 0, 0, 1).is_some());
     cache.insert(tag, 4, block(4, len));
-    settle(&cache).await;
+    wait_written(&cache).await;
     assert!(cache.bytes() <= 4 * len as u64 + 10);
     assert!(cache.read(tag, 1, 0, 1).is_none(), "the oldest went");
     assert!(
@@ -159,7 +159,7 @@ async fn staged_files_take_the_room_of_cached_blocks() {
     for i in 0..8 {
         cache.insert(tag, i, block(i as u8, len));
     }
-    settle(&cache).await;
+    wait_written(&cache).await;
     assert_eq!(cache.bytes(), 8 * len as u64);
     // A file being written wants 6 blocks' worth: the cache makes way.
     assert!(cache.make_room(6 * len as u64));
@@ -167,7 +167,7 @@ async fn staged_files_take_the_room_of_cached_blocks() {
     // Staged bytes fill the shared cap: no block is cached at all.
     staged.store(10 * len as u64, Ordering::Relaxed);
     cache.insert(tag, 20, block(20, len));
-    settle(&cache).await;
+    wait_written(&cache).await;
     assert!(cache.read(tag, 20, 0, 1).is_none());
     assert_eq!(cache.bytes(), 0);
 }
@@ -239,7 +239,7 @@ async fn a_second_read_of_an_unchanged_object_costs_no_get_and_a_changed_one_is_
     rig.mem.put("video.mp4", content(size, 1));
     let mut first = rig.reader("video.mp4").await;
     assert_eq!(read_whole(&mut first, size).await, content(size, 1));
-    settle(&rig.blocks).await;
+    wait_written(&rig.blocks).await;
     let gets = rig.gets();
     assert_eq!(
         rig.blocks.bytes(),
@@ -265,7 +265,7 @@ async fn small_files_are_cached_whole_by_their_first_read() {
         &r.read(0, 4096).await.unwrap()[..],
         &content(5000, 3)[..4096]
     );
-    settle(&rig.blocks).await;
+    wait_written(&rig.blocks).await;
     let gets = rig.gets();
     let mut again = rig.reader("note.txt").await;
     assert_eq!(
@@ -299,7 +299,7 @@ async fn random_reads_fetch_whole_blocks_only_once_the_pattern_is_seen() {
             assert_eq!(fetched, BLOCK, "read {i}: the whole block");
         }
     }
-    settle(&rig.blocks).await;
+    wait_written(&rig.blocks).await;
     // A read near the last one comes from disk.
     let gets = rig.gets();
     let near = 6 * BLOCK + 300_000;
@@ -319,7 +319,7 @@ async fn reading_more_than_the_cap_leaves_at_most_the_cap_on_disk() {
     while off < size {
         let chunk = r.read(off as u64, 128 * 1024).await.unwrap();
         off += chunk.len();
-        settle(&rig.blocks).await;
+        wait_written(&rig.blocks).await;
         assert!(
             rig.blocks.bytes() <= cap + BLOCK,
             "{} held",
@@ -344,7 +344,7 @@ async fn a_block_is_served_from_memory_while_written_and_checked_off_the_async_t
         cache.read_now(tag, 0, 0, 10),
         Found::Hit(block(7, 4096).slice(0..10))
     );
-    settle(&cache).await;
+    wait_written(&cache).await;
     drop(cache);
     // A new mount must check the block whole first: that is never done without waiting.
     let again = cache_in(dir.path(), 64 << 20);
@@ -397,7 +397,7 @@ async fn a_file_larger_than_a_quarter_of_the_cache_is_never_brought_in_whole() {
     let mut r = rig.reader("huge").await;
     read_scattered(&mut r, 12, &bytes).await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    settle(&rig.blocks).await;
+    wait_written(&rig.blocks).await;
     assert_eq!(
         rig.gets(),
         12,

@@ -29,7 +29,7 @@ pub(super) struct StreamingUpload {
     /// Parts uploading, with their lengths.
     in_flight: VecDeque<(u64, JoinHandle<Result<UploadedPart, StoreError>>)>,
     /// Bytes below this offset belong to parts already started; they must not change.
-    pub(super) frozen: u64,
+    pub(super) sealed_through: u64,
 }
 
 impl StreamingUpload {
@@ -256,7 +256,7 @@ impl Staged {
                         base: tuning.part_size,
                         done: Vec::new(),
                         in_flight: VecDeque::new(),
-                        frozen: 0,
+                        sealed_through: 0,
                     })
                 }
                 Err(e) => {
@@ -270,7 +270,7 @@ impl Staged {
             return;
         };
         loop {
-            let (number, start, len) = streaming_part(stream.base, stream.frozen);
+            let (number, start, len) = streaming_part(stream.base, stream.sealed_through);
             let end = (start + len).min(self.size);
             let past = if to_end {
                 start < self.size
@@ -278,7 +278,7 @@ impl Staged {
                 end < self.size
             };
             // Without `to_end`, part 10,000 waits for close: it must take the rest of the file.
-            if !past || start != stream.frozen || (!to_end && number as u64 >= MAX_PARTS) {
+            if !past || start != stream.sealed_through || (!to_end && number as u64 >= MAX_PARTS) {
                 break;
             }
             if let Err(e) = stream
@@ -306,9 +306,9 @@ impl Staged {
                     return;
                 }
             }
-            stream.frozen = end;
+            stream.sealed_through = end;
         }
-        self.sealed.retain(|(at, _)| *at >= stream.frozen);
+        self.sealed.retain(|(at, _)| *at >= stream.sealed_through);
         self.streaming = Some(stream);
     }
 
@@ -336,7 +336,7 @@ impl Staged {
         if let Err(e) = self.land().await {
             failure.get_or_insert(StoreError::Other(e.to_string()));
         }
-        if failure.is_none() && stream.frozen < self.size {
+        if failure.is_none() && stream.sealed_through < self.size {
             failure = Some(StoreError::Other(format!(
                 "{} bytes do not fit in the 10,000 parts of a multipart upload (S3 objects \
                  hold at most 5 TiB)",

@@ -121,7 +121,7 @@ impl Staged {
 
     /// After an upload the bucket holds exactly this file: it becomes the new source, so
     /// a later change uploads only what differs from it.
-    pub(super) fn now_mirrors(&mut self, etag: &str) {
+    pub(super) fn take_uploaded_as_source(&mut self, etag: &str) {
         let mut local = match self.source.take() {
             Some(src) => {
                 let mut local = src.local;
