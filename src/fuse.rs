@@ -17,11 +17,11 @@ use fuser::{
 use futures::FutureExt;
 use tracing::Instrument;
 
-use crate::fs::buffers::BufferPool;
 use crate::fs::error::FsError;
 use crate::fs::inode::Ino;
 use crate::fs::meta::AttrChange;
 use crate::fs::namespace::Caller;
+use crate::fs::read_buffers::BufferPool;
 use crate::fs::xattr::SetMode;
 use crate::fs::{Attr, DirSinkEntry, Fs, Kind, Special};
 

@@ -1,8 +1,8 @@
 //! Tests of the data cache on its own, and of readers that use it, on the in-memory store.
 
 use super::*;
-use crate::fs::buffers::BufferPool;
 use crate::fs::read::{ReadShared, ReadTuning, Reader};
+use crate::fs::read_buffers::BufferPool;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::MemoryStore;
 use crate::store::{ObjectStore, RequestKind};

@@ -3,7 +3,6 @@
 
 pub mod block_cache;
 mod blocking;
-pub mod buffers;
 mod cache_fill;
 pub mod dir;
 pub mod error;
@@ -15,16 +14,17 @@ pub mod meta;
 mod name_cache;
 pub mod names;
 pub mod namespace;
-pub mod part_buffer;
 pub mod progress;
 pub mod ranges;
 pub mod read;
+pub mod read_buffers;
 mod recover;
 mod rename;
 pub mod snapshot;
 mod staging;
 mod types;
 pub mod write;
+pub mod write_buffers;
 pub mod xattr;
 
 use std::sync::atomic::Ordering;
@@ -105,7 +105,7 @@ impl Fs {
         let reading = Arc::new(ReadShared {
             store: store.clone(),
             budget: Arc::new(Semaphore::new(units)),
-            pool: Arc::new(buffers::BufferPool::new(pooled)),
+            pool: Arc::new(read_buffers::BufferPool::new(pooled)),
             tuning: ReadTuning {
                 part_size: cfg.read_part_size,
                 max_window: cfg.max_read_window,

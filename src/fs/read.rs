@@ -12,9 +12,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::block_cache::{BlockCache, Found, ObjectTag, BLOCK};
-use super::buffers::BufferPool;
 use super::cache_fill::CacheFill;
 use super::error::FsError;
+use super::read_buffers::BufferPool;
 use crate::store::{ByteRange, ObjectStore, StoreError};
 
 /// Read-ahead memory is accounted in units of this many bytes.

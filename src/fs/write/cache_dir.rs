@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::fs::block_cache::BlockCache;
 use crate::fs::error::FsError;
-use crate::fs::part_buffer::PartPool;
+use crate::fs::write_buffers::PartPool;
 
 /// How long a write waits for other files' uploads to free cache space before ENOSPC.
 const DRAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);

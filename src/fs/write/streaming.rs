@@ -16,7 +16,7 @@ use super::{
     complete_or_abort, read_piece, Staged, UploadPermit, WriteTuning, MAX_PARTS, MIN_PART_SIZE,
 };
 use crate::fs::error::FsError;
-use crate::fs::part_buffer::{self, PartBuf};
+use crate::fs::write_buffers::{self, PartBuf};
 use crate::store::{ObjectStore, StoreError, UploadedPart};
 
 /// A multipart upload that runs while a new file is written sequentially: every part that
@@ -173,7 +173,7 @@ impl Staged {
                 Ok(file) => {
                     let files = Arc::new(LandingFiles {
                         file,
-                        direct: part_buffer::open_direct(&self.path),
+                        direct: write_buffers::open_direct(&self.path),
                     });
                     self.landing_files = Some(files.clone());
                     files
@@ -185,7 +185,7 @@ impl Staged {
             },
         };
         self.landing.push_back(tokio::task::spawn_blocking(move || {
-            part_buffer::land(&files.file, files.direct.as_ref(), offset, &bytes)
+            write_buffers::land(&files.file, files.direct.as_ref(), offset, &bytes)
         }));
     }
 
@@ -313,9 +313,11 @@ impl Staged {
     }
 
     /// Finishes a streaming upload: starts the parts left (the one in memory last), waits for
-    /// them and for the staging file to hold every byte, completes. Any failure aborts it.
-    /// None when there is no streaming upload, or it stopped while finishing (a part failed):
-    /// then the whole file is to go up from the staging file.
+    /// them and for the staging file to hold every byte, completes. `None` when there is no
+    /// streaming upload (none began, or one stopped earlier): the caller then uploads the
+    /// whole file from the staging file. A failure while finishing (a part, landing the
+    /// staging file, more than 10,000 parts) aborts the upload and comes back as `Some(Err)`,
+    /// with every byte in the staging file for the recovery copy.
     pub(super) async fn finish_streaming(
         &mut self,
         store: &Arc<dyn ObjectStore>,
@@ -364,7 +366,7 @@ mod tests {
                 let (number, start, len) = streaming_part(base, offset);
                 assert_eq!((number, start), (expected, offset), "base {base}");
                 assert!(len >= last_len && (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&len));
-                assert_eq!(len % part_buffer::DIRECT_ALIGN as u64, 0);
+                assert_eq!(len % write_buffers::DIRECT_ALIGN as u64, 0);
                 // Any offset inside the part maps to it.
                 assert_eq!(streaming_part(base, offset + len - 1).0, number);
                 (offset, last_len) = (offset + len, len);
