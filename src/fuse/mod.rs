@@ -1,261 +1,33 @@
 //! The FUSE adapter: decodes kernel requests, runs each as a tokio task on the filesystem
 //! core, replies, and turns `FsError`s into errnos. A panic in one request answers that
-//! request with EIO (the dropped reply does so) and is logged; the mount stays up.
+//! request with EIO (the dropped reply does so) and is logged; the mount stays up. This file
+//! holds the request handlers; `adapter` how they run, `convert` the type conversions,
+//! `name_budget` the thread that keeps the kernel's names within `--max-inodes`.
+
+mod adapter;
+mod convert;
+mod name_budget;
+
+pub use adapter::FuseAdapter;
+pub use name_budget::keep_names_within_budget;
+
+use convert::*;
 
 use std::ffi::OsStr;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use futures::FutureExt;
-use tracing::Instrument;
 
 use crate::fs::error::FsError;
 use crate::fs::inode::Ino;
 use crate::fs::meta::AttrChange;
-use crate::fs::namespace::Caller;
-use crate::fs::read_buffers::BufferPool;
 use crate::fs::xattr::SetMode;
-use crate::fs::{Attr, DirSinkEntry, Fs, Kind, Special};
-
-/// Write payloads kept for reuse: enough for the writes in flight at once (each is at most
-/// 1 MiB).
-const WRITE_PAYLOADS_POOLED: u64 = 8 << 20;
-
-pub struct FuseAdapter {
-    fs: Arc<Fs>,
-    rt: tokio::runtime::Handle,
-    ttl: Duration,
-    /// Notifications to the kernel, once the session exists.
-    kernel: Arc<OnceLock<fuser::Notifier>>,
-    /// Write payloads are copied out of fuser's buffer into these, reused: a fresh 1 MiB
-    /// allocation per write page-faults (and zeroes) its memory every time.
-    write_payloads: Arc<BufferPool>,
-}
-
-impl FuseAdapter {
-    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
-        // The kernel keeps names and attributes as long as pailfs trusts them itself: a tree
-        // walk after a listing (find, du, a file manager) then stats from the kernel's cache,
-        // page after page, however big the folder. Opens are fresher (--content-ttl); when
-        // one finds another version, `open` drops the kernel's attributes of that inode.
-        let ttl = fs.config().metadata_ttl;
-        FuseAdapter {
-            fs,
-            rt,
-            ttl,
-            kernel: Arc::new(OnceLock::new()),
-            write_payloads: Arc::new(BufferPool::new(WRITE_PAYLOADS_POOLED)),
-        }
-    }
-
-    /// Where the session's notifier goes once the session exists.
-    pub fn kernel(&self) -> Arc<OnceLock<fuser::Notifier>> {
-        self.kernel.clone()
-    }
-
-    /// Runs one request as a task. The reply lives inside `work`: if the work panics, the
-    /// reply is dropped while unwinding and fuser answers EIO.
-    fn serve<F>(&self, op: &'static str, ino: u64, work: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let span = tracing::debug_span!("fuse", op, ino);
-        self.rt.spawn(
-            async move {
-                if let Err(panic) = AssertUnwindSafe(work).catch_unwind().await {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".to_string());
-                    tracing::error!(
-                        op,
-                        ino,
-                        "bug: request panicked ({what}); answered EIO, mount stays up"
-                    );
-                }
-            }
-            .instrument(span),
-        );
-    }
-}
-
-/// Debug builds only: a lookup of the name in `PAILFS_DEBUG_PANIC_ON_LOOKUP` panics, so tests
-/// can prove that a bug in one request answers EIO and leaves the mount up.
-#[cfg(debug_assertions)]
-fn panic_probe(name: &str) {
-    if std::env::var("PAILFS_DEBUG_PANIC_ON_LOOKUP").is_ok_and(|n| n == name) {
-        panic!("debug panic probe: lookup of {name}");
-    }
-}
-
-fn errno(op: &str, e: &FsError) -> Errno {
-    if !e.is_expected() {
-        tracing::warn!(op, error = %e, errno = e.errno(), "request failed");
-    }
-    Errno::from_i32(e.errno())
-}
-
-/// Answers a request whose success carries nothing.
-fn answer_empty(reply: ReplyEmpty, op: &str, result: Result<(), FsError>) {
-    match result {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(op, &e)),
-    }
-}
-
-/// Answers a request that creates or finds a name (lookup, mkdir, symlink).
-fn answer_entry(reply: ReplyEntry, op: &str, ttl: &Duration, result: Result<Attr, FsError>) {
-    match result {
-        Ok(a) => reply.entry(ttl, &file_attr(&a), GEN),
-        Err(e) => reply.error(errno(op, &e)),
-    }
-}
-
-/// Answers a request that returns attributes (getattr, setattr).
-fn answer_attr(reply: ReplyAttr, op: &str, ttl: &Duration, result: Result<Attr, FsError>) {
-    match result {
-        Ok(a) => reply.attr(ttl, &file_attr(&a)),
-        Err(e) => reply.error(errno(op, &e)),
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    let nlink = if a.kind == Kind::Dir { 2 } else { 1 };
-    FileAttr {
-        ino: INodeNo(a.ino.0),
-        size: a.size,
-        blocks: a.size.div_ceil(512),
-        atime: a.atime,
-        mtime: a.mtime,
-        ctime: a.ctime,
-        crtime: SystemTime::UNIX_EPOCH,
-        kind: kind_of(a),
-        perm: a.perm,
-        nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: a.rdev,
-        blksize: 1 << 20,
-        flags: 0,
-    }
-}
-
-fn kind_of(a: &Attr) -> FileType {
-    match a.kind {
-        Kind::File => FileType::RegularFile,
-        Kind::Dir => FileType::Directory,
-        Kind::Symlink => FileType::Symlink,
-        Kind::Special(Special::Fifo) => FileType::NamedPipe,
-        Kind::Special(Special::Socket) => FileType::Socket,
-        Kind::Special(Special::CharDevice) => FileType::CharDevice,
-        Kind::Special(Special::BlockDevice) => FileType::BlockDevice,
-    }
-}
-
-/// The special file type `mode` asks mknod for; `None` for a regular file or a type mknod
-/// does not make.
-fn special_of(mode: u32) -> Option<Special> {
-    match mode & libc::S_IFMT {
-        libc::S_IFIFO => Some(Special::Fifo),
-        libc::S_IFSOCK => Some(Special::Socket),
-        libc::S_IFCHR => Some(Special::CharDevice),
-        libc::S_IFBLK => Some(Special::BlockDevice),
-        _ => None,
-    }
-}
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
-}
-
-/// What a request does with a name it is given. S3 keys are UTF-8, so a name that is not can
-/// be in no bucket: looked for, it is not there (`ENOENT`, `ENODATA` for an extended
-/// attribute); to be made, it cannot be (`EINVAL`).
-#[derive(Clone, Copy)]
-enum Naming {
-    Existing,
-    ExistingAttr,
-    New,
-}
-
-/// The name as UTF-8, or the errno `naming` gives a name that is not.
-fn utf8_name(name: &OsStr, naming: Naming) -> Result<String, Errno> {
-    name.to_str().map(str::to_string).ok_or(match naming {
-        Naming::Existing => Errno::ENOENT,
-        Naming::ExistingAttr => Errno::ENODATA,
-        Naming::New => Errno::EINVAL,
-    })
-}
-
-/// Permission bits a create or mkdir asks for, after the caller's umask.
-fn requested_perm(mode: u32, umask: u32) -> u16 {
-    (mode & !umask & 0o7777) as u16
-}
-
-fn time_of(t: Option<TimeOrNow>) -> Option<SystemTime> {
-    t.map(|t| match t {
-        TimeOrNow::SpecificTime(t) => t,
-        TimeOrNow::Now => SystemTime::now(),
-    })
-}
-
-/// Answers a getxattr/listxattr with the size protocol: a size of 0 asks how big the value
-/// is; a smaller buffer than the value is ERANGE.
-fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
-    if size == 0 {
-        reply.size(value.len() as u32);
-    } else if value.len() > size as usize {
-        reply.error(Errno::from_i32(FsError::Range.errno()));
-    } else {
-        reply.data(value);
-    }
-}
-
-/// Keeps the names the kernel holds within `--max-inodes`: every quarter second, the oldest
-/// files past the budget get an entry-invalidation notice (the kernel drops the name if
-/// nothing uses it, FUSE inodes without a name are dropped at once, and the kernel answers
-/// with FORGET, which shrinks the inode table). Not the delete notice: that one tells inotify
-/// watchers (file managers) the file was deleted. A thread of its own: a notice waits for
-/// the folder's lock, which a listing in progress holds.
-pub fn keep_names_within_budget(fs: Arc<Fs>, kernel: fuser::Notifier) -> std::io::Result<()> {
-    const BATCH: usize = 100_000;
-    std::thread::Builder::new()
-        .name("pailfs-names".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(250));
-            for (parent, _, name) in fs.names_to_forget(BATCH) {
-                match kernel.inval_entry(INodeNo(parent.0), OsStr::new(&name)) {
-                    Ok(()) => {}
-                    // Gone from the kernel's cache already, or busy (a mountpoint, a
-                    // folder with names in use): the next round tries others.
-                    Err(e) if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ENOENT | libc::EBUSY | libc::ENOTEMPTY | libc::ENOTDIR)
-                    ) => {}
-                    Err(e) => {
-                        // The session ended (unmounted): nothing left to keep small.
-                        tracing::debug!(error = %e, "name budget: the kernel refused a notice; stopping");
-                        return;
-                    }
-                }
-            }
-        })
-        .map(|_| ())
-}
-
-const GEN: Generation = Generation(0);
+use crate::fs::DirSinkEntry;
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
