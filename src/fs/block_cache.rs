@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,14 +18,12 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use foldhash::quality::FixedState;
 
+use super::block_file::{check_block, parse_name, read_exact_now, write_block_file, TRAILER};
 use super::write::filesystem_space;
 
 /// Size of a block: objects are cached in aligned pieces of this many bytes (the last piece
 /// of an object is shorter).
 pub const BLOCK: u64 = 1 << 20;
-/// Bytes after a block's data: CRC-32 of the data, its length, and a marker.
-const TRAILER: usize = 12;
-const MARKER: &[u8; 4] = b"PFB1";
 /// Blocks on their way to disk at once (their bytes are held in memory until written);
 /// beyond this, new blocks are not cached.
 const PENDING_LIMIT: u64 = 16 << 20;
@@ -46,53 +44,14 @@ pub enum Found {
     WouldBlock,
 }
 
-/// Fills `buf` from `file` at `offset` only from the page cache (`RWF_NOWAIT`): `WouldBlock`
-/// when the bytes would have to come from the disk.
-fn read_exact_now(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut done = 0;
-    while done < buf.len() {
-        let iov = libc::iovec {
-            iov_base: buf[done..].as_mut_ptr().cast(),
-            iov_len: buf.len() - done,
-        };
-        // SAFETY: the iovec points into `buf`, which outlives the call; the descriptor is
-        // open for as long as `file` lives.
-        let n = unsafe {
-            libc::preadv2(
-                file.as_raw_fd(),
-                &iov,
-                1,
-                (offset + done as u64) as libc::off_t,
-                libc::RWF_NOWAIT,
-            )
-        };
-        match n {
-            n if n > 0 => done += n as usize,
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            _ => {
-                let err = std::io::Error::last_os_error();
-                return Err(match err.raw_os_error() {
-                    // Not in the page cache, or a filesystem without RWF_NOWAIT.
-                    Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) => {
-                        std::io::ErrorKind::WouldBlock.into()
-                    }
-                    _ => err,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
 /// One version of one object, as the cache names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ObjectTag(u128);
+pub struct ObjectTag(pub(super) u128);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct BlockId {
-    tag: ObjectTag,
-    index: u32,
+pub(super) struct BlockId {
+    pub(super) tag: ObjectTag,
+    pub(super) index: u32,
 }
 
 #[derive(Clone)]
@@ -487,25 +446,10 @@ impl BlockCache {
     }
 
     fn write_block(&self, id: BlockId, data: &[u8]) -> std::io::Result<()> {
-        let path = self.path(id);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        // Written under a temporary name in blocks/ itself, then renamed: a block is either
-        // whole under its name or absent.
         let tmp = self
             .dir
             .join(format!("tmp-{:032x}-{:x}", id.tag.0, id.index));
-        let result = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(data)?;
-            file.write_all(&trailer(data))?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        write_block_file(&self.path(id), &tmp, data)
     }
 
     /// Whether the cache's filesystem keeps its free floor after `more` bytes.
@@ -598,40 +542,6 @@ impl BlockCache {
             get(Stat::Torn)
         )
     }
-}
-
-/// The trailer of a block holding `data`.
-fn trailer(data: &[u8]) -> [u8; TRAILER] {
-    let mut out = [0u8; TRAILER];
-    out[..4].copy_from_slice(&crc32fast::hash(data).to_le_bytes());
-    out[4..8].copy_from_slice(&(data.len() as u32).to_le_bytes());
-    out[8..].copy_from_slice(MARKER);
-    out
-}
-
-/// The data of a block file, if its trailer vouches for it.
-fn check_block(mut raw: Vec<u8>) -> Option<Bytes> {
-    if raw.len() < TRAILER {
-        return None;
-    }
-    let len = raw.len() - TRAILER;
-    let tail = &raw[len..];
-    let crc = u32::from_le_bytes(tail[..4].try_into().ok()?);
-    let stored_len = u32::from_le_bytes(tail[4..8].try_into().ok()?);
-    if &tail[8..] != MARKER || stored_len as usize != len || crc32fast::hash(&raw[..len]) != crc {
-        return None;
-    }
-    raw.truncate(len);
-    Some(Bytes::from(raw))
-}
-
-/// The block a file name (`TAG-INDEX`, both hexadecimal) stands for.
-fn parse_name(name: &str) -> Option<BlockId> {
-    let (tag, index) = name.split_once('-')?;
-    Some(BlockId {
-        tag: ObjectTag(u128::from_str_radix(tag, 16).ok()?),
-        index: u32::from_str_radix(index, 16).ok()?,
-    })
 }
 
 #[cfg(test)]

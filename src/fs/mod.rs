@@ -2,6 +2,7 @@
 //! handles, offsets and names in; attributes, bytes and `FsError`s out.
 
 pub mod block_cache;
+mod block_file;
 mod blocking;
 mod cache_fill;
 pub mod dir;

@@ -15,7 +15,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
-use super::super::StoreError;
+use crate::store::StoreError;
 
 use super::{S3Store, FALLBACK_REGION};
 

@@ -5,7 +5,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
-use super::super::StoreError;
+use crate::store::StoreError;
 
 /// Pulls `<Region>…</Region>` out of an S3 error body (AWS names the right region there).
 pub(super) fn region_in_body(body: &[u8]) -> Option<String> {
