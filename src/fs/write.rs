@@ -16,13 +16,9 @@
 //! program did not change are copied server-side (UploadPartCopy), so appending 1 MiB to a
 //! 10 GiB object uploads about 1 MiB.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-use bytes::Bytes;
-use tokio::task::JoinHandle;
 
 use super::blocking::blocking;
 use super::error::FsError;
@@ -42,7 +38,7 @@ pub use parts::{
     MIN_PART_SIZE,
 };
 use parts::{read_piece, MAX_PARTS};
-use streaming::{LandingFiles, StreamingUpload, Tail};
+use streaming::StreamPath;
 
 #[derive(Clone, Copy, Debug)]
 pub struct WriteTuning {
@@ -79,20 +75,8 @@ pub struct Staged {
     /// it goes through one of the named transitions below and is written to the journal.
     state: StagedState,
     journal: Arc<JournalEntry>,
-    /// Started empty (new file or O_TRUNC) and written only sequentially so far: parts may
-    /// stream while it is written.
-    streamable: bool,
-    streaming: Option<StreamingUpload>,
-    /// Appended bytes of the current part, not yet in the staging file.
-    tail: Option<Tail>,
-    /// Complete parts in memory that the streaming upload has not started yet, in order.
-    sealed: VecDeque<(u64, Bytes)>,
-    /// Writes of parts into the staging file, still running.
-    landing: VecDeque<JoinHandle<std::io::Result<()>>>,
-    landing_files: Option<Arc<LandingFiles>>,
-    /// Why bytes are missing from the staging file (a part could not be written to it): this
-    /// copy can no longer be uploaded whole.
-    damaged: Option<String>,
+    /// How the bytes of a file written from start to end travel while it is written.
+    stream: StreamPath,
     pub handles: usize,
     /// User metadata the object is uploaded with (mode, owner, xattrs…); `mtime` is set from
     /// `modified` at each upload.
@@ -184,13 +168,7 @@ impl Staged {
             size: 0,
             reserved: 0,
             state,
-            streamable: true,
-            streaming: None,
-            tail: None,
-            sealed: VecDeque::new(),
-            landing: VecDeque::new(),
-            landing_files: None,
-            damaged: None,
+            stream: StreamPath::new(),
             handles: 0,
             metadata,
             modified: std::time::SystemTime::now(),
@@ -220,7 +198,7 @@ impl Staged {
             record.metadata.clone(),
         );
         staged.size = size;
-        staged.streamable = false;
+        staged.stream.streamable = false;
         staged.base = record.base;
         staged.modified =
             super::meta::mtime_header(&record.metadata).unwrap_or_else(std::time::SystemTime::now);
@@ -307,7 +285,7 @@ impl Staged {
     /// becomes the source of later changes, so that they upload only what differs.
     pub(super) fn uploaded(&mut self, etag: &str) {
         tracing::debug!(key = %self.key, size = self.size, %etag, "uploaded");
-        self.streamable = self.size == 0;
+        self.stream.streamable = self.size == 0;
         self.state = StagedState::Clean;
         self.progress.pending.store(false, Ordering::Relaxed);
         self.base = Base::Etag(etag.to_string());
@@ -418,7 +396,7 @@ impl Staged {
         blocking(|| staged.file.set_len(info.size)).map_err(io_error)?;
         staged.size = info.size;
         // An empty object appended to streams like a new file.
-        staged.streamable = info.size == 0;
+        staged.stream.streamable = info.size == 0;
         staged.modified = super::meta::file_mtime(info);
         staged.base = Base::Etag(info.etag.clone());
         if info.size > 0 {

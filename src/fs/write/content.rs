@@ -96,7 +96,7 @@ impl Staged {
     /// Refuses changes to a copy that can no longer be uploaded.
     pub(super) fn check_writable(&self) -> Result<(), FsError> {
         self.check_not_failed()?;
-        if let Some(why) = &self.damaged {
+        if let Some(why) = &self.stream.damaged {
             return Err(FsError::Store(StoreError::Other(why.clone())));
         }
         Ok(())
@@ -115,12 +115,13 @@ impl Staged {
     ) -> Result<u32, FsError> {
         self.check_writable()?;
         let store = &self.tracked(store);
-        if !(self.tail.is_some() && offset == self.size) {
+        if !(self.stream.tail.is_some() && offset == self.size) {
             // Not an append to the part in memory: the staging file must hold every byte.
             self.land().await?;
         }
         if self
-            .streaming
+            .stream
+            .upload
             .as_ref()
             .is_some_and(|s| offset < s.sealed_through)
         {
@@ -129,7 +130,7 @@ impl Staged {
         self.reserve(data.len() as u64).await?;
         let (mut at, mut rest) = (offset, data);
         while !rest.is_empty() {
-            if let Some(tail) = &mut self.tail {
+            if let Some(tail) = &mut self.stream.tail {
                 if tail.buf.is_full() {
                     self.seal_tail().await;
                     continue;
@@ -141,13 +142,13 @@ impl Staged {
             }
             // Into the staging file, unless a part buffer takes over an append.
             let mut n = rest.len();
-            if self.streamable && self.source.is_none() && at == self.size {
+            if self.stream.streamable && self.source.is_none() && at == self.size {
                 let (number, start, len) = streaming_part(tuning.part_size, at);
                 // The first part stays in the file: most files are small, and go up in one
                 // PUT.
                 if number > 1 && start == at && len <= tuning.buffer_memory {
                     if let Some(buf) = self.cache.parts.try_take(len as usize) {
-                        self.tail = Some(Tail { start: at, buf });
+                        self.stream.tail = Some(Tail { start: at, buf });
                         continue;
                     }
                 }
@@ -202,7 +203,8 @@ impl Staged {
     ) -> Result<(), FsError> {
         self.land().await?;
         if self
-            .streaming
+            .stream
+            .upload
             .as_ref()
             .is_some_and(|s| size < s.sealed_through)
         {

@@ -21,6 +21,40 @@ use crate::store::{ObjectStore, StoreError, UploadedPart};
 
 /// A multipart upload that runs while a new file is written sequentially: every part that
 /// the writer has moved past goes up in the background.
+/// How the bytes of a file written from start to end travel while it is written: the part
+/// being appended, complete parts in memory, their writes into the staging file, and the
+/// streaming upload they go into. Not where the file stands (that is its `StagedState`).
+pub(super) struct StreamPath {
+    /// Started empty (new file or O_TRUNC) and written only sequentially so far: parts may
+    /// stream while it is written.
+    pub(super) streamable: bool,
+    pub(super) upload: Option<StreamingUpload>,
+    /// Appended bytes of the current part, not yet in the staging file.
+    pub(super) tail: Option<Tail>,
+    /// Complete parts in memory that the streaming upload has not started yet, in order.
+    pub(super) sealed: VecDeque<(u64, Bytes)>,
+    /// Writes of parts into the staging file, still running.
+    pub(super) landing: VecDeque<JoinHandle<std::io::Result<()>>>,
+    pub(super) landing_files: Option<Arc<LandingFiles>>,
+    /// Why bytes are missing from the staging file (a part could not be written to it): this
+    /// copy can no longer be uploaded whole.
+    pub(super) damaged: Option<String>,
+}
+
+impl StreamPath {
+    pub(super) fn new() -> StreamPath {
+        StreamPath {
+            streamable: true,
+            upload: None,
+            tail: None,
+            sealed: VecDeque::new(),
+            landing: VecDeque::new(),
+            landing_files: None,
+            damaged: None,
+        }
+    }
+}
+
 pub(super) struct StreamingUpload {
     id: String,
     /// Size of the first parts (`streaming_part` grows it).
@@ -150,11 +184,11 @@ pub fn streaming_part(base: u64, offset: u64) -> (u32, u64, u64) {
 impl Staged {
     /// The full part in memory goes to the staging file and waits for its upload.
     pub(super) async fn seal_tail(&mut self) {
-        if let Some(tail) = self.tail.take() {
+        if let Some(tail) = self.stream.tail.take() {
             let bytes = tail.buf.freeze();
             self.start_landing(tail.start, bytes.clone()).await;
-            if self.streamable {
-                self.sealed.push_back((tail.start, bytes));
+            if self.stream.streamable {
+                self.stream.sealed.push_back((tail.start, bytes));
             }
         }
     }
@@ -162,12 +196,12 @@ impl Staged {
     /// Starts writing `bytes` at `offset` of the staging file, beside the program's next
     /// writes. At most a few landings run at once, which also bounds the memory they hold.
     async fn start_landing(&mut self, offset: u64, bytes: Bytes) {
-        while self.landing.len() > 2 {
-            if let Some(handle) = self.landing.pop_front() {
+        while self.stream.landing.len() > 2 {
+            if let Some(handle) = self.stream.landing.pop_front() {
                 self.note_landing(handle.await);
             }
         }
-        let files = match &self.landing_files {
+        let files = match &self.stream.landing_files {
             Some(files) => files.clone(),
             None => match self.file.try_clone() {
                 Ok(file) => {
@@ -175,7 +209,7 @@ impl Staged {
                         file,
                         direct: write_buffers::open_direct(&self.path),
                     });
-                    self.landing_files = Some(files.clone());
+                    self.stream.landing_files = Some(files.clone());
                     files
                 }
                 Err(e) => {
@@ -184,9 +218,11 @@ impl Staged {
                 }
             },
         };
-        self.landing.push_back(tokio::task::spawn_blocking(move || {
-            write_buffers::land(&files.file, files.direct.as_ref(), offset, &bytes)
-        }));
+        self.stream
+            .landing
+            .push_back(tokio::task::spawn_blocking(move || {
+                write_buffers::land(&files.file, files.direct.as_ref(), offset, &bytes)
+            }));
     }
 
     /// Records a landing's failure: the bytes it held are not in the staging file.
@@ -197,7 +233,7 @@ impl Staged {
             Err(e) => e.to_string(),
         };
         tracing::error!(key = %self.key, staging = %self.path.display(), %error, "a part could not be written to the staging file; this file can no longer be saved whole");
-        self.damaged.get_or_insert_with(|| {
+        self.stream.damaged.get_or_insert_with(|| {
             format!("a part could not be written to the staging file: {error}")
         });
     }
@@ -205,15 +241,15 @@ impl Staged {
     /// Brings every byte into the staging file: the part in memory, and the landings still
     /// running. Fails when a landing failed.
     pub(super) async fn land(&mut self) -> Result<(), FsError> {
-        if let Some(tail) = self.tail.take() {
+        if let Some(tail) = self.stream.tail.take() {
             if !tail.buf.is_empty() {
                 self.start_landing(tail.start, tail.buf.freeze()).await;
             }
         }
-        while let Some(handle) = self.landing.pop_front() {
+        while let Some(handle) = self.stream.landing.pop_front() {
             self.note_landing(handle.await);
         }
-        match &self.damaged {
+        match &self.stream.damaged {
             Some(why) => Err(FsError::Store(StoreError::Other(why.clone()))),
             None => Ok(()),
         }
@@ -221,11 +257,11 @@ impl Staged {
 
     /// Ends streaming (the whole file uploads from the staging file at close).
     pub(super) fn stop_streaming(&mut self, store: &Arc<dyn ObjectStore>, why: &str) {
-        if let Some(stream) = self.streaming.take() {
+        if let Some(stream) = self.stream.upload.take() {
             stream.abandon(store, &self.key, why);
         }
-        self.streamable = false;
-        self.sealed.clear();
+        self.stream.streamable = false;
+        self.stream.sealed.clear();
     }
 
     /// Starts every part of a sequentially written new file that the writer has moved past
@@ -238,11 +274,11 @@ impl Staged {
         tuning: WriteTuning,
         to_end: bool,
     ) {
-        if !self.streamable || !self.state.is_dirty() || self.damaged.is_some() {
-            self.sealed.clear();
+        if !self.stream.streamable || !self.state.is_dirty() || self.stream.damaged.is_some() {
+            self.stream.sealed.clear();
             return;
         }
-        if self.streaming.is_none() {
+        if self.stream.upload.is_none() {
             // Once the writer is past the first part, the file needs a multipart upload
             // anyway; smaller files go up in one PUT at close.
             let (_, second, _) = streaming_part(tuning.part_size, tuning.part_size);
@@ -251,7 +287,7 @@ impl Staged {
             }
             match store.create_multipart(&self.key, &self.headers()).await {
                 Ok(id) => {
-                    self.streaming = Some(StreamingUpload {
+                    self.stream.upload = Some(StreamingUpload {
                         id,
                         base: tuning.part_size,
                         done: Vec::new(),
@@ -266,7 +302,7 @@ impl Staged {
                 }
             }
         }
-        let Some(mut stream) = self.streaming.take() else {
+        let Some(mut stream) = self.stream.upload.take() else {
             return;
         };
         loop {
@@ -285,15 +321,15 @@ impl Staged {
                 .make_room(tuning.upload_concurrency, tuning.buffer_memory, end - start)
                 .await
             {
-                self.streaming = Some(stream);
+                self.stream.upload = Some(stream);
                 self.stop_streaming(store, &format!("a part failed: {e}"));
                 return;
             }
             // Other files' parts count too: the budget is the mount's.
             let permit = self.cache.uploads().admit(end - start).await;
-            let body = match self.sealed.front() {
+            let body = match self.stream.sealed.front() {
                 Some((at, bytes)) if *at == start && bytes.len() as u64 == end - start => {
-                    self.sealed.pop_front().map(|(_, b)| Ok(b))
+                    self.stream.sealed.pop_front().map(|(_, b)| Ok(b))
                 }
                 _ => None,
             }
@@ -301,15 +337,17 @@ impl Staged {
             match body {
                 Ok(body) => stream.start_part(store, &self.key, number, body, permit),
                 Err(e) => {
-                    self.streaming = Some(stream);
+                    self.stream.upload = Some(stream);
                     self.stop_streaming(store, &format!("reading the staging file: {e}"));
                     return;
                 }
             }
             stream.sealed_through = end;
         }
-        self.sealed.retain(|(at, _)| *at >= stream.sealed_through);
-        self.streaming = Some(stream);
+        self.stream
+            .sealed
+            .retain(|(at, _)| *at >= stream.sealed_through);
+        self.stream.upload = Some(stream);
     }
 
     /// Finishes a streaming upload: starts the parts left (the one in memory last), waits for
@@ -323,10 +361,10 @@ impl Staged {
         store: &Arc<dyn ObjectStore>,
         tuning: WriteTuning,
     ) -> Option<Result<String, StoreError>> {
-        self.streaming.as_ref()?;
+        self.stream.upload.as_ref()?;
         self.seal_tail().await;
         self.advance_stream(store, tuning, true).await;
-        let mut stream = self.streaming.take()?;
+        let mut stream = self.stream.upload.take()?;
         let mut failure = None;
         while let Some((_, handle)) = stream.in_flight.pop_front() {
             match joined(handle.await) {

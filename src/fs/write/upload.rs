@@ -65,7 +65,7 @@ impl Staged {
         tuning: WriteTuning,
     ) -> Result<Option<String>, FsError> {
         let store = &self.tracked(store);
-        if self.streaming.is_none() {
+        if self.stream.upload.is_none() {
             self.progress.restart();
         }
         self.progress.total.store(self.size, Ordering::Relaxed);
@@ -74,7 +74,7 @@ impl Staged {
             tracing::debug!(key = %self.key, state = ?self.state, "nothing to upload");
             return Ok(None);
         }
-        tracing::debug!(key = %self.key, size = self.size, streaming = self.streaming.is_some(), "uploading");
+        tracing::debug!(key = %self.key, size = self.size, streaming = self.stream.upload.is_some(), "uploading");
         self.begin_upload();
         let over_source = self.source.as_ref().is_some_and(|s| s.len > 0);
         let result = match self.check_conflict(store, tuning.conflict).await {
@@ -106,7 +106,7 @@ impl Staged {
         // Whatever happened, the next change starts from a known state: no streaming, except
         // into a file that is empty in the bucket (programs that create a file often close a
         // first descriptor of it before writing through another, as dd does).
-        self.streamable = false;
+        self.stream.streamable = false;
         match result {
             Ok(etag) => {
                 self.uploaded(&etag);
