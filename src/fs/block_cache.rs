@@ -25,8 +25,8 @@ use super::write::filesystem_space;
 /// of an object is shorter).
 pub const BLOCK: u64 = 1 << 20;
 /// Blocks on their way to disk at once (their bytes are held in memory until written);
-/// beyond this, new blocks are not cached.
-const PENDING_LIMIT: u64 = 16 << 20;
+/// beyond this, new blocks from outside the read-ahead budget are not cached.
+pub const PENDING_LIMIT: u64 = 16 << 20;
 /// Block files kept open (a random read over a 256 MiB region finds its file open).
 const OPEN_FILES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(256) {
     Some(n) => n,
@@ -105,6 +105,8 @@ pub struct BlockCache {
     pending: AtomicU64,
     /// Block files kept open for reads (a random read then costs one `pread`).
     open_files: Mutex<lru::LruCache<BlockId, Arc<std::fs::File>>>,
+    /// Woken whenever blocks reach the disk.
+    written: tokio::sync::Notify,
     /// Held while blocks are written: one writer at a time, so that a burst of blocks (a whole
     /// object coming in) does not take every core from the reads.
     writer: Mutex<()>,
@@ -144,6 +146,7 @@ impl BlockCache {
             min_free_ratio,
             pending: AtomicU64::new(0),
             writer: Mutex::new(()),
+            written: tokio::sync::Notify::new(),
             open_files: Mutex::new(lru::LruCache::new(OPEN_FILES)),
             stats: Default::default(),
         };
@@ -383,6 +386,24 @@ impl BlockCache {
     ) {
         let mut wanted = Vec::with_capacity(blocks.len());
         let mut total = 0u64;
+        // Staging may have grown since the last look: the blocks give way first. Then a run
+        // larger than the cache keeps its last blocks only (a reader moving on wants those
+        // soonest); what it replaces is evicted below.
+        self.make_room(0);
+        let room = self.limit(0);
+        let mut blocks = blocks;
+        let run_bytes: u64 = blocks.iter().map(|(_, d)| d.len() as u64).sum();
+        if run_bytes > room {
+            let mut keep = 0u64;
+            let from = blocks
+                .iter()
+                .rposition(|(_, d)| {
+                    keep += d.len() as u64;
+                    keep > room
+                })
+                .map_or(0, |i| i + 1);
+            blocks.drain(..from);
+        }
         {
             let mut idx = lock(&self.index);
             for (index, data) in blocks {
@@ -441,6 +462,7 @@ impl BlockCache {
             }
             drop(turn);
             cache.pending.fetch_sub(total, Ordering::Relaxed);
+            cache.written.notify_waiters();
             written();
         });
     }
@@ -469,13 +491,32 @@ impl BlockCache {
     /// files and `more` bytes to stage, the shared cap; false if that cannot be done (staged
     /// bytes alone fill it).
     pub fn make_room(&self, more: u64) -> bool {
-        let staged = self.staged.load(Ordering::Relaxed).saturating_add(more);
-        let limit = self.cap.min(self.shared_cap.saturating_sub(staged));
+        let limit = self.limit(more);
         if self.bytes() <= limit {
             return true;
         }
         // Down to a little below the limit, so the next blocks do not evict one by one.
         self.evict_to(limit.saturating_sub(limit / EVICT_SLACK)) <= limit
+    }
+
+    /// The most bytes of blocks allowed with `more` bytes about to be staged.
+    fn limit(&self, more: u64) -> u64 {
+        let staged = self.staged.load(Ordering::Relaxed).saturating_add(more);
+        self.cap.min(self.shared_cap.saturating_sub(staged))
+    }
+
+    /// Waits until at most `limit` bytes of blocks are on their way to disk (a reader whose
+    /// parts outrun the disk waits here rather than holding ever more memory).
+    pub async fn wait_pending_below(&self, limit: u64) {
+        loop {
+            let written = self.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            if self.pending.load(Ordering::Relaxed) <= limit {
+                return;
+            }
+            written.await;
+        }
     }
 
     /// Evicts at least `bytes` of blocks (the disk nears its free floor).

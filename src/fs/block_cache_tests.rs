@@ -405,3 +405,38 @@ async fn a_file_larger_than_a_quarter_of_the_cache_is_never_brought_in_whole() {
     );
     assert!(rig.blocks.bytes() <= 12 * BLOCK);
 }
+
+#[tokio::test]
+async fn a_run_larger_than_the_cap_keeps_its_last_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = 100 * 1024;
+    let cache = cache_in(dir.path(), 3 * len as u64);
+    let tag = cache.tag("k", "\"e\"");
+    let run = (0..8).map(|i| (i, block(i as u8, len))).collect();
+    cache.insert_run(tag, run, true, || {});
+    wait_written(&cache).await;
+    let held: Vec<u64> = (0..8)
+        .filter(|i| cache.read(tag, *i, 0, 1).is_some())
+        .collect();
+    assert_eq!(held, vec![5, 6, 7]);
+}
+
+#[tokio::test]
+async fn parts_read_outside_the_read_ahead_budget_are_cached_too() {
+    let rig = CachedRig::new(1 << 30);
+    let size = 12 * BLOCK as usize;
+    rig.mem.put("f", content(size, 8));
+    let info = rig.store.head("f").await.unwrap();
+    // A budget of one unit: every part the reader needs goes without a permit.
+    let shared = ReadShared {
+        store: rig.store.clone(),
+        budget: Arc::new(tokio::sync::Semaphore::new(1)),
+        pool: Arc::new(BufferPool::new(4 << 20)),
+        tuning: TUNING,
+        blocks: Some(rig.blocks.clone()),
+    };
+    let mut r = Reader::new(Arc::new(shared), "f".into(), info.etag, info.size);
+    assert_eq!(read_whole(&mut r, size).await, content(size, 8));
+    wait_written(&rig.blocks).await;
+    assert_eq!(rig.blocks.bytes(), size as u64, "every block kept");
+}

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::block_cache::{BlockCache, Found, ObjectTag, BLOCK};
+use super::block_cache::{BlockCache, Found, ObjectTag, BLOCK, PENDING_LIMIT};
 use super::cache_fill::CacheFill;
 use super::error::FsError;
 use super::read_buffers::BufferPool;
@@ -261,7 +261,13 @@ impl Reader {
     /// With `permit` (a window part's share of the read-ahead budget), the write holds that
     /// share until it is done: a cache that writes slower than the bucket sends makes the
     /// window read ahead less, and never makes it drop blocks.
-    fn offer(&self, start: u64, data: &Bytes, permit: Option<Arc<OwnedSemaphorePermit>>) {
+    fn offer(
+        &self,
+        start: u64,
+        data: &Bytes,
+        permit: Option<Arc<OwnedSemaphorePermit>>,
+        window_part: bool,
+    ) {
         let (Some(blocks), Some(tag)) = (&self.shared.blocks, self.tag) else {
             return;
         };
@@ -282,11 +288,34 @@ impl Reader {
             return;
         }
         let (pool, whole) = (self.shared.pool.clone(), data.clone());
-        let budgeted = permit.is_some();
-        blocks.insert_run(tag, run, budgeted, move || {
+        // Window parts are always kept: their memory is bounded by the read-ahead budget, or
+        // by the wait in `read_range` for a part outside it.
+        let bounded = permit.is_some() || window_part;
+        blocks.insert_run(tag, run, bounded, move || {
             pool.give(whole);
             drop(permit);
         });
+    }
+
+    /// Hands the data cache a part fetched whole that no read took bytes from (the kernel's
+    /// reads can skip past a part): its blocks are the object's all the same.
+    fn offer_part(&self, part: &mut Part) {
+        if let (false, PartState::Ready(data)) = (part.cached, &part.state) {
+            if data.len() as u64 == part.range.len() {
+                part.cached = true;
+                self.offer(part.range.start, &data.clone(), part._permit.clone(), true);
+            }
+        }
+    }
+
+    /// Empties the window to start again at `offset`, keeping what it fetched in the cache.
+    fn reset_window(&mut self, offset: u64) {
+        let mut parts = std::mem::take(&mut self.window.parts);
+        for part in parts.iter_mut() {
+            self.offer_part(part);
+        }
+        self.window.parts = parts;
+        self.window.reset(offset, &self.shared.pool);
     }
 
     /// Starts bringing the whole object into the data cache once it has missed at random
@@ -333,7 +362,7 @@ impl Reader {
         if data.len() as u64 != end - start {
             return Err(FsError::Changed);
         }
-        self.offer(start, &data, None);
+        self.offer(start, &data, None, false);
         let from = (want.start - start) as usize;
         Ok(data.slice(from..from + want.len() as usize))
     }
@@ -389,7 +418,7 @@ impl Reader {
                 let whole = ByteRange::new(0, self.size);
                 let data = self.fetch_now(whole).await?;
                 // Small files are cached whole: a re-read after a remount costs no GET.
-                self.offer(0, &data, None);
+                self.offer(0, &data, None, false);
                 self.window.parts.push_back(Part {
                     range: whole,
                     state: PartState::Ready(data),
@@ -421,7 +450,7 @@ impl Reader {
             if !sequential_start {
                 // Random access: fetch only what was asked (whole blocks once the file is seen
                 // to be read at random, with a data cache to keep them); drop the window.
-                self.window.reset(want.end, &self.shared.pool);
+                self.reset_window(want.end);
                 self.last_end = Some(want.end);
                 self.random_reads = self.random_reads.saturating_add(1);
                 if self.tag.is_some() && self.random_reads >= RANDOM_AFTER {
@@ -439,7 +468,7 @@ impl Reader {
             // A reader streaming on after blocks the data cache served keeps its window's
             // width rather than starting again from 1 MiB.
             let width = self.window.target;
-            self.window.reset(start, &self.shared.pool);
+            self.reset_window(start);
             self.window.target = width / 2;
         }
         // Sequential: drop what is behind, grow the window, keep it filled.
@@ -449,7 +478,8 @@ impl Reader {
             .front()
             .is_some_and(|p| p.range.end + REORDER_SLACK <= want.start)
         {
-            if let Some(part) = self.window.parts.pop_front() {
+            if let Some(mut part) = self.window.parts.pop_front() {
+                self.offer_part(&mut part);
                 part.recycle(&self.shared.pool);
             }
         }
@@ -475,6 +505,11 @@ impl Reader {
             if permit.is_none() && !needed {
                 // The global read-ahead budget is spent: read ahead less.
                 break;
+            }
+            if let (None, Some(blocks)) = (&permit, &self.shared.blocks) {
+                // A part outside the budget is still cached whole: if the disk lags that far
+                // behind, the reader waits for it instead of holding more memory.
+                blocks.wait_pending_below(4 * PENDING_LIMIT).await;
             }
             let handle = self.spawn_get(range);
             self.window.parts.push_back(Part {
@@ -511,7 +546,7 @@ impl Reader {
             pieces.push(data.slice(from..to));
         }
         for (start, data, permit) in fetched {
-            self.offer(start, &data, permit);
+            self.offer(start, &data, permit, true);
         }
         Ok(join(pieces, want.len()))
     }
