@@ -7,7 +7,7 @@
 scripts/install-deps.sh > /dev/null
 cargo build --release --quiet --bin pailfs --example s3tool
 tool=target/release/examples/s3tool
-pailfs=target/release/pailfs
+pailfs=${PAILFS_BIN:-target/release/pailfs}
 
 work=$(mktemp -d "/tmp/pailfs-$1.XXXXXX")
 mnt="$work/mnt"
