@@ -801,3 +801,28 @@ async fn mknod_of_a_regular_file_uploads_an_empty_file() {
     assert_eq!((a.kind, a.size, a.perm), (Kind::File, 0, 0o600));
     assert_eq!(w.rig.mem.content("empty").as_deref(), Some(&b""[..]));
 }
+
+#[tokio::test]
+async fn o_trunc_after_a_chmod_keeps_the_new_mode() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    w.rig.mem.put("f", "0123456789");
+    let f = fs.lookup(Ino::ROOT, "f").await.unwrap();
+    fs.set_attr(
+        f.ino,
+        AttrChange {
+            perm: Some(0o600),
+            ..AttrChange::default()
+        },
+    )
+    .await
+    .unwrap();
+    // The chmod made the mount forget its last HEAD: the truncating open must not fall back
+    // to the mount's default mode.
+    let (fh, _) = fs.open(f.ino, true, true).await.unwrap();
+    fs.write(fh, 0, b"new").await.unwrap();
+    fs.release(fh).await.unwrap();
+    let headers = w.rig.mem.metadata("f").unwrap();
+    assert_eq!(headers["mode"], (0o100600).to_string());
+    assert_eq!(w.rig.mem.content("f").as_deref(), Some(&b"new"[..]));
+}

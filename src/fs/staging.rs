@@ -241,9 +241,22 @@ impl Fs {
         let key = self.key_of(path);
         let mut staged = match start {
             Start::New(headers) => Staged::empty(cache, key, headers)?,
-            // O_TRUNC keeps the file's mode, owner and xattrs, as a local file would.
+            // O_TRUNC keeps the file's mode, owner and xattrs, as a local file would: from
+            // the last HEAD when the mount has one (its own changes of metadata and its
+            // uploads forget it), else from a HEAD now; never the mount's defaults for a file
+            // that exists.
             Start::Truncated => {
-                let known = self.names.meta.last_head(&key);
+                let known = match self.names.meta.last_head(&key) {
+                    Some(info) => Some(info),
+                    None => match self.store.head(&key).await {
+                        Ok(info) => {
+                            self.names.meta.put_head(&info);
+                            Some(info)
+                        }
+                        Err(StoreError::NotFound) => None,
+                        Err(e) => return Err(e.into()),
+                    },
+                };
                 let headers = match &known {
                     Some(info) => info.metadata.clone(),
                     None => self.default_file_headers(),
@@ -349,22 +362,29 @@ impl Fs {
         let open = self
             .staged_of(ino)
             .or_else(|| lock(&self.writing.unlinked).get(&ino).cloned());
-        match open {
-            // ftruncate(2) or O_TRUNC on an open file: change the staging copy; its handles
-            // upload it.
-            Some(staged) => staged.lock().await.truncate(size, &self.store).await?,
-            // truncate(2) on a path: no handle will flush it, so stage, change, upload now.
-            None => {
-                let start = if size == 0 {
-                    Start::Truncated
-                } else {
-                    Start::Existing
-                };
-                let (staged, _) = self.stage(ino, &node.path, start).await?;
-                staged.lock().await.truncate(size, &self.store).await?;
-                self.finish_handle(ino, &staged, true).await?;
+        if let Some(staged) = open {
+            // ftruncate(2), or truncate(2) of a file open elsewhere: change the staging copy;
+            // its handles upload it. Unless the last handle finished (uploaded and dropped)
+            // the copy while this waited for its lock: a change to it would reach no one.
+            let mut s = staged.lock().await;
+            let unlinked = lock(&self.writing.unlinked)
+                .get(&ino)
+                .is_some_and(|u| Arc::ptr_eq(u, &staged));
+            if self.is_current(ino, &staged) || unlinked {
+                s.truncate(size, &self.store).await?;
+                drop(s);
+                return self.getattr(ino).await;
             }
         }
+        // truncate(2) on a path: no handle will flush it, so stage, change, upload now.
+        let start = if size == 0 {
+            Start::Truncated
+        } else {
+            Start::Existing
+        };
+        let (staged, _) = self.stage(ino, &node.path, start).await?;
+        staged.lock().await.truncate(size, &self.store).await?;
+        self.finish_handle(ino, &staged, true).await?;
         self.getattr(ino).await
     }
 

@@ -945,3 +945,35 @@ async fn random_appends_writes_truncates_and_closes_match_a_model() {
     assert_eq!(w.cache.write_buffers().allocated(), 0, "and gave them back");
     assert!(w.rig.count(RequestKind::UploadPart) > 0);
 }
+
+#[tokio::test]
+async fn a_truncate_racing_the_last_close_is_never_lost() {
+    let w = write_rig(1 << 30);
+    let fs = &w.rig.fs;
+    w.rig.mem.put("f", "");
+    let f = fs.lookup(Ino::ROOT, "f").await.unwrap();
+    let (fh, _) = fs.open(f.ino, true, false).await.unwrap();
+    w.write_all(fh, b"012345").await;
+    // The last close and a truncate(2) of the path both wait for the copy; the close goes
+    // first, uploads and drops it, then the truncate gets it.
+    let staged = fs.staged_of(f.ino).unwrap();
+    let held = staged.lock().await;
+    let closing = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.release(fh).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let truncating = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.set_size(f.ino, 8).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    drop(held);
+    closing.await.unwrap().unwrap();
+    assert_eq!(truncating.await.unwrap().unwrap().size, 8);
+    assert_eq!(
+        w.rig.mem.content("f").as_deref(),
+        Some(&b"012345\0\0"[..]),
+        "the truncate reached the bucket"
+    );
+}
