@@ -32,6 +32,9 @@ const OPEN_FILES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(256
     Some(n) => n,
     None => panic!("OPEN_FILES is not zero"),
 };
+/// Most blocks indexed at once, whatever their size: the index takes about 100 bytes a block
+/// in memory, so a cache of many small files stays within about 20 MiB of the daemon's memory.
+const MAX_BLOCKS: usize = 200_000;
 /// Share of the cap freed by one eviction pass, so that eviction does not run per block.
 const EVICT_SLACK: u64 = 16;
 
@@ -103,6 +106,8 @@ pub struct BlockCache {
     /// Share of the filesystem kept free (`--cache-min-free`).
     min_free_ratio: f64,
     pending: AtomicU64,
+    /// Most blocks indexed (`MAX_BLOCKS`).
+    max_blocks: usize,
     /// Block files kept open for reads (a random read then costs one `pread`).
     open_files: Mutex<lru::LruCache<BlockId, Arc<std::fs::File>>>,
     /// Woken whenever blocks reach the disk.
@@ -145,6 +150,7 @@ impl BlockCache {
             staged,
             min_free_ratio,
             pending: AtomicU64::new(0),
+            max_blocks: MAX_BLOCKS,
             writer: Mutex::new(()),
             written: tokio::sync::Notify::new(),
             open_files: Mutex::new(lru::LruCache::new(OPEN_FILES)),
@@ -492,11 +498,19 @@ impl BlockCache {
     /// bytes alone fill it).
     pub fn make_room(&self, more: u64) -> bool {
         let limit = self.limit(more);
-        if self.bytes() <= limit {
+        let (bytes, count) = {
+            let idx = lock(&self.index);
+            (idx.bytes, idx.entries.len())
+        };
+        if bytes <= limit && count <= self.max_blocks {
             return true;
         }
-        // Down to a little below the limit, so the next blocks do not evict one by one.
-        self.evict_to(limit.saturating_sub(limit / EVICT_SLACK)) <= limit
+        // Down to a little below the limits, so the next blocks do not evict one by one.
+        let held = self.evict_to(
+            limit.saturating_sub(limit / EVICT_SLACK),
+            self.max_blocks - self.max_blocks / EVICT_SLACK as usize,
+        );
+        held <= limit
     }
 
     /// The most bytes of blocks allowed with `more` bytes about to be staged.
@@ -522,12 +536,12 @@ impl BlockCache {
     /// Evicts at least `bytes` of blocks (the disk nears its free floor).
     pub fn shrink_by(&self, bytes: u64) {
         let held = self.bytes();
-        self.evict_to(held.saturating_sub(bytes));
+        self.evict_to(held.saturating_sub(bytes), self.max_blocks);
     }
 
     /// Evicts least recently used blocks (not those being written) until at most `target`
-    /// bytes are held; returns the bytes then held.
-    fn evict_to(&self, target: u64) -> u64 {
+    /// bytes and `most_blocks` blocks are held; returns the bytes then held.
+    fn evict_to(&self, target: u64, most_blocks: usize) -> u64 {
         let mut idx = lock(&self.index);
         let mut by_age: Vec<(u64, BlockId, u32)> = idx
             .entries
@@ -538,7 +552,7 @@ impl BlockCache {
         by_age.sort_unstable_by_key(|(used, _, _)| *used);
         let mut doomed = Vec::new();
         for (_, id, len) in by_age {
-            if idx.bytes <= target {
+            if idx.bytes <= target && idx.entries.len() <= most_blocks {
                 break;
             }
             idx.entries.remove(&id);
@@ -558,6 +572,13 @@ impl BlockCache {
     fn close(&self, id: BlockId) {
         let mut open = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
         open.pop(&id);
+    }
+
+    /// The same cache, indexing at most `n` blocks (tests of the count limit).
+    #[cfg(test)]
+    pub fn with_max_blocks(mut self, n: usize) -> BlockCache {
+        self.max_blocks = n;
+        self
     }
 
     /// Whether blocks are still on their way to disk.

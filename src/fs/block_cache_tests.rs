@@ -440,3 +440,29 @@ async fn parts_read_outside_the_read_ahead_budget_are_cached_too() {
     wait_written(&rig.blocks).await;
     assert_eq!(rig.blocks.bytes(), size as u64, "every block kept");
 }
+
+#[tokio::test]
+async fn the_number_of_blocks_is_bounded_whatever_their_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlockCache::open(
+        dir.path(),
+        "s3://b/ at test",
+        1 << 30,
+        u64::MAX,
+        Arc::new(AtomicU64::new(0)),
+        0.0,
+    )
+    .unwrap()
+    .with_max_blocks(32);
+    let cache = Arc::new(cache);
+    // Small files, one block each: far below the byte cap, over the count.
+    for i in 0..100 {
+        let tag = cache.tag(&format!("thumb-{i}.jpg"), "\"e\"");
+        cache.insert(tag, 0, block(i as u8, 2000));
+        wait_written(&cache).await;
+    }
+    let newest = cache.tag("thumb-99.jpg", "\"e\"");
+    assert!(cache.read(newest, 0, 0, 1).is_some());
+    let count = crate::fs::write::files_below(&dir.path().join("blocks")).len();
+    assert!(count <= 33, "{count} blocks kept");
+}
