@@ -44,26 +44,34 @@ head -c $((1 << 30)) /dev/urandom > "$work/1g.src"
 R[write]=$($tool put-parallel $B raw/1g.bin "$work/1g.src" $((8 << 20)) 4 | field secs)
 
 declare -A T
-run_fs() {
-    local fs=$1 pid
+# Mounts the bucket on $mnt with tool $1 (pailfs, s3fs or rclone), its log in $work/$2.log, and
+# the rest as that tool's extra flags (for s3fs: one more -o list); sets the caller's $pid.
+mount_tool() {
+    local fs=$1 log="$work/$2.log"
+    shift 2
     case $fs in
         pailfs)
             $pailfs mount "s3://$B" "$mnt" --endpoint-url "$PAILFS_S3_ENDPOINT" --foreground \
-                --log-file "$work/pailfs.log" & pid=$! ;;
+                --log-file "$log" "$@" & pid=$! ;;
         s3fs)
             printf '%s:%s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" > "$work/s3fs.passwd"
             chmod 600 "$work/s3fs.passwd"
-            s3fs $B "$mnt" -f -o "url=$PAILFS_S3_ENDPOINT,use_path_request_style,endpoint=garage,passwd_file=$work/s3fs.passwd" \
-                > "$work/s3fs.log" 2>&1 & pid=$! ;;
+            s3fs $B "$mnt" -f -o "url=$PAILFS_S3_ENDPOINT,use_path_request_style,endpoint=garage,passwd_file=$work/s3fs.passwd${1:+,$1}" \
+                > "$log" 2>&1 & pid=$! ;;
         rclone)
             # rclone 1.60 cannot combine AWS_CA_BUNDLE with its HTTP transport; this is plain
             # HTTP on loopback, so it is not needed.
             env -u AWS_CA_BUNDLE RCLONE_S3_PROVIDER=Other RCLONE_S3_ENDPOINT="$PAILFS_S3_ENDPOINT" RCLONE_S3_REGION=garage \
             RCLONE_S3_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" RCLONE_S3_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
             RCLONE_S3_FORCE_PATH_STYLE=true \
-                rclone mount ":s3:$B" "$mnt" > "$work/rclone.log" 2>&1 & pid=$! ;;
+                rclone mount ":s3:$B" "$mnt" "$@" > "$log" 2>&1 & pid=$! ;;
     esac
     wait_mounted
+}
+
+run_fs() {
+    local fs=$1 pid
+    mount_tool "$fs" "$fs"
     local t ops
     # Random reads first, while no page cache holds the object.
     ops=$($tool pread-random "$mnt/big/1g.bin" 4096 10 | field ops)
@@ -109,18 +117,10 @@ done
 tarx_cached() {
     local fs=$1 pid t
     case $fs in
-        pailfs)
-            $pailfs mount "s3://$B" "$mnt" --endpoint-url "$PAILFS_S3_ENDPOINT" --foreground \
-                --write-back async --log-file "$work/pailfs-async.log" & pid=$! ;;
-        rclone)
-            env -u AWS_CA_BUNDLE RCLONE_S3_PROVIDER=Other RCLONE_S3_ENDPOINT="$PAILFS_S3_ENDPOINT" RCLONE_S3_REGION=garage \
-            RCLONE_S3_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" RCLONE_S3_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
-            RCLONE_S3_FORCE_PATH_STYLE=true \
-                rclone mount ":s3:$B" "$mnt" --vfs-cache-mode writes --cache-dir "$work/rclone-cache" \
-                > "$work/rclone-writes.log" 2>&1 & pid=$! ;;
+        pailfs) mount_tool pailfs pailfs-async --write-back async ;;
+        rclone) mount_tool rclone rclone-writes --vfs-cache-mode writes --cache-dir "$work/rclone-cache" ;;
         *) return ;;
     esac
-    wait_mounted
     mkdir -p "$mnt/tarc-$fs"
     t=$(now)
     tar xf "$work/tree.tar" --no-same-owner -C "$mnt/tarc-$fs" && T[$fs,tarxc]=$(since "$t")
@@ -135,22 +135,11 @@ done
 # Re-reads with each tool's local data cache on (pailfs by default, s3fs use_cache, rclone
 # --vfs-cache-mode full): a 300 MiB file read, the mount remounted, the file read again.
 mount_data_cached() {
-    local fs=$1
-    case $fs in
-        pailfs)
-            $pailfs mount "s3://$B" "$mnt" --endpoint-url "$PAILFS_S3_ENDPOINT" --foreground \
-                --cache-dir "$work/pailfs-data" --log-file "$work/pailfs-data.log" & pid=$! ;;
-        s3fs)
-            s3fs $B "$mnt" -f -o "url=$PAILFS_S3_ENDPOINT,use_path_request_style,endpoint=garage,passwd_file=$work/s3fs.passwd,use_cache=$work/s3fs-data" \
-                > "$work/s3fs-data.log" 2>&1 & pid=$! ;;
-        rclone)
-            env -u AWS_CA_BUNDLE RCLONE_S3_PROVIDER=Other RCLONE_S3_ENDPOINT="$PAILFS_S3_ENDPOINT" RCLONE_S3_REGION=garage \
-            RCLONE_S3_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" RCLONE_S3_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
-            RCLONE_S3_FORCE_PATH_STYLE=true \
-                rclone mount ":s3:$B" "$mnt" --vfs-cache-mode full --cache-dir "$work/rclone-data" \
-                > "$work/rclone-data.log" 2>&1 & pid=$! ;;
+    case $1 in
+        pailfs) mount_tool pailfs pailfs-data --cache-dir "$work/pailfs-data" ;;
+        s3fs) mount_tool s3fs s3fs-data "use_cache=$work/s3fs-data" ;;
+        rclone) mount_tool rclone rclone-data --vfs-cache-mode full --cache-dir "$work/rclone-data" ;;
     esac
-    wait_mounted
 }
 reread_cached() {
     local fs=$1 pid t gets0
@@ -170,9 +159,7 @@ for fs in ${BENCH_ONLY:-pailfs s3fs rclone}; do
 done
 if [[ " ${BENCH_ONLY:-pailfs} " == *" pailfs "* ]]; then
     # 1 GiB read through a 256 MiB cap: what stays on disk.
-    $pailfs mount "s3://$B" "$mnt" --endpoint-url "$PAILFS_S3_ENDPOINT" --foreground \
-        --cache-dir "$work/pailfs-capped" --max-cache-size 256MiB --log-file "$work/pailfs-capped.log" & pid=$!
-    wait_mounted
+    mount_tool pailfs pailfs-capped --cache-dir "$work/pailfs-capped" --max-cache-size 256MiB
     cat "$mnt/big/1g.bin" > /dev/null
     sleep 2
     T[pailfs,capdisk]=$(du -sm "$work/pailfs-capped/blocks" | cut -f1)
