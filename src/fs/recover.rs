@@ -171,7 +171,7 @@ impl Fs {
         let path = cache.path_of(&entry.record().key);
         let staged = Staged::from_record(cache.clone(), entry)?;
         let size = staged.size();
-        lock(&self.writing.progress).push(Arc::downgrade(&staged.progress));
+        lock(&self.writing.progress).push(Arc::downgrade(&staged.record.progress));
         let ino = lock(&self.names.inodes).peek(Kind::File, &path);
         let staged = Arc::new(StagedFile::new(staged));
         lock(&self.writing.staged).insert(ino, staged.clone());

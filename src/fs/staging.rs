@@ -278,7 +278,7 @@ impl Fs {
             },
         };
         staged.handles = 1;
-        lock(&self.writing.progress).push(Arc::downgrade(&staged.progress));
+        lock(&self.writing.progress).push(Arc::downgrade(&staged.record.progress));
         let staged = Arc::new(StagedFile::new(staged));
         // Two opens may race to stage the same file: the first one in wins, the other joins
         // it, unless it was finished and dropped meanwhile (then this one goes in).

@@ -64,17 +64,15 @@ const FILL_PIECE: u64 = 8 << 20;
 
 /// One file being written: its staging copy and what is known about it.
 pub struct Staged {
-    cache: Arc<CacheDir>,
+    /// The staging file and the cache space it holds.
+    disk: StagingFile,
     pub key: String,
-    /// Where the bytes are: the staging data file, or its recovery copy after a failure.
-    path: PathBuf,
-    file: std::fs::File,
     size: u64,
-    reserved: u64,
     /// Where the copy stands on its way to the bucket (see `StagedState`); every change of
     /// it goes through one of the named transitions below and is written to the journal.
     state: StagedState,
-    journal: Arc<JournalEntry>,
+    /// The journal record, the upload's progress and the store uploads go through.
+    pub record: UploadRecord,
     /// How the bytes of a file written from start to end travel while it is written.
     stream: StreamPath,
     pub handles: usize,
@@ -87,18 +85,32 @@ pub struct Staged {
     source: Option<Source>,
     /// The version of the object this copy was made against.
     base: Base,
-    /// What the bucket has received of the current upload (for `pailfs status`).
+}
+
+/// Where a staging copy's bytes live: its data file (or its recovery copy after a failure)
+/// in the cache directory, and the cache space reserved for what it holds.
+struct StagingFile {
+    cache: Arc<CacheDir>,
+    path: PathBuf,
+    file: std::fs::File,
+    reserved: u64,
+}
+
+/// What is recorded about a staging copy's way to the bucket: its journal record, what the
+/// bucket has received of the current upload (for `pailfs status`), and the store uploads go
+/// through (counting into `progress`; made once, on first use).
+pub struct UploadRecord {
+    journal: Arc<JournalEntry>,
     pub progress: Arc<UploadProgress>,
-    /// The store as uploads see it: counting into `progress` (made once, on first use).
     tracked: Option<Arc<dyn ObjectStore>>,
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        self.cache.release(self.reserved);
+        self.disk.cache.release(self.disk.reserved);
         if self.state != StagedState::Failed {
-            let _ = std::fs::remove_file(&self.path);
-            self.journal.remove_record();
+            let _ = std::fs::remove_file(&self.disk.path);
+            self.record.journal.remove_record();
         }
     }
 }
@@ -159,14 +171,19 @@ impl Staged {
         metadata: Metadata,
     ) -> Staged {
         Staged {
-            progress: Arc::new(UploadProgress::new(&key)),
-            cache,
+            disk: StagingFile {
+                cache,
+                path: journal.data.clone(),
+                file,
+                reserved: 0,
+            },
+            record: UploadRecord {
+                journal,
+                progress: Arc::new(UploadProgress::new(&key)),
+                tracked: None,
+            },
             key,
-            path: journal.data.clone(),
-            journal,
-            file,
             size: 0,
-            reserved: 0,
             state,
             stream: StreamPath::new(),
             handles: 0,
@@ -174,7 +191,6 @@ impl Staged {
             modified: std::time::SystemTime::now(),
             source: None,
             base: Base::Absent,
-            tracked: None,
         }
     }
 
@@ -211,10 +227,14 @@ impl Staged {
             src
         });
         let held = staged.local_bytes();
-        staged.cache.used.fetch_add(held, Ordering::AcqRel);
-        staged.reserved = held;
-        staged.progress.pending.store(true, Ordering::Relaxed);
-        staged.progress.total.store(size, Ordering::Relaxed);
+        staged.disk.cache.used.fetch_add(held, Ordering::AcqRel);
+        staged.disk.reserved = held;
+        staged
+            .record
+            .progress
+            .pending
+            .store(true, Ordering::Relaxed);
+        staged.record.progress.total.store(size, Ordering::Relaxed);
         staged.persist(true)?;
         Ok(staged)
     }
@@ -223,10 +243,10 @@ impl Staged {
     /// program is told about). The multipart upload id is kept as the store wrapper noted it.
     fn persist(&self, durable: bool) -> Result<(), FsError> {
         let headers = self.headers();
-        self.journal
+        self.record.journal
             .update(durable, |r| {
                 r.key = self.key.clone();
-                r.path = self.cache.path_of(&self.key);
+                r.path = self.disk.cache.path_of(&self.key);
                 r.state = self.state;
                 r.base = self.base.clone();
                 r.metadata = headers;
@@ -234,7 +254,7 @@ impl Staged {
                 r.source = self.source.clone();
             })
             .map_err(|e| {
-                tracing::error!(record = %self.path.display(), error = %e, "could not write the staging journal");
+                tracing::error!(record = %self.disk.path.display(), error = %e, "could not write the staging journal");
                 io_error(e)
             })
     }
@@ -264,7 +284,7 @@ impl Staged {
             return Ok(());
         }
         self.land().await?;
-        blocking(|| self.file.sync_data()).map_err(io_error)?;
+        blocking(|| self.disk.file.sync_data()).map_err(io_error)?;
         if self.state == StagedState::Writing {
             self.state = StagedState::Closed;
         }
@@ -287,7 +307,7 @@ impl Staged {
         tracing::debug!(key = %self.key, size = self.size, %etag, "uploaded");
         self.stream.streamable = self.size == 0;
         self.state = StagedState::Clean;
-        self.progress.pending.store(false, Ordering::Relaxed);
+        self.record.progress.pending.store(false, Ordering::Relaxed);
         self.base = Base::Etag(etag.to_string());
         self.take_uploaded_as_source(etag);
         let _ = self.persist(false);
@@ -320,15 +340,16 @@ impl Staged {
         let store = self.tracked(store);
         self.stop_streaming(&store, "the file was unlinked");
         self.state = StagedState::Unlinked;
-        self.progress.pending.store(false, Ordering::Relaxed);
+        self.record.progress.pending.store(false, Ordering::Relaxed);
         let _ = self.persist(false);
     }
 
     /// `store`, wrapped so that what it uploads or copies is credited to this file's progress
     /// and every multipart upload it starts is in the journal until it ends.
     fn tracked(&mut self, store: &Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
-        let (progress, journal) = (&self.progress, &self.journal);
-        self.tracked
+        let (progress, journal) = (&self.record.progress, &self.record.journal);
+        self.record
+            .tracked
             .get_or_insert_with(|| {
                 Arc::new(Tracked::over(
                     store.clone(),
@@ -393,7 +414,7 @@ impl Staged {
             info.metadata.clone(),
             StagedState::Clean,
         )?;
-        blocking(|| staged.file.set_len(info.size)).map_err(io_error)?;
+        blocking(|| staged.disk.file.set_len(info.size)).map_err(io_error)?;
         staged.size = info.size;
         // An empty object appended to streams like a new file.
         staged.stream.streamable = info.size == 0;
@@ -416,7 +437,12 @@ impl Staged {
     /// (durably) before the rename returns, so a crash cannot upload to the old name.
     pub fn retarget(&mut self, key: &str, etag: &str) -> Result<(), FsError> {
         self.key = key.to_string();
-        *self.progress.key.lock().unwrap_or_else(|e| e.into_inner()) = key.to_string();
+        *self
+            .record
+            .progress
+            .key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = key.to_string();
         if let Some(src) = &mut self.source {
             src.key = key.to_string();
             src.etag = etag.to_string();

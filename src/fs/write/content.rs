@@ -26,17 +26,20 @@ impl Staged {
 
     /// Reserves `more` bytes of cache space before they are written (ENOSPC beyond the cap).
     pub(super) async fn reserve(&mut self, more: u64) -> Result<(), FsError> {
-        self.cache.reserve_or_wait(more, self.reserved).await?;
-        self.reserved += more;
+        self.disk
+            .cache
+            .reserve_or_wait(more, self.disk.reserved)
+            .await?;
+        self.disk.reserved += more;
         Ok(())
     }
 
     /// Brings the reservation back to what the file holds.
     pub(super) fn release_unused_reservation(&mut self) {
         let held = self.local_bytes();
-        if held < self.reserved {
-            self.cache.release(self.reserved - held);
-            self.reserved = held;
+        if held < self.disk.reserved {
+            self.disk.cache.release(self.disk.reserved - held);
+            self.disk.reserved = held;
         }
     }
 
@@ -71,7 +74,7 @@ impl Staged {
                 if data.len() as u64 != to - at {
                     return Err(FsError::Changed);
                 }
-                blocking(|| self.file.write_all_at(&data, at)).map_err(io_error)?;
+                blocking(|| self.disk.file.write_all_at(&data, at)).map_err(io_error)?;
                 if let Some(src) = &mut self.source {
                     src.local.insert(at, to);
                 }
@@ -147,7 +150,7 @@ impl Staged {
                 // The first part stays in the file: most files are small, and go up in one
                 // PUT.
                 if number > 1 && start == at && len <= tuning.buffer_memory {
-                    if let Some(buf) = self.cache.parts.try_take(len as usize) {
+                    if let Some(buf) = self.disk.cache.parts.try_take(len as usize) {
                         self.stream.tail = Some(Tail { start: at, buf });
                         continue;
                     }
@@ -155,7 +158,7 @@ impl Staged {
                 // The append stops at the part boundary, where a buffer may take over.
                 n = n.min((start + len - at) as usize);
             }
-            if let Err(e) = blocking(|| self.file.write_all_at(&rest[..n], at)) {
+            if let Err(e) = blocking(|| self.disk.file.write_all_at(&rest[..n], at)) {
                 self.release_unused_reservation();
                 return Err(io_error(e));
             }
@@ -170,8 +173,11 @@ impl Staged {
                 src.written.insert(offset, changed_end);
             }
         }
-        self.progress.pending.store(true, Ordering::Relaxed);
-        self.progress.total.store(self.size, Ordering::Relaxed);
+        self.record.progress.pending.store(true, Ordering::Relaxed);
+        self.record
+            .progress
+            .total
+            .store(self.size, Ordering::Relaxed);
         self.modified = std::time::SystemTime::now();
         self.release_unused_reservation();
         self.mark_written()?;
@@ -192,7 +198,7 @@ impl Staged {
         self.land().await?;
         self.fill(offset, offset + n as u64, store).await?;
         let mut buf = vec![0u8; n];
-        blocking(|| self.file.read_exact_at(&mut buf, offset)).map_err(io_error)?;
+        blocking(|| self.disk.file.read_exact_at(&mut buf, offset)).map_err(io_error)?;
         Ok(Bytes::from(buf))
     }
 
@@ -213,7 +219,7 @@ impl Staged {
         if size > self.size {
             self.reserve(size - self.size).await?;
         }
-        blocking(|| self.file.set_len(size)).map_err(io_error)?;
+        blocking(|| self.disk.file.set_len(size)).map_err(io_error)?;
         if let Some(src) = &mut self.source {
             if size < src.len {
                 src.len = size;

@@ -203,11 +203,11 @@ impl Staged {
         }
         let files = match &self.stream.landing_files {
             Some(files) => files.clone(),
-            None => match self.file.try_clone() {
+            None => match self.disk.file.try_clone() {
                 Ok(file) => {
                     let files = Arc::new(LandingFiles {
                         file,
-                        direct: write_buffers::open_direct(&self.path),
+                        direct: write_buffers::open_direct(&self.disk.path),
                     });
                     self.stream.landing_files = Some(files.clone());
                     files
@@ -232,7 +232,7 @@ impl Staged {
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
-        tracing::error!(key = %self.key, staging = %self.path.display(), %error, "a part could not be written to the staging file; this file can no longer be saved whole");
+        tracing::error!(key = %self.key, staging = %self.disk.path.display(), %error, "a part could not be written to the staging file; this file can no longer be saved whole");
         self.stream.damaged.get_or_insert_with(|| {
             format!("a part could not be written to the staging file: {error}")
         });
@@ -326,14 +326,14 @@ impl Staged {
                 return;
             }
             // Other files' parts count too: the budget is the mount's.
-            let permit = self.cache.uploads().admit(end - start).await;
+            let permit = self.disk.cache.uploads().admit(end - start).await;
             let body = match self.stream.sealed.front() {
                 Some((at, bytes)) if *at == start && bytes.len() as u64 == end - start => {
                     self.stream.sealed.pop_front().map(|(_, b)| Ok(b))
                 }
                 _ => None,
             }
-            .unwrap_or_else(|| read_piece(&self.file, start, end - start));
+            .unwrap_or_else(|| read_piece(&self.disk.file, start, end - start));
             match body {
                 Ok(body) => stream.start_part(store, &self.key, number, body, permit),
                 Err(e) => {

@@ -66,9 +66,12 @@ impl Staged {
     ) -> Result<Option<String>, FsError> {
         let store = &self.tracked(store);
         if self.stream.upload.is_none() {
-            self.progress.restart();
+            self.record.progress.restart();
         }
-        self.progress.total.store(self.size, Ordering::Relaxed);
+        self.record
+            .progress
+            .total
+            .store(self.size, Ordering::Relaxed);
         self.check_not_failed()?;
         if !self.state.is_dirty() {
             tracing::debug!(key = %self.key, state = ?self.state, "nothing to upload");
@@ -93,7 +96,7 @@ impl Staged {
                         upload_file(
                             store,
                             &self.key,
-                            (&self.file, &self.cache.uploads),
+                            (&self.disk.file, &self.disk.cache.uploads),
                             self.size,
                             &headers,
                             tuning,
@@ -170,7 +173,7 @@ impl Staged {
             return upload_file(
                 store,
                 &self.key,
-                (&self.file, &self.cache.uploads),
+                (&self.disk.file, &self.disk.cache.uploads),
                 self.size,
                 &headers,
                 tuning,
@@ -199,7 +202,7 @@ impl Staged {
             1,
             PartSources {
                 object: Some((source_key, Some(source_etag))),
-                file: Some((&self.file, &self.cache.uploads)),
+                file: Some((&self.disk.file, &self.disk.cache.uploads)),
             },
             tuning.parts_at_once(part),
         )
@@ -212,17 +215,18 @@ impl Staged {
     pub(super) fn keep_for_recovery(&mut self) -> String {
         let stamp = crate::fs::journal::utc_stamp(std::time::SystemTime::now());
         let target = self
+            .disk
             .cache
-            .recovery_place(&stamp, &self.cache.path_of(&self.key));
-        match std::fs::rename(&self.path, &target) {
+            .recovery_place(&stamp, &self.disk.cache.path_of(&self.key));
+        match std::fs::rename(&self.disk.path, &target) {
             Ok(()) => {
-                self.journal.remove_record();
-                self.path = target.clone();
+                self.record.journal.remove_record();
+                self.disk.path = target.clone();
                 target.display().to_string()
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not move the staging file to recovery; it stays at its staging path");
-                self.path.display().to_string()
+                self.disk.path.display().to_string()
             }
         }
     }
