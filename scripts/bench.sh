@@ -17,6 +17,9 @@ B=bench
 echo "seeding: 1 GiB object, 5,000 objects in ls5k/, 500 x 4 KiB in small/ ..."
 $tool mb $B
 $tool put $B big/1g.bin $((1 << 30)) 3
+# A second 1 GiB object for the sequential row: the random reads before it bring big/1g.bin into
+# pailfs's data cache, and a cold sequential read is what the row measures.
+$tool put $B big/1g-seq.bin $((1 << 30)) 5
 $tool put $B big/300m.bin $((300 << 20)) 4
 $tool put-many $B ls5k/f 5000 1024 > /dev/null
 $tool put-many $B small/s 500 4096 > /dev/null
@@ -34,7 +37,7 @@ tar cf "$work/tree.tar" -C "$work/tree" src
 
 echo "raw SDK baseline ..."
 declare -A R
-R[seq]=$($tool get-parallel $B big/1g.bin $((8 << 20)) 8 | field secs)
+R[seq]=$($tool get-parallel $B big/1g-seq.bin $((8 << 20)) 8 | field secs)
 R[list]=$($tool list $B ls5k/ | field secs)
 R[list100k]=$($tool list $B d100k/ | field secs)
 R[small]=$($tool get-each $B small/ | field secs)
@@ -76,7 +79,7 @@ run_fs() {
     # Random reads first, while no page cache holds the object.
     ops=$($tool pread-random "$mnt/big/1g.bin" 4096 10 | field ops)
     T[$fs,rand]=$(awk -v o="$ops" 'BEGIN { printf "%.0f", o / 10 }')
-    t=$(now); dd if="$mnt/big/1g.bin" of=/dev/null bs=1M status=none; T[$fs,seq]=$(since "$t")
+    t=$(now); dd if="$mnt/big/1g-seq.bin" of=/dev/null bs=1M status=none; T[$fs,seq]=$(since "$t")
     t=$(now); ls -l "$mnt/ls5k" > /dev/null; T[$fs,lscold]=$(since "$t")
     t=$(now); ls -l "$mnt/ls5k" > /dev/null; T[$fs,lswarm]=$(since "$t")
     # A tree walk of a huge folder: list it, then stat every entry (du, find, backups).
@@ -178,7 +181,7 @@ row() { # name key raw unit ratio-kind target
     esac
     printf '%-34s %9s %9s %9s %9s %12s  %s\n' "$1" "$3" "$(cell pailfs "$2")" "$(cell s3fs "$2")" "$(cell rclone "$2")" "$r" "$6"
 }
-row "sequential read 1 GiB (s)" seq "${R[seq]}" s time ">= 0.90 x raw throughput"
+row "sequential read 1 GiB, cold (s)" seq "${R[seq]}" s time ">= 0.90 x raw throughput"
 row "ls -l 5,000 objects, cold (s)" lscold "${R[list]}" s slower "<= 3 x raw listing time"
 row "ls -l 5,000 objects, warm (s)" lswarm "${R[list]}" s slower ""
 row "cat 500 x 4 KiB objects (s)" small "${R[small]}" s slower ""
