@@ -38,6 +38,24 @@ const MAX_BLOCKS: usize = 200_000;
 /// Share of the cap freed by one eviction pass, so that eviction does not run per block.
 const EVICT_SLACK: u64 = 16;
 
+/// The whole blocks within `data`, fetched at `start` from an object of `object_size` bytes,
+/// as (index, bytes): a block ends at a multiple of `BLOCK` or at the end of the object.
+pub fn whole_blocks(start: u64, data: &Bytes, object_size: u64) -> Vec<(u64, Bytes)> {
+    let end = start + data.len() as u64;
+    let mut blocks = Vec::new();
+    let mut index = start.div_ceil(BLOCK);
+    while index * BLOCK < end {
+        let block_end = ((index + 1) * BLOCK).min(object_size);
+        if block_end > end {
+            break;
+        }
+        let from = (index * BLOCK - start) as usize;
+        blocks.push((index, data.slice(from..(block_end - start) as usize)));
+        index += 1;
+    }
+    blocks
+}
+
 /// What a read of a block found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Found {

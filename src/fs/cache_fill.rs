@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::block_cache::{ObjectTag, BLOCK};
+use super::block_cache::{whole_blocks, ObjectTag, BLOCK};
 use super::read::{ReadShared, BUDGET_UNIT};
 use crate::store::ByteRange;
 
@@ -65,13 +65,7 @@ impl CacheFill {
                     if data.len() as u64 != range.len() {
                         return None;
                     }
-                    let run = (range.start / BLOCK..range.end.div_ceil(BLOCK))
-                        .map(|index| {
-                            let from = (index * BLOCK - range.start) as usize;
-                            let to = (((index + 1) * BLOCK).min(range.end) - range.start) as usize;
-                            (index, data.slice(from..to))
-                        })
-                        .collect();
+                    let run = whole_blocks(range.start, &data, size);
                     let pool = shared.pool.clone();
                     blocks.insert_run(tag, run, true, move || {
                         pool.give(data);

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::block_cache::{BlockCache, Found, ObjectTag, BLOCK, PENDING_LIMIT};
+use super::block_cache::{whole_blocks, BlockCache, Found, ObjectTag, BLOCK, PENDING_LIMIT};
 use super::cache_fill::CacheFill;
 use super::error::FsError;
 use super::read_buffers::BufferPool;
@@ -271,19 +271,7 @@ impl Reader {
         let (Some(blocks), Some(tag)) = (&self.shared.blocks, self.tag) else {
             return;
         };
-        let end = start + data.len() as u64;
-        let mut run = Vec::new();
-        let mut index = start.div_ceil(BLOCK);
-        while index * BLOCK < end {
-            let block_end = ((index + 1) * BLOCK).min(self.size);
-            if block_end > end {
-                break;
-            }
-            let from = (index * BLOCK - start) as usize;
-            let to = (block_end - start) as usize;
-            run.push((index, data.slice(from..to)));
-            index += 1;
-        }
+        let run = whole_blocks(start, data, self.size);
         if run.is_empty() {
             return;
         }
