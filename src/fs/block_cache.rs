@@ -1,9 +1,9 @@
 //! The data cache: aligned blocks of objects read from the bucket, kept on local disk in
 //! `--cache-dir/blocks/` so re-reads and random reads cost no request. A block belongs to one
 //! version of one object (its name hashes the location, key and ETag), so a changed object is
-//! never served from old blocks. Blocks are written whole to a temporary name and renamed into
-//! place, each with a checksum trailer checked the first time a mount reads it: a block torn by
-//! a crash or a full disk is dropped, never served. The cache is bounded by its own cap and,
+//! never served from old blocks. Each block file ends with a checksum trailer, checked the
+//! first time a mount reads a block it did not write: a block torn by a crash or a full disk
+//! is dropped, never served. The cache is bounded by its own cap and,
 //! with the files being written, by `--max-cache-size` and the `--cache-min-free` floor;
 //! blocks are evicted least recently used, staged bytes never.
 
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use foldhash::quality::FixedState;
 
-use super::block_file::{check_block, parse_name, read_exact_now, write_block_file, TRAILER};
+use super::block_file::{check_block, parse_name, read_exact_now, BlockWriter, TRAILER};
 use super::write::filesystem_space;
 
 /// Size of a block: objects are cached in aligned pieces of this many bytes (the last piece
@@ -132,7 +132,7 @@ pub struct BlockCache {
     written: tokio::sync::Notify,
     /// Held while blocks are written: one writer at a time, so that a burst of blocks (a whole
     /// object coming in) does not take every core from the reads.
-    writer: Mutex<()>,
+    writer: Mutex<BlockWriter>,
     stats: [AtomicU64; 4],
 }
 
@@ -148,7 +148,7 @@ fn lock(index: &Mutex<Index>) -> std::sync::MutexGuard<'_, Index> {
 
 impl BlockCache {
     /// Opens (creating) `cache_dir/blocks`, and indexes the blocks an earlier mount left:
-    /// their age is their file's, temporary files of an unfinished write are removed.
+    /// their age is their file's; files that cannot be blocks are removed.
     pub fn open(
         cache_dir: &Path,
         location: &str,
@@ -169,7 +169,7 @@ impl BlockCache {
             min_free_ratio,
             pending: AtomicU64::new(0),
             max_blocks: MAX_BLOCKS,
-            writer: Mutex::new(()),
+            writer: Mutex::new(BlockWriter::new()),
             written: tokio::sync::Notify::new(),
             open_files: Mutex::new(lru::LruCache::new(OPEN_FILES)),
             stats: Default::default(),
@@ -183,7 +183,7 @@ impl BlockCache {
         for sub in std::fs::read_dir(&self.dir)? {
             let sub = sub?.path();
             if !sub.is_dir() {
-                // A temporary file of a write a crash interrupted.
+                // A temporary file left by an older version (blocks live in subfolders).
                 let _ = std::fs::remove_file(&sub);
                 continue;
             }
@@ -464,9 +464,9 @@ impl BlockCache {
         self.pending.fetch_add(total, Ordering::Relaxed);
         let cache = self.clone();
         tokio::task::spawn_blocking(move || {
-            let turn = cache.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut writer = cache.writer.lock().unwrap_or_else(|e| e.into_inner());
             for (id, data) in wanted {
-                let result = cache.write_block(id, &data);
+                let result = writer.write(&cache.path(id), &data);
                 drop(data);
                 let mut idx = lock(&cache.index);
                 match result {
@@ -484,18 +484,11 @@ impl BlockCache {
                     }
                 }
             }
-            drop(turn);
+            drop(writer);
             cache.pending.fetch_sub(total, Ordering::Relaxed);
             cache.written.notify_waiters();
             written();
         });
-    }
-
-    fn write_block(&self, id: BlockId, data: &[u8]) -> std::io::Result<()> {
-        let tmp = self
-            .dir
-            .join(format!("tmp-{:032x}-{:x}", id.tag.0, id.index));
-        write_block_file(&self.path(id), &tmp, data)
     }
 
     /// Whether the cache's filesystem keeps its free floor after `more` bytes.

@@ -91,7 +91,7 @@ async fn a_torn_block_is_dropped_never_served() {
     }
     wait_written(&cache).await;
     drop(cache);
-    // A crash left: one block cut short, one with a changed byte, and a temporary file.
+    // A crash left: one block cut short, one with a changed byte, and a stray file.
     let mut files = crate::fs::write::files_below(&dir.path().join("blocks"));
     files.sort();
     assert_eq!(files.len(), 3);

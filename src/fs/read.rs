@@ -361,7 +361,14 @@ impl Reader {
             return Ok(Bytes::new());
         }
         let end = self.size.min(offset + len as u64);
-        if let Some(data) = self.cached(ByteRange::new(offset, end)).await {
+        // The window's own parts answer first: they are in memory, while their blocks in the
+        // cache would cost a copy back out of the page cache.
+        let in_window = self.window.covers(offset) && end <= self.window.next_fetch;
+        let cached = match in_window {
+            true => None,
+            false => self.cached(ByteRange::new(offset, end)).await,
+        };
+        if let Some(data) = cached {
             self.served = true;
             self.last_end = Some(self.last_end.map_or(end, |e| e.max(end)));
             return Ok(data);

@@ -4,7 +4,22 @@
 
 use std::sync::Mutex;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Alignment of a new buffer's first byte: a page, so that the data cache can write the
+/// blocks of a part fetched at a block boundary straight from it with `O_DIRECT`.
+pub const BUFFER_ALIGN: usize = 4096;
+
+/// An empty buffer with room for `len` bytes, starting at a `BUFFER_ALIGN` address. It keeps
+/// that start through `clear`, `freeze` and `Bytes::try_into_mut` (which keep the offset
+/// into the allocation), and through `reserve` of no more than its capacity.
+fn aligned_buffer(len: usize) -> BytesMut {
+    let mut buffer = BytesMut::with_capacity(len + BUFFER_ALIGN);
+    let skip = buffer.as_ptr().align_offset(BUFFER_ALIGN);
+    buffer.resize(skip, 0);
+    buffer.advance(skip);
+    buffer
+}
 
 pub struct BufferPool {
     free: Mutex<Vec<BytesMut>>,
@@ -24,7 +39,7 @@ impl BufferPool {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         match free.iter().position(|b| b.capacity() >= len) {
             Some(i) => free.swap_remove(i),
-            None => BytesMut::with_capacity(len),
+            None => aligned_buffer(len),
         }
     }
 
@@ -67,6 +82,21 @@ mod tests {
         let b = pool.take(1 << 20);
         assert_eq!(b.as_ptr(), ptr, "the same memory came back");
         assert!(b.is_empty());
+        assert_eq!(ptr.align_offset(BUFFER_ALIGN), 0, "aligned when new");
+        // A part sliced into blocks and given back keeps its aligned start.
+        let mut c = b;
+        c.reserve(1 << 20);
+        c.extend_from_slice(&[2u8; 1 << 20]);
+        assert_eq!(c.as_ptr(), ptr, "reserve within capacity does not move it");
+        let frozen = c.freeze();
+        let block = frozen.slice(4096..8192);
+        drop(block);
+        pool.give(frozen);
+        assert_eq!(
+            pool.take(1 << 20).as_ptr(),
+            ptr,
+            "aligned after a round trip"
+        );
         // Still shared: not pooled.
         let shared = Bytes::from(vec![0u8; 1 << 20]);
         let _other = shared.clone();
