@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use foldhash::quality::FixedState;
 
-use super::block_file::{check_block, parse_name, read_exact_now, BlockWriter, TRAILER};
+use super::block_file::{check_block, parse_name, read_exact_now, will_need, BlockWriter, TRAILER};
+use super::read_buffers::BufferPool;
 use super::write::filesystem_space;
 
 /// Size of a block: objects are cached in aligned pieces of this many bytes (the last piece
@@ -35,6 +35,8 @@ const OPEN_FILES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(256
 /// Most blocks indexed at once, whatever their size: the index takes about 100 bytes a block
 /// in memory, so a cache of many small files stays within about 20 MiB of the daemon's memory.
 const MAX_BLOCKS: usize = 200_000;
+/// Bytes of read buffers kept for reuse.
+const READ_BUFFERS: u64 = 16 << 20;
 /// Share of the cap freed by one eviction pass, so that eviction does not run per block.
 const EVICT_SLACK: u64 = 16;
 
@@ -128,6 +130,9 @@ pub struct BlockCache {
     max_blocks: usize,
     /// Block files kept open for reads (a random read then costs one `pread`).
     open_files: Mutex<lru::LruCache<BlockId, Arc<std::fs::File>>>,
+    /// Buffers of reads from block files, handed back after the reply (`recycle`): a fresh
+    /// megabyte per read would cost more in page faults than the read itself.
+    buffers: BufferPool,
     /// Woken whenever blocks reach the disk.
     written: tokio::sync::Notify,
     /// Held while blocks are written: one writer at a time, so that a burst of blocks (a whole
@@ -171,6 +176,7 @@ impl BlockCache {
             max_blocks: MAX_BLOCKS,
             writer: Mutex::new(BlockWriter::new()),
             written: tokio::sync::Notify::new(),
+            buffers: BufferPool::new(READ_BUFFERS),
             open_files: Mutex::new(lru::LruCache::new(OPEN_FILES)),
             stats: Default::default(),
         };
@@ -344,13 +350,14 @@ impl BlockCache {
     }
 
     fn read_verified(&self, id: BlockId, from: usize, to: usize, now: bool) -> Found {
-        let mut buf = vec![0u8; to - from];
+        let mut buf = self.buffers.take(to - from);
+        buf.resize(to - from, 0);
         let read = self.open_file(id).and_then(|f| match now {
             true => read_exact_now(&f, &mut buf, from as u64),
             false => f.read_exact_at(&mut buf, from as u64),
         });
         match read {
-            Ok(()) => Found::Hit(Bytes::from(buf)),
+            Ok(()) => Found::Hit(buf.freeze()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Found::WouldBlock,
             Err(e) => {
                 // Removed by hand, or the disk failed: a miss, and the block is forgotten.
@@ -361,25 +368,90 @@ impl BlockCache {
         }
     }
 
+    /// Brings blocks `first..=last` of `tag` (those on disk) into memory in the background,
+    /// checking those this mount has not read yet: a reader streaming through them then
+    /// finds them there, checked.
+    pub fn will_need(self: &Arc<Self>, tag: ObjectTag, first: u64, last: u64) {
+        let ids: Vec<(BlockId, bool)> = {
+            let idx = lock(&self.index);
+            (first..=last)
+                .filter_map(|index| u32::try_from(index).ok())
+                .map(|index| BlockId { tag, index })
+                .filter_map(|id| match idx.entries.get(&id)?.state {
+                    State::Writing(_) => None,
+                    State::Stored => Some((id, false)),
+                    State::Verified => Some((id, true)),
+                })
+                .collect()
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let cache = self.clone();
+        tokio::task::spawn_blocking(move || {
+            for (id, verified) in ids {
+                match verified {
+                    true => {
+                        if let Ok(file) = cache.open_file(id) {
+                            will_need(&file);
+                        }
+                    }
+                    false => {
+                        if let Some(data) = cache.verify(id) {
+                            cache.recycle(data);
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     /// The first read of a block by this mount checks it whole against its trailer.
     fn read_checked(&self, id: BlockId, from: usize, to: usize) -> Option<Bytes> {
-        let mut raw = Vec::new();
-        let read = std::fs::File::open(self.path(id)).and_then(|mut f| f.read_to_end(&mut raw));
+        let data = self.verify(id)?;
+        if to > data.len() {
+            self.drop_torn(id);
+            return None;
+        }
+        Some(data.slice(from..to))
+    }
+
+    /// Reads block `id` whole and checks it against its trailer: its data, now `Verified`, or
+    /// `None` (and the block dropped) when it is torn.
+    fn verify(&self, id: BlockId) -> Option<Bytes> {
+        let mut raw = self.buffers.take(BLOCK as usize + TRAILER);
+        let read = std::fs::File::open(self.path(id)).and_then(|f| {
+            let len = f.metadata()?.len();
+            if len > BLOCK + TRAILER as u64 {
+                return Err(std::io::ErrorKind::InvalidData.into());
+            }
+            raw.resize(len as usize, 0);
+            f.read_exact_at(&mut raw, 0)
+        });
         let data = match read {
-            Ok(_) => check_block(raw),
+            Ok(()) => check_block(raw),
             Err(_) => None,
         };
-        let Some(data) = data.filter(|d| to <= d.len()) else {
-            tracing::warn!(path = %self.path(id).display(), "a cached block is torn or damaged (a crash or a full disk while it was written); it is dropped and read from the bucket again");
-            self.count(Stat::Torn);
-            self.forget(id);
-            let _ = std::fs::remove_file(self.path(id));
+        let Some(data) = data else {
+            self.drop_torn(id);
             return None;
         };
         if let Some(e) = lock(&self.index).entries.get_mut(&id) {
             e.state = State::Verified;
         }
-        Some(data.slice(from..to))
+        Some(data)
+    }
+
+    /// Takes back the buffer of a read's bytes once nothing else refers to them.
+    pub fn recycle(&self, data: Bytes) {
+        self.buffers.give(data);
+    }
+
+    fn drop_torn(&self, id: BlockId) {
+        tracing::warn!(path = %self.path(id).display(), "a cached block is torn or damaged (a crash or a full disk while it was written); it is dropped and read from the bucket again");
+        self.count(Stat::Torn);
+        self.forget(id);
+        let _ = std::fs::remove_file(self.path(id));
     }
 
     fn forget(&self, id: BlockId) {

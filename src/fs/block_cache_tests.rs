@@ -466,3 +466,54 @@ async fn the_number_of_blocks_is_bounded_whatever_their_size() {
     let count = crate::fs::write::files_below(&dir.path().join("blocks")).len();
     assert!(count <= 33, "{count} blocks kept");
 }
+
+#[tokio::test]
+async fn blocks_asked_ahead_for_are_checked_and_in_memory_before_the_reader_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_in(dir.path(), 64 << 20);
+    let tag = cache.tag("video.mkv", "\"e\"");
+    for i in 0..4 {
+        cache.insert(tag, i, block(i as u8, BLOCK as usize));
+    }
+    wait_written(&cache).await;
+    drop(cache);
+    let again = cache_in(dir.path(), 64 << 20);
+    assert_eq!(again.read_now(tag, 2, 0, 10), Found::WouldBlock);
+    // A damaged block among them is found out ahead, too.
+    let mut files = crate::fs::write::files_below(&dir.path().join("blocks"));
+    files.sort();
+    let damaged = files
+        .iter()
+        .find(|f| f.to_string_lossy().ends_with("-3"))
+        .unwrap();
+    let mut bytes = std::fs::read(damaged).unwrap();
+    bytes[99] ^= 1;
+    std::fs::write(damaged, bytes).unwrap();
+    again.will_need(tag, 1, 3);
+    let mut checked = false;
+    for _ in 0..500 {
+        if matches!(again.read_now(tag, 2, 0, 10), Found::Hit(_)) {
+            checked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(checked, "block 2 was checked ahead of its read");
+    assert_eq!(
+        again.read_now(tag, 1, 5, 10),
+        Found::Hit(block(1, BLOCK as usize).slice(5..10))
+    );
+    for _ in 0..500 {
+        if stat(&again, "data_cache_torn") == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert_eq!(stat(&again, "data_cache_torn"), 1);
+    assert_eq!(again.read_now(tag, 3, 0, 10), Found::Miss);
+    assert_eq!(
+        again.read_now(tag, 0, 0, 10),
+        Found::WouldBlock,
+        "not asked for"
+    );
+}

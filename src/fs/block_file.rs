@@ -5,7 +5,7 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::block_cache::{BlockId, ObjectTag};
 
@@ -132,7 +132,7 @@ pub(super) fn trailer(data: &[u8]) -> [u8; TRAILER] {
 }
 
 /// The data of a block file, if its trailer vouches for it.
-pub(super) fn check_block(mut raw: Vec<u8>) -> Option<Bytes> {
+pub(super) fn check_block(mut raw: BytesMut) -> Option<Bytes> {
     if raw.len() < TRAILER {
         return None;
     }
@@ -144,7 +144,7 @@ pub(super) fn check_block(mut raw: Vec<u8>) -> Option<Bytes> {
         return None;
     }
     raw.truncate(len);
-    Some(Bytes::from(raw))
+    Some(raw.freeze())
 }
 
 /// The block a file name (`TAG-INDEX`, both hexadecimal) stands for.
@@ -154,6 +154,16 @@ pub(super) fn parse_name(name: &str) -> Option<BlockId> {
         tag: ObjectTag(u128::from_str_radix(tag, 16).ok()?),
         index: u32::from_str_radix(index, 16).ok()?,
     })
+}
+
+/// Starts reading all of `file` into the page cache, without waiting for it.
+pub(super) fn will_need(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an advice call on a descriptor `file` keeps open; no memory is passed. A
+    // failure only means the later read waits for the disk.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
+    }
 }
 
 /// Fills `buf` from `file` at `offset` only from the page cache (`RWF_NOWAIT`): `WouldBlock`
@@ -218,7 +228,7 @@ mod tests {
                     let data = &source[start..start + len];
                     let path = dir.path().join(format!("b/{direct}-{n}-{skew}"));
                     writer.write(&path, data).unwrap();
-                    let back = check_block(std::fs::read(&path).unwrap());
+                    let back = check_block(std::fs::read(&path).unwrap()[..].into());
                     assert_eq!(back.as_deref(), Some(data), "{direct} {len} {skew}");
                 }
             }

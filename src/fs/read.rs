@@ -34,6 +34,9 @@ pub(super) const FILL_AFTER: u32 = 4;
 const RANDOM_GROWTH_EVERY: u32 = 16;
 /// The most fetched around one miss at random.
 const RANDOM_CHUNK_MAX: u64 = 8 << 20;
+/// Blocks of the data cache a reader streaming through them asks the kernel to bring into
+/// memory ahead of it (blocks written with `O_DIRECT` are on disk only).
+const CACHE_AHEAD_BLOCKS: u64 = 16;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ReadTuning {
@@ -146,6 +149,11 @@ pub struct Reader {
     last_end: Option<u64>,
     /// Reads out of sequence so far (see `RANDOM_AFTER`).
     random_reads: u32,
+    /// The first block of the data cache not yet asked ahead for (`CACHE_AHEAD_BLOCKS`).
+    cache_ahead: u64,
+    /// The bytes of the last read the data cache served: by the next read the reply is sent,
+    /// so the buffer can go back to the cache for reuse.
+    last_cached: Option<Bytes>,
     /// The whole object coming into the data cache, once it is read at random enough.
     fill: Option<CacheFill>,
     /// A read succeeded: from then on the handle is pinned to its version for good.
@@ -186,6 +194,8 @@ impl Reader {
             window: PrefetchWindow::default(),
             last_end: None,
             random_reads: 0,
+            cache_ahead: 0,
+            last_cached: None,
             fill: None,
             served: false,
             may_repin: true,
@@ -253,6 +263,22 @@ impl Reader {
             Some(join(pieces, want.len()))
         });
         rest.await.ok().flatten()
+    }
+
+    /// A reader streaming through cached blocks, now at `end`: the next blocks are brought
+    /// into memory ahead of it, half a stretch at a time.
+    fn read_cache_ahead(&mut self, end: u64) {
+        let (Some(blocks), Some(tag)) = (&self.shared.blocks, self.tag) else {
+            return;
+        };
+        let next = end.div_ceil(BLOCK);
+        if next + CACHE_AHEAD_BLOCKS / 2 < self.cache_ahead || next * BLOCK >= self.size {
+            return;
+        }
+        let first = next.max(self.cache_ahead);
+        let last = (next + CACHE_AHEAD_BLOCKS).min((self.size - 1) / BLOCK);
+        self.cache_ahead = last + 1;
+        blocks.will_need(tag, first, last);
     }
 
     /// Hands the data cache the whole blocks within `data`, fetched at `start` (a block ends
@@ -364,11 +390,18 @@ impl Reader {
         // The window's own parts answer first: they are in memory, while their blocks in the
         // cache would cost a copy back out of the page cache.
         let in_window = self.window.covers(offset) && end <= self.window.next_fetch;
+        if let (Some(done), Some(blocks)) = (self.last_cached.take(), &self.shared.blocks) {
+            blocks.recycle(done);
+        }
         let cached = match in_window {
             true => None,
             false => self.cached(ByteRange::new(offset, end)).await,
         };
         if let Some(data) = cached {
+            self.last_cached = Some(data.clone());
+            if self.last_end.is_none_or(|e| e == offset) {
+                self.read_cache_ahead(end);
+            }
             self.served = true;
             self.last_end = Some(self.last_end.map_or(end, |e| e.max(end)));
             return Ok(data);

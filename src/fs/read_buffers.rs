@@ -37,7 +37,14 @@ impl BufferPool {
     /// An empty buffer with room for at least `len` bytes.
     pub fn take(&self, len: usize) -> BytesMut {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        match free.iter().position(|b| b.capacity() >= len) {
+        // The smallest that fits: a small read does not take a whole part's buffer.
+        let fits = free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match fits {
             Some(i) => free.swap_remove(i),
             None => aligned_buffer(len),
         }
@@ -49,6 +56,10 @@ impl BufferPool {
         let Ok(mut buffer) = bytes.try_into_mut() else {
             return;
         };
+        // Only aligned buffers are kept (see `BUFFER_ALIGN`): not a reply joined from pieces.
+        if buffer.as_ptr().align_offset(BUFFER_ALIGN) != 0 {
+            return;
+        }
         buffer.clear();
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let pooled: usize = free.iter().map(|b| b.capacity()).sum();
