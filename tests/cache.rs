@@ -58,8 +58,10 @@ fn a_re_read_after_a_remount_comes_from_the_data_cache() {
     let first = Mount::new(&b.location(""), &[]);
     assert!(std::fs::read(first.join("video.mp4")).unwrap() == data);
     cache_settled(&first);
-    // Nearly every block: a stray read far ahead of the read-ahead window (the kernel's own
-    // read-ahead, on a loaded machine) is fetched exactly and may leave its block out.
+    // Nearly every block. A lone stray read far ahead of the read-ahead window (the kernel's
+    // own read-ahead does that on a loaded machine) no longer restarts the window, but under
+    // two busy cores one or two blocks were still seen left out (39 of 40 MiB, once in five
+    // runs): the target is the re-read below.
     let held = first.counter_in_process("data_cache_bytes");
     assert!((38 << 20..=40 << 20).contains(&held), "{held} bytes cached");
     let cache = first.cache.clone();

@@ -149,6 +149,9 @@ pub struct Reader {
     last_end: Option<u64>,
     /// Reads out of sequence so far (see `RANDOM_AFTER`).
     random_reads: u32,
+    /// The end of a lone read away from the streaming window, served on its own (see
+    /// `read_range`), until the next read shows whether the reader moved there.
+    stray_end: Option<u64>,
     /// The first block of the data cache not yet asked ahead for (`CACHE_AHEAD_BLOCKS`).
     cache_ahead: u64,
     /// The bytes of the last read the data cache served: by the next read the reply is sent,
@@ -194,6 +197,7 @@ impl Reader {
             window: PrefetchWindow::default(),
             last_end: None,
             random_reads: 0,
+            stray_end: None,
             cache_ahead: 0,
             last_cached: None,
             fill: None,
@@ -468,11 +472,21 @@ impl Reader {
             .window
             .start()
             .is_some_and(|s| want.start < s && s - want.start <= REORDER_SLACK);
-        let sequential_start =
-            self.last_end == Some(want.start) || (self.last_end.is_none() && want.start == 0);
+        let sequential_start = self.last_end == Some(want.start)
+            || self.stray_end == Some(want.start)
+            || (self.last_end.is_none() && want.start == 0);
+        let after_stray = self.stray_end.take().is_some();
         if !(in_window || just_ahead) {
             if just_behind {
                 // Served on its own; the window keeps running.
+                return self.fetch_now(want).await;
+            }
+            if streaming && !sequential_start && !after_stray {
+                // One read far from a streaming window (the kernel's read-ahead sends one now
+                // and then) is served on its own, and the window keeps running: dropping it
+                // would restart the stream from a small window, and the blocks it held would
+                // be fetched again. A reader that really moved shows it with its next read.
+                self.stray_end = Some(want.end);
                 return self.fetch_now(want).await;
             }
             if !sequential_start {
@@ -707,6 +721,51 @@ mod tests {
         assert!(
             fetched <= size as u64 + 4 * chunk,
             "fetched {fetched} for {size}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lone_read_far_ahead_of_a_stream_leaves_its_window_running() {
+        let size = 12 * 1024 * 1024;
+        let (mut r, store, bytes, _) = reader(size, TUNING, 1000).await;
+        let chunk = 128 * 1024u64;
+        // Beyond REORDER_SLACK from the window.
+        let stray = 10 * 1024 * 1024 + 4096;
+        for off in (0..size as u64).step_by(chunk as usize) {
+            let got = r.read(off, chunk as u32).await.unwrap();
+            assert_eq!(&got[..], &bytes[off as usize..(off + chunk) as usize]);
+            if off == 1024 * 1024 {
+                let ahead = (r.window.start(), r.window.next_fetch);
+                let got = r.read(stray, 4096).await.unwrap();
+                assert_eq!(&got[..], &bytes[stray as usize..stray as usize + 4096]);
+                assert_eq!((r.window.start(), r.window.next_fetch), ahead);
+            }
+        }
+        let fetched = store.counters().bytes_read();
+        assert_eq!(fetched, size as u64 + 4096, "only the stray read twice");
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_moves_after_streaming_streams_from_there() {
+        let size = 12 * 1024 * 1024;
+        let (mut r, store, bytes, _) = reader(size, TUNING, 1000).await;
+        let chunk = 128 * 1024u64;
+        for off in (0..1024 * 1024).step_by(chunk as usize) {
+            r.read(off, chunk as u32).await.unwrap();
+        }
+        let before = store.counters().count(RequestKind::Get);
+        for off in (10 * 1024 * 1024..size as u64).step_by(chunk as usize) {
+            let got = r.read(off, chunk as u32).await.unwrap();
+            assert_eq!(&got[..], &bytes[off as usize..(off + chunk) as usize]);
+        }
+        // The first read there is served on its own, then a window streams the rest (parts
+        // of 256 KiB, not a GET per read); the first window's parts were still being fetched.
+        let gets = store.counters().count(RequestKind::Get) - before;
+        assert!(gets <= 1 + 8 + 4, "{gets} GETs");
+        let fetched = store.counters().bytes_read();
+        assert!(
+            fetched <= 2 * 1024 * 1024 + 2 * 1024 * 1024,
+            "{fetched} bytes"
         );
     }
 
