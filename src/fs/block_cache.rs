@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use foldhash::quality::FixedState;
 
 use super::block_file::{check_block, parse_name, read_exact_now, will_need, BlockWriter, TRAILER};
@@ -37,6 +37,8 @@ const OPEN_FILES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(256
 const MAX_BLOCKS: usize = 200_000;
 /// Bytes of read buffers kept for reuse.
 const READ_BUFFERS: u64 = 16 << 20;
+/// Reads at least this long use (and give back) pooled buffers.
+const POOLED_READ: usize = 64 << 10;
 /// Share of the cap freed by one eviction pass, so that eviction does not run per block.
 const EVICT_SLACK: u64 = 16;
 
@@ -56,6 +58,20 @@ pub fn whole_blocks(start: u64, data: &Bytes, object_size: u64) -> Vec<(u64, Byt
         index += 1;
     }
     blocks
+}
+
+/// Where blocks to cache come from, which decides how they are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A sequential reader's read-ahead part: bounded by the read-ahead budget, and written
+    /// past the page cache (a stream read once should not push out what programs use).
+    Stream,
+    /// The whole object coming in for a file read at random: bounded by the fill's own
+    /// buffers, and kept in the page cache too, where the next random reads find it.
+    Fill,
+    /// A read's own fetch (random blocks, a small file): kept in the page cache; not cached
+    /// at all when too many blocks already wait for the disk.
+    Read,
 }
 
 /// What a read of a block found.
@@ -350,7 +366,12 @@ impl BlockCache {
     }
 
     fn read_verified(&self, id: BlockId, from: usize, to: usize, now: bool) -> Found {
-        let mut buf = self.buffers.take(to - from);
+        // Small reads (random 4 KiB ones) take fresh memory: the allocator serves those
+        // without page faults, and the pool keeps only buffers worth keeping.
+        let mut buf = match to - from {
+            n if n < POOLED_READ => BytesMut::zeroed(n),
+            n => self.buffers.take(n),
+        };
         buf.resize(to - from, 0);
         let read = self.open_file(id).and_then(|f| match now {
             true => read_exact_now(&f, &mut buf, from as u64),
@@ -444,7 +465,9 @@ impl BlockCache {
 
     /// Takes back the buffer of a read's bytes once nothing else refers to them.
     pub fn recycle(&self, data: Bytes) {
-        self.buffers.give(data);
+        if data.len() >= POOLED_READ {
+            self.buffers.give(data);
+        }
     }
 
     fn drop_torn(&self, id: BlockId) {
@@ -464,7 +487,7 @@ impl BlockCache {
 
     /// Caches `data` as block `index` of `tag`, written in the background (see `insert_run`).
     pub fn insert(self: &Arc<Self>, tag: ObjectTag, index: u64, data: Bytes) {
-        self.insert_run(tag, vec![(index, data)], false, || {});
+        self.insert_run(tag, vec![(index, data)], Source::Read, || {});
     }
 
     /// Caches `blocks` (index, bytes) of `tag`, written by one background job that calls
@@ -477,9 +500,11 @@ impl BlockCache {
         self: &Arc<Self>,
         tag: ObjectTag,
         blocks: Vec<(u64, Bytes)>,
-        budgeted: bool,
+        source: Source,
         written: impl FnOnce() + Send + 'static,
     ) {
+        let budgeted = !matches!(source, Source::Read);
+        let direct = matches!(source, Source::Stream);
         let mut wanted = Vec::with_capacity(blocks.len());
         let mut total = 0u64;
         // Staging may have grown since the last look: the blocks give way first. Then a run
@@ -538,7 +563,7 @@ impl BlockCache {
         tokio::task::spawn_blocking(move || {
             let mut writer = cache.writer.lock().unwrap_or_else(|e| e.into_inner());
             for (id, data) in wanted {
-                let result = writer.write(&cache.path(id), &data);
+                let result = writer.write(&cache.path(id), &data, direct);
                 drop(data);
                 let mut idx = lock(&cache.index);
                 match result {

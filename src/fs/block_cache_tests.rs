@@ -413,7 +413,7 @@ async fn a_run_larger_than_the_cap_keeps_its_last_blocks() {
     let cache = cache_in(dir.path(), 3 * len as u64);
     let tag = cache.tag("k", "\"e\"");
     let run = (0..8).map(|i| (i, block(i as u8, len))).collect();
-    cache.insert_run(tag, run, true, || {});
+    cache.insert_run(tag, run, Source::Stream, || {});
     wait_written(&cache).await;
     let held: Vec<u64> = (0..8)
         .filter(|i| cache.read(tag, *i, 0, 1).is_some())

@@ -16,8 +16,8 @@ const MARKER: &[u8; 4] = b"PFB1";
 /// Alignment of direct writes: a multiple of every disk's logical sector size.
 const DIRECT_ALIGN: usize = super::read_buffers::BUFFER_ALIGN;
 
-/// Writes block files, one at a time (the cache holds it under a lock). The data goes to disk
-/// with `O_DIRECT`: written through the page cache, a cold stream's blocks would cost a
+/// Writes block files, one at a time (the cache holds it under a lock). A streamed block goes
+/// to disk with `O_DIRECT`: written through the page cache, a cold stream's blocks would cost a
 /// copy into fresh page-cache pages, the filesystem's delayed-allocation bookkeeping and the
 /// kernel's writeback later, nearly as much CPU as the read itself on a small machine, and
 /// they would push out pages that programs use. Direct writes need aligned memory: a block not
@@ -42,19 +42,19 @@ impl BlockWriter {
     /// checks every block it did not write itself, and drops such a file. (No temporary name
     /// and rename: a block is never read from its file while being written, and the create
     /// and rename would cost more CPU than the checksum.)
-    pub(super) fn write(&mut self, path: &Path, data: &[u8]) -> std::io::Result<()> {
+    pub(super) fn write(&mut self, path: &Path, data: &[u8], direct: bool) -> std::io::Result<()> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let result = self.write_file(path, data);
+        let result = self.write_file(path, data, direct && self.direct);
         if result.is_err() {
             let _ = std::fs::remove_file(path);
         }
         result
     }
 
-    fn write_file(&mut self, path: &Path, data: &[u8]) -> std::io::Result<()> {
-        let file = match self.direct {
+    fn write_file(&mut self, path: &Path, data: &[u8], direct: bool) -> std::io::Result<()> {
+        let file = match direct {
             true => match open_new(path, libc::O_DIRECT) {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::debug!(path = %path.display(), "the data cache's filesystem refuses O_DIRECT; blocks go through the page cache");
@@ -67,7 +67,8 @@ impl BlockWriter {
         };
         // The aligned head of the data goes direct; the rest and the trailer (a few bytes)
         // through the page cache, once O_DIRECT is off.
-        let direct_len = match self.direct {
+        let direct = direct && self.direct;
+        let direct_len = match direct {
             true => data.len() / DIRECT_ALIGN * DIRECT_ALIGN,
             false => 0,
         };
@@ -84,7 +85,7 @@ impl BlockWriter {
             };
             file.write_all_at(aligned, 0)?;
         }
-        if self.direct {
+        if direct {
             clear_direct(&file)?;
         }
         file.write_all_at(&data[direct_len..], direct_len as u64)?;
@@ -227,7 +228,7 @@ mod tests {
                     let start = source.as_ptr().align_offset(DIRECT_ALIGN) + skew;
                     let data = &source[start..start + len];
                     let path = dir.path().join(format!("b/{direct}-{n}-{skew}"));
-                    writer.write(&path, data).unwrap();
+                    writer.write(&path, data, true).unwrap();
                     let back = check_block(std::fs::read(&path).unwrap()[..].into());
                     assert_eq!(back.as_deref(), Some(data), "{direct} {len} {skew}");
                 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::block_cache::{whole_blocks, ObjectTag, BLOCK};
+use super::block_cache::{whole_blocks, ObjectTag, Source, BLOCK};
 use super::read::{ReadShared, BUDGET_UNIT};
 use crate::store::ByteRange;
 
@@ -67,7 +67,7 @@ impl CacheFill {
                     }
                     let run = whole_blocks(range.start, &data, size);
                     let pool = shared.pool.clone();
-                    blocks.insert_run(tag, run, true, move || {
+                    blocks.insert_run(tag, run, Source::Fill, move || {
                         pool.give(data);
                         drop((permit, piece));
                     });

@@ -11,7 +11,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::block_cache::{whole_blocks, BlockCache, Found, ObjectTag, BLOCK, PENDING_LIMIT};
+use super::block_cache::{
+    whole_blocks, BlockCache, Found, ObjectTag, Source, BLOCK, PENDING_LIMIT,
+};
 use super::cache_fill::CacheFill;
 use super::error::FsError;
 use super::read_buffers::BufferPool;
@@ -308,8 +310,11 @@ impl Reader {
         let (pool, whole) = (self.shared.pool.clone(), data.clone());
         // Window parts are always kept: their memory is bounded by the read-ahead budget, or
         // by the wait in `read_range` for a part outside it.
-        let bounded = permit.is_some() || window_part;
-        blocks.insert_run(tag, run, bounded, move || {
+        let source = match permit.is_some() || window_part {
+            true => Source::Stream,
+            false => Source::Read,
+        };
+        blocks.insert_run(tag, run, source, move || {
             pool.give(whole);
             drop(permit);
         });
