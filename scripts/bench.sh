@@ -72,9 +72,11 @@ mount_tool() {
     wait_mounted
 }
 
-# Waits (at most 60 s) until process $1 uses no more CPU: its background work is done.
+# Waits (at most 60 s) until process $1 uses no more CPU, and the kernel has written back the
+# dirty pages: the background work of the row before is done.
 settle() {
     local before after
+    sync
     before=$(awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null) || return 0
     for _ in $(seq 1 120); do
         sleep 0.5
