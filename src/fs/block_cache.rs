@@ -366,13 +366,7 @@ impl BlockCache {
     }
 
     fn read_verified(&self, id: BlockId, from: usize, to: usize, now: bool) -> Found {
-        // Small reads (random 4 KiB ones) take fresh memory: the allocator serves those
-        // without page faults, and the pool keeps only buffers worth keeping.
-        let mut buf = match to - from {
-            n if n < POOLED_READ => BytesMut::zeroed(n),
-            n => self.buffers.take(n),
-        };
-        buf.resize(to - from, 0);
+        let mut buf = self.read_buffer(to - from);
         let read = self.open_file(id).and_then(|f| match now {
             true => read_exact_now(&f, &mut buf, from as u64),
             false => f.read_exact_at(&mut buf, from as u64),
@@ -440,17 +434,16 @@ impl BlockCache {
     /// Reads block `id` whole and checks it against its trailer: its data, now `Verified`, or
     /// `None` (and the block dropped) when it is torn.
     fn verify(&self, id: BlockId) -> Option<Bytes> {
-        let mut raw = self.buffers.take(BLOCK as usize + TRAILER);
         let read = std::fs::File::open(self.path(id)).and_then(|f| {
-            let len = f.metadata()?.len();
-            if len > BLOCK + TRAILER as u64 {
+            let len = f.metadata()?.len() as usize;
+            if len > BLOCK as usize + TRAILER {
                 return Err(std::io::ErrorKind::InvalidData.into());
             }
-            raw.resize(len as usize, 0);
-            f.read_exact_at(&mut raw, 0)
+            let mut raw = self.read_buffer(len);
+            f.read_exact_at(&mut raw, 0).map(|()| raw)
         });
         let data = match read {
-            Ok(()) => check_block(raw),
+            Ok(raw) => check_block(raw),
             Err(_) => None,
         };
         let Some(data) = data else {
@@ -461,6 +454,18 @@ impl BlockCache {
             e.state = State::Verified;
         }
         Some(data)
+    }
+
+    /// A buffer of `len` bytes to read a block file into. Small reads (random 4 KiB ones)
+    /// take fresh memory: the allocator serves those without page faults, and the pool keeps
+    /// only buffers worth keeping.
+    fn read_buffer(&self, len: usize) -> BytesMut {
+        let mut buf = match len < POOLED_READ {
+            true => BytesMut::zeroed(len),
+            false => self.buffers.take(len),
+        };
+        buf.resize(len, 0);
+        buf
     }
 
     /// Takes back the buffer of a read's bytes once nothing else refers to them.

@@ -33,6 +33,18 @@ async fn wait_written(cache: &BlockCache) {
     panic!("blocks never reached the disk");
 }
 
+/// Waits (at most 10 s) until `done` holds; `what` names it when it never does.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never happened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
 fn stat(cache: &BlockCache, name: &str) -> u64 {
     let summary = cache.summary();
     let field = summary
@@ -373,14 +385,10 @@ async fn a_file_read_at_random_comes_in_whole_when_it_fits_a_quarter_of_the_cach
     rig.mem.put("db", bytes.clone());
     let mut r = rig.reader("db").await;
     read_scattered(&mut r, 10, &bytes).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while rig.blocks.bytes() < size as u64 || rig.blocks.writing() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fill never finished"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    eventually("the fill's end", || {
+        rig.blocks.bytes() >= size as u64 && !rig.blocks.writing()
+    })
+    .await;
     drop(r);
     let gets = rig.gets();
     let mut again = rig.reader("db").await;
@@ -490,30 +498,53 @@ async fn blocks_asked_ahead_for_are_checked_and_in_memory_before_the_reader_come
     bytes[99] ^= 1;
     std::fs::write(damaged, bytes).unwrap();
     again.will_need(tag, 1, 3);
-    let mut checked = false;
-    for _ in 0..500 {
-        if matches!(again.read_now(tag, 2, 0, 10), Found::Hit(_)) {
-            checked = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    assert!(checked, "block 2 was checked ahead of its read");
+    eventually("block 2 checked ahead of its read", || {
+        matches!(again.read_now(tag, 2, 0, 10), Found::Hit(_))
+    })
+    .await;
     assert_eq!(
         again.read_now(tag, 1, 5, 10),
         Found::Hit(block(1, BLOCK as usize).slice(5..10))
     );
-    for _ in 0..500 {
-        if stat(&again, "data_cache_torn") == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    assert_eq!(stat(&again, "data_cache_torn"), 1);
+    eventually("block 3 found damaged", || {
+        stat(&again, "data_cache_torn") == 1
+    })
+    .await;
     assert_eq!(again.read_now(tag, 3, 0, 10), Found::Miss);
     assert_eq!(
         again.read_now(tag, 0, 0, 10),
         Found::WouldBlock,
         "not asked for"
+    );
+}
+
+#[tokio::test]
+async fn a_re_read_of_a_partly_cached_file_fetches_only_the_missing_blocks() {
+    let rig = CachedRig::new(1 << 30);
+    let size = 24 * BLOCK as usize;
+    let bytes = content(size, 8);
+    rig.mem.put("film", bytes.clone());
+    // A first reader that started at block 6 and read to the end.
+    let mut first = rig.reader("film").await;
+    let mut off = 6 * BLOCK;
+    while off < size as u64 {
+        off += first.read(off, 128 * 1024).await.unwrap().len() as u64;
+    }
+    drop(first);
+    wait_written(&rig.blocks).await;
+    let fetched = rig.store.counters().bytes_read();
+    let mut again = rig.reader("film").await;
+    assert_eq!(read_whole(&mut again, size).await, bytes);
+    // The first 6 blocks from the bucket (the window stops where the cache takes over, give
+    // or take the part it was fetching), the rest from the cache.
+    let more = rig.store.counters().bytes_read() - fetched;
+    assert!(
+        more <= 6 * BLOCK + TUNING.part_size,
+        "{more} bytes fetched again"
+    );
+    let hits = stat(&rig.blocks, "data_cache_hits");
+    assert!(
+        hits >= 16 * 8,
+        "{hits} hits: the blocks after the window's last part"
     );
 }

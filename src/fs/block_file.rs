@@ -67,6 +67,7 @@ impl BlockWriter {
         };
         // The aligned head of the data goes direct; the rest and the trailer (a few bytes)
         // through the page cache, once O_DIRECT is off.
+        // Off from here when the open above found O_DIRECT refused.
         let direct = direct && self.direct;
         let direct_len = match direct {
             true => data.len() / DIRECT_ALIGN * DIRECT_ALIGN,

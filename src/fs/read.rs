@@ -271,6 +271,16 @@ impl Reader {
         rest.await.ok().flatten()
     }
 
+    /// Whether the data cache holds every block of `range` (or has them on their way).
+    fn cache_holds(&self, range: ByteRange) -> bool {
+        match (&self.shared.blocks, self.tag) {
+            (Some(blocks), Some(tag)) => {
+                blocks.present(tag, range.start / BLOCK, (range.end - 1) / BLOCK)
+            }
+            _ => false,
+        }
+    }
+
     /// A reader streaming through cached blocks, now at `end`: the next blocks are brought
     /// into memory ahead of it, half a stretch at a time.
     fn read_cache_ahead(&mut self, end: u64) {
@@ -407,6 +417,10 @@ impl Reader {
             false => self.cached(ByteRange::new(offset, end)).await,
         };
         if let Some(data) = cached {
+            if !self.window.parts.is_empty() && offset >= self.window.next_fetch {
+                // Past the window's end, into cached blocks: its parts are done with.
+                self.reset_window(end);
+            }
             self.last_cached = Some(data.clone());
             if self.last_end.is_none_or(|e| e == offset) {
                 self.read_cache_ahead(end);
@@ -548,6 +562,11 @@ impl Reader {
                 self.size.min(self.window.next_fetch + part_len),
             );
             let needed = range.start < want.end;
+            if !needed && self.cache_holds(range) {
+                // What comes next is in the data cache: the reads there are served from it
+                // (see `read`), and the window stops here instead of fetching it again.
+                break;
+            }
             let permit = self.permit_for(range.len());
             if permit.is_none() && !needed {
                 // The global read-ahead budget is spent: read ahead less.
