@@ -46,7 +46,13 @@ impl BlockWriter {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let result = self.write_file(path, data, direct && self.direct);
+        let mut result = self.write_file(path, data, direct && self.direct);
+        if direct && self.direct && result.as_ref().is_err_and(refused) {
+            // A filesystem may take the flag at open and refuse the aligned write itself.
+            tracing::debug!(path = %path.display(), "the data cache's filesystem refuses O_DIRECT writes; blocks go through the page cache");
+            self.direct = false;
+            result = self.write_file(path, data, false);
+        }
         if result.is_err() {
             let _ = std::fs::remove_file(path);
         }
@@ -56,7 +62,7 @@ impl BlockWriter {
     fn write_file(&mut self, path: &Path, data: &[u8], direct: bool) -> std::io::Result<()> {
         let file = match direct {
             true => match open_new(path, libc::O_DIRECT) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(e) if refused(&e) => {
                     tracing::debug!(path = %path.display(), "the data cache's filesystem refuses O_DIRECT; blocks go through the page cache");
                     self.direct = false;
                     open_new(path, 0)?
@@ -101,6 +107,11 @@ impl BlockWriter {
         let skip = self.scratch.as_ptr().align_offset(DIRECT_ALIGN);
         &mut self.scratch[skip..skip + len]
     }
+}
+
+/// Whether an error is a filesystem refusing `O_DIRECT`.
+fn refused(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL)
 }
 
 fn open_new(path: &Path, flags: i32) -> std::io::Result<std::fs::File> {
@@ -219,9 +230,13 @@ mod tests {
     /// memory, direct and through the page cache: the file is the data and its trailer.
     #[test]
     fn blocks_are_written_whole_direct_or_not() {
-        let dir = tempfile::tempdir().unwrap();
+        // tmpfs as well, where O_DIRECT may be refused (the writer falls back).
+        let mut dirs = vec![tempfile::tempdir().unwrap()];
+        if let Ok(shm) = tempfile::tempdir_in("/dev/shm") {
+            dirs.push(shm);
+        }
         let source: Vec<u8> = (0..(1 << 20) + 8192).map(|i| (i * 7 % 251) as u8).collect();
-        for direct in [true, false] {
+        for (dir, direct) in dirs.iter().flat_map(|d| [(d, true), (d, false)]) {
             let mut writer = BlockWriter::new();
             writer.direct = direct;
             for (n, len) in [1 << 20, (1 << 20) - 100, 5000, 10].into_iter().enumerate() {
