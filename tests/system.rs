@@ -28,18 +28,36 @@ fn credentials_file(dir: &Path) -> std::path::PathBuf {
 }
 
 /// A temporary directory holding an empty `mnt/` to mount on.
-fn scratch_mountpoint() -> (tempfile::TempDir, std::path::PathBuf) {
+/// A mountpoint in a fresh folder, and its guard: whatever is mounted there when the test
+/// ends, however it ends (a failed assertion after a SIGKILL leaves a dead mount), is
+/// unmounted lazily before the folder goes.
+fn scratch_mountpoint() -> (tempfile::TempDir, std::path::PathBuf, UnmountOnDrop) {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    (dir, mnt)
+    let guard = UnmountOnDrop(mnt.clone());
+    (dir, mnt, guard)
+}
+
+struct UnmountOnDrop(std::path::PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.0)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 #[test]
 fn an_fstab_line_mounts_with_mount_and_unmounts_with_umount() {
     let b = Bucket::new("fstab");
     b.put("docs/readme.txt", "from the bucket");
-    let (dir, mnt) = scratch_mountpoint();
+    let (dir, mnt, _unmount) = scratch_mountpoint();
     let creds = credentials_file(dir.path());
     let log = dir.path().join("pailfs.log");
     // mount.fuse3 starts the program named before '#' (a path here, so nothing needs
@@ -106,7 +124,7 @@ fn an_fstab_line_mounts_with_mount_and_unmounts_with_umount() {
 fn type_notify_readiness_reaches_the_service_manager() {
     let b = Bucket::new("notify");
     b.put("f.txt", "data");
-    let (dir, mnt) = scratch_mountpoint();
+    let (dir, mnt, _unmount) = scratch_mountpoint();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket
@@ -566,7 +584,7 @@ fn a_mount_with_default_directories_keeps_its_files_under_pailfs_dirs() {
     // /run/pailfs: with PAILFS_DIRS (which the harness sets) nothing goes there.
     let b = Bucket::new("own-dirs");
     b.put("a.txt", "a");
-    let (_dir, mnt) = scratch_mountpoint();
+    let (_dir, mnt, _unmount) = scratch_mountpoint();
     let out = pailfs()
         .arg("mount")
         .arg(b.location(""))
@@ -635,7 +653,7 @@ fn the_systemd_unit_comes_back_after_kill_9_with_its_own_command() {
     assert!(unit.contains("Restart=on-failure"), "{unit}");
     let b = Bucket::new("unit-restart");
     b.put("f.txt", "still here");
-    let (dir, mnt) = scratch_mountpoint();
+    let (dir, mnt, _unmount) = scratch_mountpoint();
     let args = format!(
         "--endpoint-url {} --region garage --cache-dir {} --log-file {}",
         garage().endpoint,

@@ -704,7 +704,8 @@ impl Drop for S3fs {
     }
 }
 
-/// A child process ended (its mount goes with it) even when the test fails halfway.
+/// A child process ended even when the test fails halfway. (A FUSE daemon's mount outlives
+/// a kill, dead: the test unmounts it, see `scratch_mountpoint` in tests/system.rs.)
 pub struct KillOnDrop(pub std::process::Child);
 
 impl Drop for KillOnDrop {
