@@ -46,10 +46,13 @@ impl BlockWriter {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let mut result = self.write_file(path, data, direct && self.direct);
-        if direct && self.direct && result.as_ref().is_err_and(refused) {
-            // A filesystem may take the flag at open and refuse the aligned write itself.
-            tracing::debug!(path = %path.display(), "the data cache's filesystem refuses O_DIRECT writes; blocks go through the page cache");
+        // A filesystem refuses O_DIRECT at open (tmpfs), or takes the flag and refuses the
+        // aligned write itself: either way this block, and every one after it, goes through
+        // the page cache.
+        let direct = direct && self.direct;
+        let mut result = self.write_file(path, data, direct);
+        if direct && result.as_ref().is_err_and(refused) {
+            tracing::debug!(path = %path.display(), "the data cache's filesystem refuses O_DIRECT; blocks go through the page cache");
             self.direct = false;
             result = self.write_file(path, data, false);
         }
@@ -60,21 +63,9 @@ impl BlockWriter {
     }
 
     fn write_file(&mut self, path: &Path, data: &[u8], direct: bool) -> std::io::Result<()> {
-        let file = match direct {
-            true => match open_new(path, libc::O_DIRECT) {
-                Err(e) if refused(&e) => {
-                    tracing::debug!(path = %path.display(), "the data cache's filesystem refuses O_DIRECT; blocks go through the page cache");
-                    self.direct = false;
-                    open_new(path, 0)?
-                }
-                other => other?,
-            },
-            false => open_new(path, 0)?,
-        };
+        let file = open_new(path, if direct { libc::O_DIRECT } else { 0 })?;
         // The aligned head of the data goes direct; the rest and the trailer (a few bytes)
         // through the page cache, once O_DIRECT is off.
-        // Off from here when the open above found O_DIRECT refused.
-        let direct = direct && self.direct;
         let direct_len = match direct {
             true => data.len() / DIRECT_ALIGN * DIRECT_ALIGN,
             false => 0,

@@ -238,7 +238,7 @@ impl Reader {
     /// `want` from the data cache, if it holds every block of it: from memory at once when it
     /// can (a block being written, the kernel's page cache), else on a blocking thread.
     async fn cached(&self, want: ByteRange) -> Option<Bytes> {
-        let (blocks, tag) = (self.shared.blocks.clone()?, self.tag?);
+        let (blocks, tag) = self.cache().map(|(blocks, tag)| (blocks.clone(), tag))?;
         let (first, last) = (want.start / BLOCK, (want.end - 1) / BLOCK);
         if !blocks.holds(tag, first, last) {
             return None;
@@ -271,20 +271,22 @@ impl Reader {
         rest.await.ok().flatten()
     }
 
+    /// The data cache and its name for this version of the object, when the mount has one.
+    fn cache(&self) -> Option<(&Arc<BlockCache>, ObjectTag)> {
+        Some((self.shared.blocks.as_ref()?, self.tag?))
+    }
+
     /// Whether the data cache holds every block of `range` (or has them on their way).
     fn cache_holds(&self, range: ByteRange) -> bool {
-        match (&self.shared.blocks, self.tag) {
-            (Some(blocks), Some(tag)) => {
-                blocks.present(tag, range.start / BLOCK, (range.end - 1) / BLOCK)
-            }
-            _ => false,
-        }
+        self.cache().is_some_and(|(blocks, tag)| {
+            blocks.present(tag, range.start / BLOCK, (range.end - 1) / BLOCK)
+        })
     }
 
     /// A reader streaming through cached blocks, now at `end`: the next blocks are brought
     /// into memory ahead of it, half a stretch at a time.
     fn read_cache_ahead(&mut self, end: u64) {
-        let (Some(blocks), Some(tag)) = (&self.shared.blocks, self.tag) else {
+        let Some((blocks, tag)) = self.cache() else {
             return;
         };
         let next = end.div_ceil(BLOCK);
@@ -293,8 +295,8 @@ impl Reader {
         }
         let first = next.max(self.cache_ahead);
         let last = (next + CACHE_AHEAD_BLOCKS).min((self.size - 1) / BLOCK);
-        self.cache_ahead = last + 1;
         blocks.will_need(tag, first, last);
+        self.cache_ahead = last + 1;
     }
 
     /// Hands the data cache the whole blocks within `data`, fetched at `start` (a block ends
@@ -310,7 +312,7 @@ impl Reader {
         permit: Option<Arc<OwnedSemaphorePermit>>,
         window_part: bool,
     ) {
-        let (Some(blocks), Some(tag)) = (&self.shared.blocks, self.tag) else {
+        let Some((blocks, tag)) = self.cache() else {
             return;
         };
         let run = whole_blocks(start, data, self.size);
@@ -354,7 +356,7 @@ impl Reader {
     /// Starts bringing the whole object into the data cache once it has missed at random
     /// `FILL_AFTER` times, if it is small enough for the cache.
     fn maybe_fill(&mut self) {
-        let (Some(blocks), Some(tag)) = (&self.shared.blocks, self.tag) else {
+        let Some((blocks, tag)) = self.cache() else {
             return;
         };
         if self.fill.is_none() && self.random_reads >= FILL_AFTER && blocks.may_fill(self.size) {
