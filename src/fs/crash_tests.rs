@@ -287,10 +287,7 @@ async fn the_journal_records_each_state_a_program_was_told() {
         },
     );
     let fs = &w.rig.fs;
-    let records = || {
-        let left = journal::leftovers(&w.dir.path().join("staging")).unwrap();
-        left.entries.iter().map(|e| e.record()).collect::<Vec<_>>()
-    };
+    let records = || journal::records(w.dir.path()).unwrap();
     let (_, fh) = fs
         .create(Ino::ROOT, "a.txt", 0o600, caller())
         .await

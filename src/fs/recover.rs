@@ -83,7 +83,9 @@ impl Fs {
             return Ok(Reconciled::default());
         };
         let cache = cache.clone();
-        let left = journal::leftovers(cache.staging_dir())
+        let left = cache
+            .journal
+            .leftovers()
             .map_err(|e| FsError::Store(StoreError::Other(format!("reading staging: {e}"))))?;
         let stamp = journal::utc_stamp(std::time::SystemTime::now());
         let mut done = Reconciled::default();

@@ -109,7 +109,10 @@ impl Drop for Staged {
     fn drop(&mut self) {
         self.disk.cache.release(self.disk.reserved);
         if self.state != StagedState::Failed {
-            let _ = std::fs::remove_file(&self.disk.path);
+            self.disk
+                .cache
+                .journal
+                .retire(&self.disk.path, &self.disk.file);
             self.record.journal.remove_record();
         }
     }
@@ -140,7 +143,6 @@ impl Staged {
         metadata: Metadata,
         state: StagedState,
     ) -> Result<Staged, FsError> {
-        let n = cache.next.fetch_add(1, Ordering::Relaxed);
         let record = Record {
             location: cache.location.clone(),
             key: key.clone(),
@@ -152,14 +154,15 @@ impl Staged {
             size: 0,
             source: None,
         };
-        let journal = Arc::new(JournalEntry::new(&cache.staging, n, record));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&journal.data)
-            .map_err(io_error)?;
-        Ok(Staged::assemble(cache, key, journal, file, state, metadata))
+        let (journal, file) = cache.journal.create_entry(record).map_err(io_error)?;
+        Ok(Staged::assemble(
+            cache,
+            key,
+            Arc::new(journal),
+            file,
+            state,
+            metadata,
+        ))
     }
 
     fn assemble(

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::fs::block_cache::BlockCache;
 use crate::fs::error::FsError;
+use crate::fs::journal::{self, Journal};
 use crate::fs::write_buffers::PartPool;
 
 /// How long a write waits for other files' uploads to free cache space before ENOSPC.
@@ -33,7 +34,8 @@ pub struct CacheDir {
     pub(super) used: Arc<AtomicU64>,
     /// The data cache in the same directory, whose blocks give way to staged bytes.
     blocks: Option<Arc<BlockCache>>,
-    pub(super) next: AtomicU64,
+    /// The staging journal: numbers the staging files and records where each stands.
+    pub(crate) journal: Arc<Journal>,
     /// Share of the filesystem that must stay free.
     pub(super) min_free_ratio: f64,
     /// Memory for parts on their way from programs to the bucket and the staging file.
@@ -65,20 +67,13 @@ fn private_dir(path: &Path) -> std::io::Result<()> {
 
 impl CacheDir {
     pub fn open(root: &Path, max_bytes: u64) -> std::io::Result<CacheDir> {
-        let staging = root.join("staging");
+        let staging = root.join(journal::STAGING);
         let recovery = root.join("recovery");
         private_dir(root)?;
         private_dir(&staging)?;
         private_dir(&recovery)?;
-        // Staging names are numbered; files a dead daemon left keep theirs until reconciled.
-        let next = std::fs::read_dir(&staging)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().to_string();
-                name.split('-').next()?.parse::<u64>().ok()
-            })
-            .max()
-            .map_or(0, |n| n + 1);
+        private_dir(&root.join(journal::SPARE))?;
+        let journal = Arc::new(Journal::open(root)?);
         Ok(CacheDir {
             staging,
             recovery,
@@ -87,7 +82,7 @@ impl CacheDir {
             max_bytes,
             used: Arc::new(AtomicU64::new(0)),
             blocks: None,
-            next: AtomicU64::new(next),
+            journal,
             min_free_ratio: 0.0,
             parts: PartPool::new(DEFAULT_WRITE_BUFFERS),
             uploads: UploadBudget::new(DEFAULT_UPLOADS_AT_ONCE, DEFAULT_WRITE_BUFFERS),
