@@ -207,3 +207,45 @@ fn tar_x_with_async_write_back_costs_about_one_request_per_file() {
         "tar's mtime was kept"
     );
 }
+
+#[test]
+fn a_tree_walk_sees_every_folder_and_lists_each_once() {
+    let b = Bucket::new("walk-ahead");
+    let mut keys = Vec::new();
+    for d in 0..30 {
+        for f in 0..(d % 4 + 1) {
+            keys.push(format!("tree/d{d:02}/f{f}"));
+        }
+    }
+    b.put_many(keys.clone(), b"x");
+    let m = Mount::new(&b.location(""), &[]);
+    let tree = m.join("tree");
+    // Known first (a walk starts from a listed folder), then walked twice: `find` lists ahead
+    // of itself, and a change made through the mount between the two walks shows.
+    run(Command::new("ls").arg(&tree));
+    let before = m.requests();
+    let found = run(Command::new("find").arg(&tree).args(["-type", "f"]));
+    let cost = delta(before, m.requests());
+    let mut seen: Vec<String> = found
+        .lines()
+        .map(|l| {
+            l.strip_prefix(&format!("{}/", m.path.display()))
+                .unwrap_or(l)
+                .to_string()
+        })
+        .collect();
+    seen.sort();
+    keys.sort();
+    assert_eq!(seen, keys);
+    assert_eq!(
+        cost.list, 31,
+        "one LIST per folder (and tree/), none twice: {cost:?}"
+    );
+    std::fs::remove_file(tree.join("d07/f0")).unwrap();
+    std::fs::write(tree.join("d08/new"), "y").unwrap();
+    let ls = run(Command::new("ls").arg("-R").arg(&tree));
+    assert!(ls.contains("new"), "{ls}");
+    let d07 = ls.split("/d07:").nth(1).unwrap_or("");
+    let d07 = d07.split("\n\n").next().unwrap_or("");
+    assert!(!d07.contains("f0"), "{d07}");
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::error::FsError;
 use super::names::{check_name, OddKeyLog};
 use super::snapshot::Collector;
+use super::walk_ahead::{EarlyPage, SubdirOrder};
 use super::Kind;
 use crate::store::{ListPage, ListRequest, ObjectInfo, ObjectStore, StoreError};
 
@@ -39,7 +40,9 @@ impl ListedEntry {
 /// otherwise wait on each other's processing, and a million-entry folder takes twice as long).
 /// Dropped with its stream (a rewind, a closed directory): the request is abandoned.
 struct NextPage {
-    token: String,
+    /// The continuation token it was asked with (`None`: the first page, asked ahead by
+    /// `WalkAhead`).
+    token: Option<String>,
     task: tokio::task::JoinHandle<Result<ListPage, StoreError>>,
 }
 
@@ -69,6 +72,8 @@ pub struct DirStream {
     /// listing ends (taken then; none after a rewind restarts it).
     pub collector: Option<Collector>,
     next_page: Option<NextPage>,
+    /// The subfolders' names in listing order (for `WalkAhead`).
+    subdirs: SubdirOrder,
 }
 
 impl DirStream {
@@ -85,6 +90,33 @@ impl DirStream {
             new_page: false,
             collector: Some(Collector::new()),
             next_page: None,
+            subdirs: SubdirOrder::new(),
+        }
+    }
+
+    /// Whether nothing was fetched yet.
+    pub fn untouched(&self) -> bool {
+        self.base == 0 && self.entries.is_empty() && self.token.is_none() && !self.exhausted
+    }
+
+    /// Starts from a first page requested ahead: the listing is as old as that request.
+    pub fn start_from(&mut self, page: EarlyPage) {
+        if let Some(collector) = self.collector.as_mut() {
+            collector.started = page.started;
+        }
+        self.next_page = Some(NextPage {
+            token: None,
+            task: page.task,
+        });
+    }
+
+    /// The subfolders' names in listing order, once the listing is read to its end (`None`
+    /// before, or when there were too many to keep).
+    pub fn take_subdirs(&mut self) -> Option<Vec<Box<str>>> {
+        if self.exhausted {
+            self.subdirs.take()
+        } else {
+            None
         }
     }
 
@@ -154,7 +186,7 @@ impl DirStream {
     ) -> Result<(), FsError> {
         let token = self.token.take();
         let page = match self.next_page.take() {
-            Some(mut next) if Some(&next.token) == token.as_ref() => match (&mut next.task).await {
+            Some(mut next) if next.token == token => match (&mut next.task).await {
                 Ok(page) => page?,
                 // Aborted or panicked: ask again, here.
                 Err(_) => store.list(self.request(token)).await?,
@@ -164,7 +196,7 @@ impl DirStream {
         if let Some(token) = &page.next {
             let (store, request) = (store.clone(), self.request(Some(token.clone())));
             self.next_page = Some(NextPage {
-                token: token.clone(),
+                token: Some(token.clone()),
                 task: tokio::spawn(async move { store.list(request).await }),
             });
         }
@@ -228,6 +260,9 @@ impl DirStream {
             }
             !shadowed
         });
+        for dir in items.iter().filter(|e| e.kind == Kind::Dir) {
+            self.subdirs.push(&dir.name);
+        }
         self.token = page.next;
         self.exhausted = self.token.is_none();
         if !self.exhausted {

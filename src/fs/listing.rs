@@ -90,6 +90,9 @@ impl Fs {
             .cloned()
             .ok_or(FsError::BadHandle)?;
         let mut stream = stream.lock().await;
+        if offset == 0 && stream.untouched() {
+            self.walk_ahead(ino, &node, &mut stream);
+        }
         let mut cookie = offset;
         // Cookies 0 and 1 are "." and ".."; entry i of the listing has cookie i + 2.
         while cookie < 2 {
@@ -144,6 +147,9 @@ impl Fs {
         if let Some(collected) = stream.collector.take() {
             self.names.snapshots.commit(ino, collected);
         }
+        if let Some(subdirs) = stream.take_subdirs() {
+            self.names.walk.listed(ino, Some(subdirs));
+        }
         if let Some(head) = stream
             .marker
             .as_ref()
@@ -184,6 +190,43 @@ impl Fs {
             }
         }
         Ok(())
+    }
+
+    /// A folder is about to be read from its start: it starts from a first page listed
+    /// ahead, if a walk asked for one recently enough (and nothing changed in the folder
+    /// through this mount since), and when it is part of a walk, its next siblings' first
+    /// pages are asked for now.
+    fn walk_ahead(&self, ino: Ino, node: &super::inode::Node, stream: &mut DirStream) {
+        if let Some(page) = self.names.walk.take(
+            stream.list_prefix(),
+            self.cfg
+                .metadata_ttl
+                .min(super::walk_ahead::EARLY_PAGE_FRESH),
+        ) {
+            if self.names.snapshots.changed_since(ino, page.started) {
+                page.task.abort();
+            } else {
+                stream.start_from(page);
+            }
+        }
+        if ino == Ino::ROOT {
+            return;
+        }
+        let Some(parent) = lock(&self.names.inodes).get(node.parent).cloned() else {
+            return;
+        };
+        for sibling in self.names.walk.opened(node.parent, node.name()) {
+            let request = crate::store::ListRequest {
+                prefix: self.dir_prefix(&child_path(&parent.path, &sibling)),
+                delimited: true,
+                max_keys: self.cfg.list_page_size,
+                continuation: None,
+            };
+            let store = self.store.clone();
+            self.names.walk.start(request.prefix.clone(), || {
+                tokio::spawn(async move { store.list(request).await })
+            });
+        }
     }
 
     /// Files directly in `dir` whose staging copy the bucket has never had, by name.

@@ -24,6 +24,7 @@ mod rename;
 pub mod snapshot;
 mod staging;
 mod types;
+mod walk_ahead;
 pub mod write;
 pub mod write_buffers;
 pub mod xattr;

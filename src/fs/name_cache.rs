@@ -1,7 +1,7 @@
 //! What the mount knows of names: the inode table the kernel's references point into, the
 //! attributes and misses it may answer from memory, the directory snapshots finished listings
-//! leave, the listing pages known to carry no metadata, and the log of keys that cannot be
-//! names. Every lookup, listing and change of the tree reads or updates it.
+//! leave, the listing pages known to carry no metadata, the log of keys that cannot be
+//! names, and the listings started ahead of a tree walk. Every lookup, listing and change of the tree reads or updates it.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use super::inode::InodeTable;
 use super::meta::MetaCache;
 use super::names::OddKeyLog;
 use super::snapshot::Snapshots;
+use super::walk_ahead::WalkAhead;
 use super::FsConfig;
 
 pub(super) struct NameCache {
@@ -20,6 +21,8 @@ pub(super) struct NameCache {
     /// --metadata-ttl: listing them again sends no HEAD.
     pub plain_listings: moka::sync::Cache<String, ()>,
     pub odd_keys: OddKeyLog,
+    /// First pages of subfolders listed ahead of a tree walk.
+    pub walk: WalkAhead,
 }
 
 impl NameCache {
@@ -33,6 +36,7 @@ impl NameCache {
                 .time_to_live(cfg.metadata_ttl.max(Duration::from_nanos(1)))
                 .build(),
             odd_keys: OddKeyLog::default(),
+            walk: WalkAhead::default(),
         }
     }
 }

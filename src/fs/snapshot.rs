@@ -190,7 +190,8 @@ pub struct Snapshots {
 
 /// A listing being collected into a snapshot as its entries are handed out in order.
 pub struct Collector {
-    started: Instant,
+    /// When the listing was asked for (a change made here after it may be missing from it).
+    pub started: Instant,
     entries: Option<Entries>,
     /// Entries handed out so far (the next in order is the only one taken).
     count: u64,
@@ -293,6 +294,14 @@ impl Snapshots {
             return;
         }
         self.insert(&mut inner, dir, list, collected.bytes);
+    }
+
+    /// Whether `dir` changed through this mount at or after `t`.
+    pub fn changed_since(&self, dir: Ino, t: Instant) -> bool {
+        lock(&self.inner)
+            .changed
+            .get(&dir)
+            .is_some_and(|at| *at >= t)
     }
 
     /// `dir` was just created by this mount: empty, and known to be.

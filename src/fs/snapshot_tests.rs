@@ -208,3 +208,67 @@ impl super::tests::Rig {
         (data, keep)
     }
 }
+
+#[tokio::test]
+async fn a_tree_walk_lists_the_next_folders_ahead_and_each_folder_once() {
+    let w = write_rig_with(1 << 30, fresh_for(Duration::from_secs(60)));
+    let r = &w.rig;
+    for d in 0..6 {
+        for f in 0..3 {
+            r.mem.put(&format!("tree/d{d}/f{f}"), "x");
+        }
+    }
+    let tree = r.fs.lookup(Ino::ROOT, "tree").await.unwrap();
+    r.list(tree.ino, true).await;
+    let lists = || r.store.counters().count(RequestKind::List);
+    let before = lists();
+    let mut seen = Vec::new();
+    for d in 0..6 {
+        let dir = r.fs.lookup(tree.ino, &format!("d{d}")).await.unwrap();
+        if d == 2 {
+            // Its first page was asked for while d1 was read; a file made here since must
+            // not be missing from the listing that page would give.
+            tokio::task::yield_now().await;
+            let (_, fh) = r.fs.create(dir.ino, "new", 0o644, caller()).await.unwrap();
+            r.fs.release(fh).await.unwrap();
+        }
+        let names: Vec<String> = r
+            .list(dir.ino, true)
+            .await
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        seen.push(names.len() - 2);
+        // The walk was seen at d1: from then on the next two folders are on their way.
+        tokio::task::yield_now().await;
+        if d == 1 {
+            assert_eq!(lists() - before, 4, "d0, d1, then d2 and d3 ahead");
+        }
+    }
+    assert_eq!(seen, vec![3, 3, 4, 3, 3, 3]);
+    // d2 again (its page came before the change), every other folder once.
+    assert_eq!(lists() - before, 7);
+    assert_eq!(
+        r.fs.names.walk.pending(),
+        0,
+        "every page asked ahead was used"
+    );
+}
+
+#[tokio::test]
+async fn folders_opened_out_of_order_are_not_listed_ahead() {
+    let r = rig_with("", fresh_for(Duration::from_secs(60)));
+    for d in 0..5 {
+        r.mem.put(&format!("tree/d{d}/f"), "x");
+    }
+    let tree = r.fs.lookup(Ino::ROOT, "tree").await.unwrap();
+    r.list(tree.ino, true).await;
+    let before = r.store.counters().count(RequestKind::List);
+    for d in [3, 1, 0] {
+        let dir = r.fs.lookup(tree.ino, &format!("d{d}")).await.unwrap();
+        r.list(dir.ino, true).await;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(r.store.counters().count(RequestKind::List) - before, 3);
+    assert_eq!(r.fs.names.walk.pending(), 0);
+}
