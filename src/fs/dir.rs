@@ -19,19 +19,23 @@ pub struct ListedEntry {
     pub kind: Kind,
     /// For files: what the listing (or a HEAD) said: size, LastModified, ETag, metadata.
     /// For directories: their marker object, when a HEAD found one.
-    pub object: Option<ObjectInfo>,
+    /// Shared: an entry is handed out (cloned) once per readdir reply it goes into.
+    pub object: Option<Arc<ObjectInfo>>,
     /// `object` already is the best the HEAD memo knows (the page was completed with HEADs):
     /// no need to ask the memo again.
     pub completed: bool,
 }
 
 impl ListedEntry {
-    /// The position of this entry in the store's key order.
-    fn sort_key(&self) -> String {
-        match self.kind {
-            Kind::Dir => format!("{}/", self.name),
-            _ => self.name.clone(),
-        }
+    /// The bytes of this entry's key below its folder, in the store's key order (a folder's
+    /// is its name and `/`), without building the key: a page sorts and compares a thousand.
+    fn key_bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        let slash = (self.kind == Kind::Dir).then_some(b'/');
+        self.name.bytes().chain(slash)
+    }
+
+    fn key_order(&self, other: &ListedEntry) -> std::cmp::Ordering {
+        self.key_bytes().cmp(other.key_bytes())
     }
 }
 
@@ -201,12 +205,24 @@ impl DirStream {
             });
         }
         let mut items = std::mem::take(&mut self.held);
-        let mut last_key = String::new();
+        // The last key of the page, below the folder (one allocation, not one per entry).
+        let last_key: String = {
+            let folder = self.list_prefix.as_str();
+            let objects = page
+                .objects
+                .iter()
+                .filter_map(|o| o.key.strip_prefix(folder));
+            let prefixes = page.prefixes.iter().filter_map(|p| p.strip_prefix(folder));
+            objects
+                .chain(prefixes)
+                .max()
+                .unwrap_or_default()
+                .to_string()
+        };
         for object in page.objects {
             let Some(rel) = object.key.strip_prefix(&self.list_prefix) else {
                 continue;
             };
-            last_key = last_key.max(rel.to_string());
             if rel.is_empty() {
                 self.marker = Some(object);
                 continue;
@@ -222,7 +238,7 @@ impl DirStream {
             items.push(ListedEntry {
                 name: rel.to_string(),
                 kind: Kind::File,
-                object: Some(object),
+                object: Some(Arc::new(object)),
                 completed: false,
             });
         }
@@ -230,7 +246,6 @@ impl DirStream {
             let Some(rel) = prefix.strip_prefix(&self.list_prefix) else {
                 continue;
             };
-            last_key = last_key.max(rel.to_string());
             let name = rel.strip_suffix('/').unwrap_or(rel);
             if let Err(bad) = check_name(name) {
                 odd.report(&prefix, bad.describe());
@@ -243,23 +258,25 @@ impl DirStream {
                 completed: false,
             });
         }
-        items.sort_by_key(ListedEntry::sort_key);
+        items.sort_by(ListedEntry::key_order);
         // A directory and a file of one name: the directory wins (see names.rs).
         let dirs: std::collections::HashSet<String> = items
             .iter()
             .filter(|e| e.kind == Kind::Dir)
             .map(|e| e.name.clone())
             .collect();
-        items.retain(|e| {
-            let shadowed = e.kind == Kind::File && dirs.contains(&e.name);
-            if shadowed {
-                odd.report(
-                    &format!("{}{}", self.list_prefix, e.name),
-                    "is both an object and a directory prefix; the directory is shown",
-                );
-            }
-            !shadowed
-        });
+        if !dirs.is_empty() {
+            items.retain(|e| {
+                let shadowed = e.kind == Kind::File && dirs.contains(&e.name);
+                if shadowed {
+                    odd.report(
+                        &format!("{}{}", self.list_prefix, e.name),
+                        "is both an object and a directory prefix; the directory is shown",
+                    );
+                }
+                !shadowed
+            });
+        }
         for dir in items.iter().filter(|e| e.kind == Kind::Dir) {
             self.subdirs.push(&dir.name);
         }
@@ -268,9 +285,10 @@ impl DirStream {
         if !self.exhausted {
             // `x/` sorts after `x`, so a later page can still reveal a directory named like a
             // file of this page, but only if `x/` sorts after everything this page showed.
-            let (held, ready): (Vec<_>, Vec<_>) = items
-                .into_iter()
-                .partition(|e| e.kind == Kind::File && format!("{}/", e.name) > last_key);
+            let (held, ready): (Vec<_>, Vec<_>) = items.into_iter().partition(|e| {
+                let as_dir = e.name.bytes().chain(Some(b'/'));
+                e.kind == Kind::File && as_dir.cmp(last_key.bytes()).is_gt()
+            });
             self.held = held;
             items = ready;
         }

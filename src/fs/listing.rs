@@ -43,7 +43,7 @@ impl Fs {
                 return cached
             }
             (Kind::Dir, None, Some(cached)) if cached.kind == Kind::Dir => return cached,
-            (Kind::Dir, marker, _) => dir_attr(ino, marker.as_ref(), &self.cfg),
+            (Kind::Dir, marker, _) => dir_attr(ino, marker.as_deref(), &self.cfg),
             (_, Some(obj), _) if entry.completed => file_attr(ino, obj, &self.cfg),
             (_, Some(obj), _) => match self.names.meta.head_of(obj) {
                 Some(head) => file_attr(ino, &head, &self.cfg),
@@ -336,7 +336,7 @@ impl Fs {
                 continue;
             }
             entry.kind = meta::kind_of_object(&head);
-            entry.object = Some(head);
+            entry.object = Some(Arc::new(head));
         }
         for entry in page.iter_mut() {
             entry.completed = true;
@@ -367,7 +367,7 @@ impl Fs {
                     any_metadata |= telling && meta::has_attr_headers(&info);
                     self.names.meta.put_head(&info);
                     if page[i].kind == Kind::Dir {
-                        page[i].object = Some(info);
+                        page[i].object = Some(Arc::new(info));
                     } else {
                         files.push((i, info));
                     }
