@@ -119,13 +119,20 @@ pub const LOG: &str = "journal.log";
 const REWRITE_AFTER_LINES: usize = 1024;
 
 /// One line of the log: entry `n`, whose bytes are in `data` (a file name in `staging/`),
-/// now has `record`; no record: the entry is gone.
+/// now has `record`; no record: the entry is gone. Written from borrowed parts
+/// (`Line<&str, &Record>`), read into owned ones (`ReadLine`).
 #[derive(Serialize, Deserialize)]
-struct Line {
+struct Line<D, R> {
     n: u64,
-    data: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    record: Option<Record>,
+    data: D,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    record: Option<R>,
+}
+
+type ReadLine = Line<String, Record>;
+
+fn none<R>() -> Option<R> {
+    None
 }
 
 /// An entry the log holds: its data file's name and its record as last written.
@@ -303,12 +310,8 @@ impl Journal {
         record: Option<&Record>,
         durable: bool,
     ) -> std::io::Result<()> {
-        let mut text = serde_json::to_vec(&Line {
-            n,
-            data: data.to_string(),
-            record: record.cloned(),
-        })
-        .map_err(std::io::Error::other)?;
+        let mut text =
+            serde_json::to_vec(&Line { n, data, record }).map_err(std::io::Error::other)?;
         text.push(b'\n');
         if durable {
             self.sync_dir()?;
@@ -368,8 +371,8 @@ fn rewrite(path: &Path, live: &BTreeMap<u64, Live>) -> std::io::Result<std::fs::
             &mut out,
             &Line {
                 n: *n,
-                data: l.data.clone(),
-                record: Some(l.record.clone()),
+                data: l.data.as_str(),
+                record: Some(&l.record),
             },
         )
         .map_err(std::io::Error::other)?;
@@ -425,7 +428,7 @@ fn read_live(root: &Path) -> std::io::Result<BTreeMap<u64, Live>> {
         if raw.is_empty() {
             continue;
         }
-        match serde_json::from_slice::<Line>(raw) {
+        match serde_json::from_slice::<ReadLine>(raw) {
             Ok(Line {
                 n,
                 data,
