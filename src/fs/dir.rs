@@ -136,10 +136,10 @@ impl DirStream {
     }
 
     /// The entries of a page just fetched, once, so the caller can complete them (with
-    /// HEAD answers) before they are handed out.
-    pub fn take_new_page(&mut self) -> Option<&mut [ListedEntry]> {
+    /// HEAD answers) before they are handed out; with the prefix they were listed under.
+    pub fn take_new_page(&mut self) -> Option<(&str, &mut [ListedEntry])> {
         if std::mem::take(&mut self.new_page) {
-            Some(&mut self.entries)
+            Some((&self.list_prefix, &mut self.entries))
         } else {
             None
         }

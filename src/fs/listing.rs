@@ -256,10 +256,9 @@ impl Fs {
         let entry = stream
             .entry_at(index, &self.store, &self.names.odd_keys)
             .await?;
-        let prefix = stream.list_prefix().to_string();
         match stream.take_new_page() {
-            Some(page) if self.cfg.listing_heads => {
-                self.complete_with_heads(&prefix, page).await;
+            Some((prefix, page)) if self.cfg.listing_heads => {
+                self.complete_with_heads(prefix, page).await;
                 stream
                     .entry_at(index, &self.store, &self.names.odd_keys)
                     .await
