@@ -226,6 +226,13 @@ impl CachedRig {
     fn gets(&self) -> u64 {
         self.store.counters().count(RequestKind::Get)
     }
+
+    /// Puts an object of `size` bytes of pattern `seed` in the bucket; returns its bytes.
+    fn put(&self, key: &str, size: usize, seed: u8) -> Vec<u8> {
+        let bytes = content(size, seed);
+        self.mem.put(key, bytes.clone());
+        bytes
+    }
 }
 
 fn content(n: usize, seed: u8) -> Vec<u8> {
@@ -291,8 +298,7 @@ async fn small_files_are_cached_whole_by_their_first_read() {
 async fn random_reads_fetch_whole_blocks_only_once_the_pattern_is_seen() {
     let rig = CachedRig::new(1 << 30);
     let size = 16 * BLOCK as usize;
-    let bytes = content(size, 5);
-    rig.mem.put("db", bytes.clone());
+    let bytes = rig.put("db", size, 5);
     let mut r = rig.reader("db").await;
     let offsets = [
         9 * BLOCK + 4096,
@@ -381,8 +387,7 @@ async fn read_scattered(r: &mut Reader, blocks: u64, bytes: &[u8]) {
 async fn a_file_read_at_random_comes_in_whole_when_it_fits_a_quarter_of_the_cache() {
     let rig = CachedRig::new(256 << 20);
     let size = 24 * BLOCK as usize;
-    let bytes = content(size, 4);
-    rig.mem.put("db", bytes.clone());
+    let bytes = rig.put("db", size, 4);
     let mut r = rig.reader("db").await;
     read_scattered(&mut r, 10, &bytes).await;
     eventually("the fill's end", || {
@@ -400,8 +405,7 @@ async fn a_file_read_at_random_comes_in_whole_when_it_fits_a_quarter_of_the_cach
 async fn a_file_larger_than_a_quarter_of_the_cache_is_never_brought_in_whole() {
     let rig = CachedRig::new(64 << 20);
     let size = 24 * BLOCK as usize;
-    let bytes = content(size, 6);
-    rig.mem.put("huge", bytes.clone());
+    let bytes = rig.put("huge", size, 6);
     let mut r = rig.reader("huge").await;
     read_scattered(&mut r, 12, &bytes).await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -522,8 +526,7 @@ async fn blocks_asked_ahead_for_are_checked_and_in_memory_before_the_reader_come
 async fn a_re_read_of_a_partly_cached_file_fetches_only_the_missing_blocks() {
     let rig = CachedRig::new(1 << 30);
     let size = 24 * BLOCK as usize;
-    let bytes = content(size, 8);
-    rig.mem.put("film", bytes.clone());
+    let bytes = rig.put("film", size, 8);
     // A first reader that started at block 6 and read to the end.
     let mut first = rig.reader("film").await;
     let mut off = 6 * BLOCK;

@@ -77,6 +77,15 @@ impl Rig {
         out
     }
 
+    /// The names a listing of `ino` shows, in order ("." and ".." first).
+    pub async fn names(&self, ino: Ino, plus: bool) -> Vec<String> {
+        self.list(ino, plus)
+            .await
+            .into_iter()
+            .map(|e| e.0)
+            .collect()
+    }
+
     pub async fn read_all(&self, ino: Ino) -> Vec<u8> {
         let (fh, _) = self.fs.open(ino, false, false).await.unwrap();
         let mut out = Vec::new();
@@ -210,12 +219,7 @@ async fn implicit_and_marked_directories_and_the_internal_path() {
     r.mem.put("root/marked/", "");
     r.mem.put("outside.txt", "no");
     r.mem.put("rootsibling/x", "no");
-    let names: Vec<String> = r
-        .list(Ino::ROOT, false)
-        .await
-        .into_iter()
-        .map(|e| e.0)
-        .collect();
+    let names = r.names(Ino::ROOT, false).await;
     assert_eq!(names, vec![".", "..", "implicit", "marked"]);
     let marked = r.fs.lookup(Ino::ROOT, "marked").await.unwrap();
     assert_eq!(marked.kind, Kind::Dir);
