@@ -183,17 +183,19 @@ impl Journal {
     pub fn open(root: &Path) -> std::io::Result<Journal> {
         let (staging, spare, log_path) = (root.join(STAGING), root.join(SPARE), root.join(LOG));
         let live = read_live(root)?;
-        let highest_file = std::fs::read_dir(&staging)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .split('-')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .max();
+        // Numbers go on past every name seen; old record files go once the log holds them.
+        let mut highest_file = None;
+        let mut old_records = Vec::new();
+        for entry in std::fs::read_dir(&staging)?.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let number = name.split('-').next().and_then(|n| n.parse::<u64>().ok());
+            highest_file = highest_file.max(number);
+            if name.ends_with(".json") || name.ends_with(".tmp") {
+                old_records.push(path);
+            }
+        }
         let next = live
             .keys()
             .next_back()
@@ -201,12 +203,8 @@ impl Journal {
             .max(highest_file)
             .map_or(0, |n| n + 1);
         let file = rewrite(&log_path, &live)?;
-        for entry in std::fs::read_dir(&staging)?.filter_map(|e| e.ok()) {
-            let path = entry.path();
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-            if ext == "json" || ext == "tmp" {
-                let _ = std::fs::remove_file(&path);
-            }
+        for path in old_records {
+            let _ = std::fs::remove_file(&path);
         }
         for entry in std::fs::read_dir(&spare)?.filter_map(|e| e.ok()) {
             let _ = std::fs::remove_file(entry.path());
@@ -321,15 +319,14 @@ impl Journal {
             (&*log.file).write_all(&text)?;
             log.lines += 1;
             match record {
-                Some(record) => {
-                    log.live.insert(
-                        n,
-                        Live {
-                            data: data.to_string(),
-                            record: record.clone(),
-                        },
-                    );
-                }
+                Some(record) => match log.live.get_mut(&n) {
+                    Some(live) => live.record = record.clone(),
+                    None => {
+                        let data = data.to_string();
+                        let record = record.clone();
+                        log.live.insert(n, Live { data, record });
+                    }
+                },
                 None => {
                     log.live.remove(&n);
                 }
