@@ -94,7 +94,7 @@ impl DirStream {
             new_page: false,
             collector: Some(Collector::new()),
             next_page: None,
-            subdirs: SubdirOrder::new(),
+            subdirs: SubdirOrder::default(),
         }
     }
 
@@ -114,8 +114,8 @@ impl DirStream {
         });
     }
 
-    /// The subfolders' names in listing order, once the listing is read to its end (`None`
-    /// before, or when there were too many to keep).
+    /// The subfolders' names in listing order, once, when the listing is read to its end
+    /// (`None` before, or once taken; empty when there were too many to keep).
     pub fn take_subdirs(&mut self) -> Option<Vec<Box<str>>> {
         if self.exhausted {
             self.subdirs.take()

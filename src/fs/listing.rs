@@ -148,7 +148,7 @@ impl Fs {
             self.names.snapshots.commit(ino, collected);
         }
         if let Some(subdirs) = stream.take_subdirs() {
-            self.names.walk.listed(ino, Some(subdirs));
+            self.names.walk.listed(ino, subdirs);
         }
         if let Some(head) = stream
             .marker

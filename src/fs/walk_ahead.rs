@@ -67,17 +67,14 @@ impl Default for WalkAhead {
 }
 
 impl WalkAhead {
-    /// A listing of `dir` read to its end showed these subfolders, in order (`None`: more
-    /// than this keeps).
-    pub fn listed(&self, dir: Ino, subdirs: Option<Vec<Box<str>>>) {
+    /// A listing of `dir` read to its end showed these subfolders, in order (none: fewer
+    /// than two, or more than this keeps).
+    pub fn listed(&self, dir: Ino, subdirs: Vec<Box<str>>) {
         let mut state = lock(&self.state);
-        match subdirs {
-            Some(names) if names.len() >= 2 => {
-                state.orders.put(dir, names.into());
-            }
-            _ => {
-                state.orders.pop(&dir);
-            }
+        if subdirs.len() >= 2 {
+            state.orders.put(dir, subdirs.into());
+        } else {
+            state.orders.pop(&dir);
         }
     }
 
@@ -144,26 +141,40 @@ impl WalkAhead {
     }
 }
 
-/// Collects a listing's subfolder names in order, up to `MOST_SUBDIRS`.
-#[derive(Default)]
-pub struct SubdirOrder(Option<Vec<Box<str>>>);
+/// Collects a listing's subfolder names in order, up to `MOST_SUBDIRS` (past it, none: a
+/// folder that large keeps no order).
+pub struct SubdirOrder {
+    names: Option<Vec<Box<str>>>,
+    too_many: bool,
+}
+
+impl Default for SubdirOrder {
+    fn default() -> Self {
+        SubdirOrder {
+            names: Some(Vec::new()),
+            too_many: false,
+        }
+    }
+}
 
 impl SubdirOrder {
-    pub fn new() -> SubdirOrder {
-        SubdirOrder(Some(Vec::new()))
-    }
-
     pub fn push(&mut self, name: &str) {
-        if let Some(names) = &mut self.0 {
-            if names.len() >= MOST_SUBDIRS {
-                self.0 = None;
-            } else {
-                names.push(name.into());
-            }
+        if self.too_many {
+            return;
+        }
+        let Some(names) = self.names.as_mut() else {
+            return;
+        };
+        if names.len() >= MOST_SUBDIRS {
+            *names = Vec::new();
+            self.too_many = true;
+        } else {
+            names.push(name.into());
         }
     }
 
+    /// The names collected, once.
     pub fn take(&mut self) -> Option<Vec<Box<str>>> {
-        self.0.take()
+        self.names.take()
     }
 }
