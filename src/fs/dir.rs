@@ -1,7 +1,7 @@
-//! Directory listings streamed page by page: one ListObjectsV2 page in memory at a time (and
-//! the next one on its way), objects and common prefixes merged in key order, names checked
-//! against the written rule, and a file hidden when a directory of the same name exists (even
-//! across page boundaries).
+//! Directory listings streamed page by page: one ListObjectsV2 page handed out at a time (and
+//! a few next ones fetched ahead, `PagesAhead`), objects and common prefixes merged in key
+//! order, names checked against the written rule, and a file hidden when a directory of the
+//! same name exists (even across page boundaries).
 
 use std::sync::Arc;
 
@@ -11,6 +11,44 @@ use super::snapshot::Collector;
 use super::walk_ahead::{EarlyPage, SubdirOrder};
 use super::Kind;
 use crate::store::{ListPage, ListRequest, ObjectInfo, ObjectStore, StoreError};
+
+/// A listing page as fetched, and the work started on it on arrival.
+pub struct FetchedPage {
+    pub page: ListPage,
+    /// Whether a sample of the page's objects carries attribute metadata, when a sample is
+    /// taken (see `page_sample`); it runs beside the requests for the pages after this one.
+    pub sample: Option<PageSample>,
+}
+
+/// The sample of one page, in flight or done (abandoned when dropped).
+pub struct PageSample(pub tokio::task::JoinHandle<bool>);
+
+impl Drop for PageSample {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a stream fetches a page: the LIST, and the work done on the page as soon as it
+/// arrives, while the kernel still takes in the page before it.
+pub type PageFetch = Arc<
+    dyn Fn(ListRequest) -> futures::future::BoxFuture<'static, Result<FetchedPage, StoreError>>
+        + Send
+        + Sync,
+>;
+
+/// A fetch that only lists.
+pub fn list_only(store: Arc<dyn ObjectStore>) -> PageFetch {
+    Arc::new(move |request| {
+        let store = store.clone();
+        Box::pin(async move {
+            Ok(FetchedPage {
+                page: store.list(request).await?,
+                sample: None,
+            })
+        })
+    })
+}
 
 /// One entry of a directory listing.
 #[derive(Clone, Debug)]
@@ -39,28 +77,60 @@ impl ListedEntry {
     }
 }
 
-/// The request for the page after the one being handed out, sent as soon as its token is
-/// known: the server works on it while the kernel takes in this one (a listing's pages
-/// otherwise wait on each other's processing, and a million-entry folder takes twice as long).
-/// Dropped with its stream (a rewind, a closed directory): the request is abandoned.
-struct NextPage {
-    /// The continuation token it was asked with (`None`: the first page, asked ahead by
-    /// `WalkAhead`).
-    token: Option<String>,
-    task: tokio::task::JoinHandle<Result<ListPage, StoreError>>,
+/// Pages fetched ahead of a listing's reader: at most this many wait to be handed out.
+pub(super) const PAGES_AHEAD: usize = 8;
+
+/// The pages after the one being handed out, each requested as soon as the one before it
+/// arrives, while the kernel takes in earlier ones. The kernel asks for thousands of entries
+/// at once and then spends tens of milliseconds taking them in: with only the next page on
+/// its way meanwhile, a million-entry folder took the listing's time plus the kernel's,
+/// instead of the longer of the two. Dropped with its stream (a rewind, a closed directory):
+/// the requests stop.
+struct PagesAhead {
+    /// Each page with the continuation token it was asked with.
+    pages: tokio::sync::mpsc::Receiver<(Option<String>, Result<FetchedPage, StoreError>)>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for NextPage {
+impl PagesAhead {
+    fn start(fetch: PageFetch, mut request: ListRequest) -> PagesAhead {
+        // The task holds one page more while it waits for room.
+        let (sender, pages) = tokio::sync::mpsc::channel(PAGES_AHEAD - 1);
+        let task = tokio::spawn(async move {
+            loop {
+                let result = fetch(request.clone()).await;
+                let next = result.as_ref().ok().and_then(|f| f.page.next.clone());
+                let token = std::mem::replace(&mut request.continuation, next);
+                if sender.send((token, result)).await.is_err() || request.continuation.is_none() {
+                    break;
+                }
+            }
+        });
+        PagesAhead { pages, task }
+    }
+
+    /// The page asked with `token`, if it is the next one this fetched (`None` once the
+    /// requests stopped: the reader asks itself).
+    async fn next(&mut self, token: Option<&str>) -> Option<Result<FetchedPage, StoreError>> {
+        match self.pages.recv().await {
+            Some((asked, result)) if asked.as_deref() == token => Some(result),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for PagesAhead {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-/// An open directory: a cursor over the listing, holding at most one page of entries (and
-/// the request for the next).
+/// An open directory: a cursor over the listing, holding one page of entries (and at most
+/// `PAGES_AHEAD` next ones fetched ahead).
 pub struct DirStream {
     list_prefix: String,
     page_size: u32,
+    fetch: PageFetch,
     token: Option<String>,
     exhausted: bool,
     /// Entries of the current page; `entries[0]` has index `base`.
@@ -72,19 +142,24 @@ pub struct DirStream {
     pub marker: Option<ObjectInfo>,
     /// A page was fetched and not yet handed out by `take_new_page`.
     new_page: bool,
+    /// The current page's sample (`FetchedPage::sample`), until handed out.
+    sample: Option<PageSample>,
     /// The entries handed out so far, in order, to become the directory's snapshot once the
     /// listing ends (taken then; none after a rewind restarts it).
     pub collector: Option<Collector>,
-    next_page: Option<NextPage>,
+    /// The first page, when `WalkAhead` asked for it before the directory was opened.
+    first_page: Option<EarlyPage>,
+    ahead: Option<PagesAhead>,
     /// The subfolders' names in listing order (for `WalkAhead`).
     subdirs: SubdirOrder,
 }
 
 impl DirStream {
-    pub fn new(list_prefix: String, page_size: u32) -> Self {
+    pub fn new(list_prefix: String, page_size: u32, fetch: PageFetch) -> Self {
         DirStream {
             list_prefix,
             page_size,
+            fetch,
             token: None,
             exhausted: false,
             entries: Vec::new(),
@@ -92,8 +167,10 @@ impl DirStream {
             held: Vec::new(),
             marker: None,
             new_page: false,
+            sample: None,
             collector: Some(Collector::new()),
-            next_page: None,
+            first_page: None,
+            ahead: None,
             subdirs: SubdirOrder::default(),
         }
     }
@@ -108,10 +185,7 @@ impl DirStream {
         if let Some(collector) = self.collector.as_mut() {
             collector.started = page.started;
         }
-        self.next_page = Some(NextPage {
-            token: None,
-            task: page.task,
-        });
+        self.first_page = Some(page);
     }
 
     /// The subfolders' names in listing order, once, when the listing is read to its end
@@ -136,24 +210,32 @@ impl DirStream {
     }
 
     /// The entries of a page just fetched, once, so the caller can complete them (with
-    /// HEAD answers) before they are handed out; with the prefix they were listed under.
-    pub fn take_new_page(&mut self) -> Option<(&str, &mut [ListedEntry])> {
+    /// HEAD answers) before they are handed out; with the prefix they were listed under and
+    /// what the page's sample said, if one was taken.
+    pub fn take_new_page(&mut self) -> Option<NewPage<'_>> {
         if std::mem::take(&mut self.new_page) {
-            Some((&self.list_prefix, &mut self.entries))
+            Some(NewPage {
+                prefix: &self.list_prefix,
+                entries: &mut self.entries,
+                sample: self.sample.take(),
+            })
         } else {
             None
         }
     }
 
     fn rewind(&mut self) {
-        *self = DirStream::new(std::mem::take(&mut self.list_prefix), self.page_size);
+        *self = DirStream::new(
+            std::mem::take(&mut self.list_prefix),
+            self.page_size,
+            self.fetch.clone(),
+        );
     }
 
     /// The entry at `index` (0-based), fetching pages as needed; `None` past the end.
     pub async fn entry_at(
         &mut self,
         index: u64,
-        store: &Arc<dyn ObjectStore>,
         odd: &OddKeyLog,
     ) -> Result<Option<ListedEntry>, FsError> {
         if index < self.base {
@@ -170,7 +252,7 @@ impl DirStream {
             }
             self.base = end;
             self.entries.clear();
-            self.fetch_page(store, odd).await?;
+            self.fetch_page(odd).await?;
         }
     }
 
@@ -183,26 +265,33 @@ impl DirStream {
         }
     }
 
-    async fn fetch_page(
-        &mut self,
-        store: &Arc<dyn ObjectStore>,
-        odd: &OddKeyLog,
-    ) -> Result<(), FsError> {
-        let token = self.token.take();
-        let page = match self.next_page.take() {
-            Some(mut next) if next.token == token => match (&mut next.task).await {
-                Ok(page) => page?,
-                // Aborted or panicked: ask again, here.
-                Err(_) => store.list(self.request(token)).await?,
-            },
-            _ => store.list(self.request(token)).await?,
+    async fn fetch_page(&mut self, odd: &OddKeyLog) -> Result<(), FsError> {
+        // Kept until the page is in: after a failure, the same page is asked for again.
+        let token = self.token.as_deref();
+        let early = match (token, self.first_page.take()) {
+            // Aborted or panicked: asked again below.
+            (None, Some(mut first)) => (&mut first.task).await.ok(),
+            _ => None,
         };
-        if let Some(token) = &page.next {
-            let (store, request) = (store.clone(), self.request(Some(token.clone())));
-            self.next_page = Some(NextPage {
-                token: Some(token.clone()),
-                task: tokio::spawn(async move { store.list(request).await }),
-            });
+        let fetched = match (early, self.ahead.as_mut()) {
+            (Some(fetched), _) => Some(fetched),
+            (None, Some(ahead)) => ahead.next(token).await,
+            (None, None) => None,
+        };
+        let fetched = match fetched {
+            Some(fetched) => fetched,
+            None => {
+                self.ahead = None;
+                (self.fetch)(self.request(self.token.clone())).await
+            }
+        };
+        let FetchedPage { page, sample } = fetched.inspect_err(|_| self.ahead = None)?;
+        self.sample = sample;
+        if let (Some(next), None) = (&page.next, &self.ahead) {
+            self.ahead = Some(PagesAhead::start(
+                self.fetch.clone(),
+                self.request(Some(next.clone())),
+            ));
         }
         let mut items = std::mem::take(&mut self.held);
         // The last key of the page, below the folder (one allocation, not one per entry).
@@ -298,6 +387,13 @@ impl DirStream {
     }
 }
 
+/// A page just fetched (`DirStream::take_new_page`).
+pub struct NewPage<'a> {
+    pub prefix: &'a str,
+    pub entries: &'a mut [ListedEntry],
+    pub sample: Option<PageSample>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,10 +401,10 @@ mod tests {
 
     async fn names(store: &Arc<dyn ObjectStore>, prefix: &str, page: u32) -> Vec<(String, Kind)> {
         let odd = OddKeyLog::default();
-        let mut stream = DirStream::new(prefix.to_string(), page);
+        let mut stream = DirStream::new(prefix.to_string(), page, list_only(store.clone()));
         let mut out = vec![];
         let mut i = 0;
-        while let Some(e) = stream.entry_at(i, store, &odd).await.unwrap() {
+        while let Some(e) = stream.entry_at(i, &odd).await.unwrap() {
             out.push((e.name, e.kind));
             i += 1;
         }
@@ -347,24 +443,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_huge_directory_streams_with_one_page_in_memory() {
+    async fn a_huge_directory_is_handed_out_one_page_at_a_time() {
         let store = MemoryStore::new();
         for i in 0..100_000 {
             store.put(&format!("h/{i:06}"), "");
         }
         let store: Arc<dyn ObjectStore> = Arc::new(store);
         let odd = OddKeyLog::default();
-        let mut stream = DirStream::new("h/".into(), 1000);
+        let mut stream = DirStream::new("h/".into(), 1000, list_only(store));
         let mut i = 0;
         let mut most_buffered = 0;
-        while let Some(e) = stream.entry_at(i, &store, &odd).await.unwrap() {
+        while let Some(e) = stream.entry_at(i, &odd).await.unwrap() {
             assert_eq!(e.name, format!("{i:06}"));
             most_buffered = most_buffered.max(stream.entries.len() + stream.held.len());
             i += 1;
         }
         assert_eq!(i, 100_000);
         // One page, plus files held back from the previous page's end (at most a page): the
-        // bound does not grow with the directory.
+        // bound does not grow with the directory. (The pages fetched ahead are bounded too:
+        // `a_long_listing_is_fetched_and_sampled_ahead_of_its_reader_within_a_bound`.)
         assert!(
             most_buffered <= 2 * 1000,
             "{most_buffered} entries held at once"
@@ -383,11 +480,11 @@ mod tests {
         }
         let store: Arc<dyn ObjectStore> = Arc::new(store);
         let odd = OddKeyLog::default();
-        let mut stream = DirStream::new("d/".into(), 3);
-        let e7 = stream.entry_at(7, &store, &odd).await.unwrap().unwrap();
+        let mut stream = DirStream::new("d/".into(), 3, list_only(store));
+        let e7 = stream.entry_at(7, &odd).await.unwrap().unwrap();
         assert_eq!(e7.name, "f7");
-        let e1 = stream.entry_at(1, &store, &odd).await.unwrap().unwrap();
+        let e1 = stream.entry_at(1, &odd).await.unwrap().unwrap();
         assert_eq!(e1.name, "f1");
-        assert!(stream.entry_at(10, &store, &odd).await.unwrap().is_none());
+        assert!(stream.entry_at(10, &odd).await.unwrap().is_none());
     }
 }

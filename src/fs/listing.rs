@@ -5,17 +5,16 @@
 
 use std::sync::Arc;
 
-use super::dir::{self, DirStream, ListedEntry};
+use super::dir::{self, DirStream, ListedEntry, NewPage};
 use super::error::FsError;
 use super::inode::{child_path, Ino};
 use super::meta::{self, dir_attr, file_attr};
+use super::page_sample;
 use super::{lock, Attr, DirSinkEntry, Fs, Kind};
 use crate::store::{ObjectInfo, StoreError};
 
 /// HEADs in flight while completing one listing page.
 const LISTING_HEADS: usize = 32;
-/// Entries of a listing page HEADed first, to learn whether the page carries metadata.
-pub(super) const LISTING_SAMPLE: usize = 8;
 
 impl Fs {
     pub fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
@@ -24,9 +23,23 @@ impl Fs {
             return Err(FsError::NotDir);
         }
         let fh = self.new_fh();
-        let stream = DirStream::new(self.dir_prefix(&node.path), self.cfg.list_page_size);
+        let stream = DirStream::new(
+            self.dir_prefix(&node.path),
+            self.cfg.list_page_size,
+            self.page_fetch(),
+        );
         lock(&self.handles.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(stream)));
         Ok(fh)
+    }
+
+    /// How open directories fetch their pages: with the sample of HEADs that completing a
+    /// page needs, taken as each page arrives, unless listings show what they list only.
+    fn page_fetch(&self) -> dir::PageFetch {
+        if self.cfg.listing_heads {
+            page_sample::list_and_sample(self.store.clone(), self.names.meta.memo())
+        } else {
+            dir::list_only(self.store.clone())
+        }
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -203,9 +216,8 @@ impl Fs {
                 .metadata_ttl
                 .min(super::walk_ahead::EARLY_PAGE_FRESH),
         ) {
-            if self.names.snapshots.changed_since(ino, page.started) {
-                page.task.abort();
-            } else {
+            // A page older than a change made through this mount is dropped (and abandoned).
+            if !self.names.snapshots.changed_since(ino, page.started) {
                 stream.start_from(page);
             }
         }
@@ -222,10 +234,10 @@ impl Fs {
                 max_keys: self.cfg.list_page_size,
                 continuation: None,
             };
-            let store = self.store.clone();
-            self.names.walk.start(request.prefix.clone(), || {
-                tokio::spawn(async move { store.list(request).await })
-            });
+            let fetch = self.page_fetch();
+            self.names
+                .walk
+                .start(request.prefix.clone(), || tokio::spawn(fetch(request)));
         }
     }
 
@@ -253,15 +265,17 @@ impl Fs {
         stream: &mut DirStream,
         index: u64,
     ) -> Result<Option<ListedEntry>, FsError> {
-        let entry = stream
-            .entry_at(index, &self.store, &self.names.odd_keys)
-            .await?;
+        let entry = stream.entry_at(index, &self.names.odd_keys).await?;
         match stream.take_new_page() {
-            Some((prefix, page)) if self.cfg.listing_heads => {
-                self.complete_with_heads(prefix, page).await;
-                stream
-                    .entry_at(index, &self.store, &self.names.odd_keys)
-                    .await
+            Some(NewPage {
+                prefix,
+                entries,
+                sample: Some(mut sample),
+            }) => {
+                // A sample that failed to run tells nothing: every file is asked for.
+                let metadata = (&mut sample.0).await.unwrap_or(true);
+                self.complete_with_heads(prefix, entries, metadata).await;
+                stream.entry_at(index, &self.names.odd_keys).await
             }
             _ => Ok(entry),
         }
@@ -269,60 +283,44 @@ impl Fs {
 
     /// Replaces what a listing says about files by what a HEAD says (metadata included),
     /// sending HEADs only for objects new or changed since the last one, several at a time.
-    /// A page first HEADs a small sample: when neither the sample nor what the memo knows of
-    /// the page carries attribute metadata (a bucket written by plain S3 clients), the rest
-    /// keeps the listing's answer, so such listings stay at listing cost.
-    async fn complete_with_heads(&self, prefix: &str, page: &mut [dir::ListedEntry]) {
+    /// Only where the page's sample (`page_sample`, taken as the page arrived) or what the
+    /// memo knows of the page carries attribute metadata: on a page of a bucket written by
+    /// plain S3 clients, only the empty objects are asked for (the sample did), and listing
+    /// it costs the listing alone.
+    async fn complete_with_heads(
+        &self,
+        prefix: &str,
+        page: &mut [dir::ListedEntry],
+        sampled_metadata: bool,
+    ) {
         // What the memo knows of each file, asked once per entry (a million-entry walk
         // feels every extra look-up).
         let memo: Vec<Option<ObjectInfo>> = page
             .iter()
             .map(|e| e.object.as_ref().and_then(|o| self.names.meta.head_of(o)))
             .collect();
-        // Files: only objects new or changed since their last HEAD. Directories: their
-        // marker, if any (a listing shows only the common prefix).
-        let mut wanted: Vec<(usize, String)> = page
-            .iter()
-            .zip(&memo)
-            .enumerate()
-            .filter_map(|(i, (e, known))| match (&e.object, e.kind, known) {
-                (Some(o), _, None) => Some((i, o.key.clone())),
-                (None, Kind::Dir, _) => Some((i, format!("{}{}/", prefix, e.name))),
-                _ => None,
-            })
-            .collect();
         // Empty objects are left out: a fifo's or a device node's metadata says nothing about
         // the rest of a page.
-        let known_metadata = memo
-            .iter()
-            .flatten()
-            .any(|h| h.size > 0 && meta::has_attr_headers(h));
-        // A fifo, socket or device node is an empty object that only its metadata tells apart
-        // from an empty file: those are asked for even on a plain page, so that every page
-        // shows each entry's type.
-        let maybe_special = |page: &[dir::ListedEntry], i: usize| {
-            page[i].object.as_ref().is_some_and(|o| o.size == 0)
-        };
-        // A page is known by its directory and first name: listed again unchanged, it is the
-        // same page.
-        let page_id = format!("{prefix}\0{}", page.first().map_or("", |e| e.name.as_str()));
-        if !known_metadata && self.names.plain_listings.contains_key(&page_id) {
-            // A sample of this page showed no metadata within --metadata-ttl: listing it
-            // again costs the listing alone.
-            wanted.retain(|(i, _)| maybe_special(page, *i));
-        }
-        let mut rest = if known_metadata || wanted.len() <= LISTING_SAMPLE {
-            Vec::new()
-        } else {
-            wanted.split_off(LISTING_SAMPLE)
-        };
-        let (sample_has_metadata, mut headed) = self.head_entries(page, wanted).await;
-        if !rest.is_empty() && !sample_has_metadata {
-            self.names.plain_listings.insert(page_id, ());
-            rest.retain(|(i, _)| maybe_special(page, *i));
-        }
-        if !rest.is_empty() {
-            headed.extend(self.head_entries(page, rest).await.1);
+        let metadata = sampled_metadata
+            || memo
+                .iter()
+                .flatten()
+                .any(|h| h.size > 0 && meta::has_attr_headers(h));
+        let mut headed = Vec::new();
+        if metadata {
+            // Files: only objects new or changed since their last HEAD. Directories: their
+            // marker, if any (a listing shows only the common prefix).
+            let wanted: Vec<(usize, String)> = page
+                .iter()
+                .zip(&memo)
+                .enumerate()
+                .filter_map(|(i, (e, known))| match (&e.object, e.kind, known) {
+                    (Some(o), _, None) => Some((i, o.key.clone())),
+                    (None, Kind::Dir, _) => Some((i, format!("{}{}/", prefix, e.name))),
+                    _ => None,
+                })
+                .collect();
+            headed = self.head_entries(page, wanted).await;
         }
         for (i, known) in memo.into_iter().enumerate() {
             if let Some(head) = known {
@@ -342,13 +340,13 @@ impl Fs {
         }
     }
 
-    /// HEADs `wanted` (entry index, key) of a listing page; returns whether any answer
-    /// carried attribute metadata, and the answers for files.
+    /// HEADs `wanted` (entry index, key) of a listing page; returns the answers for files
+    /// (directories get their marker's).
     async fn head_entries(
         &self,
         page: &mut [dir::ListedEntry],
         wanted: Vec<(usize, String)>,
-    ) -> (bool, Vec<(usize, ObjectInfo)>) {
+    ) -> Vec<(usize, ObjectInfo)> {
         use futures::StreamExt;
         let store = &self.store;
         let heads: Vec<_> = futures::stream::iter(wanted)
@@ -356,14 +354,10 @@ impl Fs {
             .buffer_unordered(LISTING_HEADS)
             .collect()
             .await;
-        let mut any_metadata = false;
         let mut files = Vec::new();
         for (i, result, key) in heads {
             match result {
                 Ok(info) => {
-                    // An empty object's metadata (a fifo's, say) says nothing of the rest.
-                    let telling = info.size > 0 || page[i].kind == Kind::Dir;
-                    any_metadata |= telling && meta::has_attr_headers(&info);
                     self.names.meta.put_head(&info);
                     if page[i].kind == Kind::Dir {
                         page[i].object = Some(Arc::new(info));
@@ -377,6 +371,6 @@ impl Fs {
                 }
             }
         }
-        (any_metadata, files)
+        files
     }
 }

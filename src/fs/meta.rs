@@ -58,11 +58,36 @@ pub struct MetaCache {
     /// Attributes, with when the bucket said so (a listing or a HEAD).
     attrs: Cache<Ino, (Attr, std::time::Instant)>,
     misses: Cache<(Ino, String), ()>,
-    heads: Cache<String, ObjectInfo>,
+    heads: HeadMemo,
     ttl: Duration,
     /// Hits and misses of the attribute cache, the miss cache and the HEAD memo (for
     /// `pailfs status`).
     stats: [AtomicU64; 5],
+}
+
+/// HEAD answers by key, bounded in entries; one is used only while the object keeps the
+/// ETag and LastModified it had (a metadata change moves LastModified).
+#[derive(Clone)]
+pub struct HeadMemo(Cache<String, ObjectInfo>);
+
+impl HeadMemo {
+    /// What a HEAD said about the object a listing shows as `listed`, if it is still the same
+    /// object.
+    pub fn of(&self, listed: &ObjectInfo) -> Option<ObjectInfo> {
+        // Listings give LastModified in milliseconds, HEAD in whole seconds.
+        let second = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        self.0.get(&listed.key).filter(|h| {
+            h.etag == listed.etag && second(h.last_modified) == second(listed.last_modified)
+        })
+    }
+
+    pub fn put(&self, info: &ObjectInfo) {
+        self.0.insert(info.key.clone(), info.clone());
+    }
 }
 
 /// Which counter of `MetaCache::stats`.
@@ -88,7 +113,7 @@ impl MetaCache {
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
-            heads: Cache::new(capacity / 4),
+            heads: HeadMemo(Cache::new(capacity / 4)),
             ttl,
             stats: Default::default(),
         }
@@ -114,15 +139,7 @@ impl MetaCache {
     /// What a HEAD said about the object a listing shows as `listed`, if it is still the same
     /// object (same ETag and LastModified: a metadata change moves LastModified).
     pub fn head_of(&self, listed: &ObjectInfo) -> Option<ObjectInfo> {
-        // Listings give LastModified in milliseconds, HEAD in whole seconds.
-        let second = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        };
-        let found = self.heads.get(&listed.key).filter(|h| {
-            h.etag == listed.etag && second(h.last_modified) == second(listed.last_modified)
-        });
+        let found = self.heads.of(listed);
         self.count(if found.is_some() {
             Stat::HeadHit
         } else {
@@ -133,15 +150,20 @@ impl MetaCache {
 
     /// The last HEAD answer for `key`, however old.
     pub fn last_head(&self, key: &str) -> Option<ObjectInfo> {
-        self.heads.get(key)
+        self.heads.0.get(key)
     }
 
     pub fn put_head(&self, info: &ObjectInfo) {
-        self.heads.insert(info.key.clone(), info.clone());
+        self.heads.put(info);
     }
 
     pub fn forget_head(&self, key: &str) {
-        self.heads.invalidate(key);
+        self.heads.0.invalidate(key);
+    }
+
+    /// The HEAD memo, for work that outlives a request (a listing page sampled ahead).
+    pub fn memo(&self) -> HeadMemo {
+        self.heads.clone()
     }
 
     pub fn attr(&self, ino: Ino) -> Option<Attr> {

@@ -15,6 +15,7 @@ pub mod meta;
 mod name_cache;
 pub mod names;
 pub mod namespace;
+mod page_sample;
 pub mod progress;
 pub mod ranges;
 pub mod read;

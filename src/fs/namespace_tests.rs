@@ -767,7 +767,7 @@ async fn a_plain_page_still_shows_the_type_of_its_special_files() {
     // The sample, then only the three empty objects: the plain files keep listing cost.
     assert_eq!(
         w.rig.count(RequestKind::Head),
-        listing::LISTING_SAMPLE as u64 + 3
+        page_sample::LISTING_SAMPLE as u64 + 3
     );
 }
 

@@ -19,7 +19,11 @@ pub const BUFFER_ALIGN: usize = 4096;
 /// `writev` to /dev/fuse and by the data cache's `O_DIRECT` write, and with 4 KiB pages that
 /// pinning cost more CPU than any copy of a streamed read.
 fn aligned_buffer(len: usize) -> BytesMut {
-    let align = if len >= HUGE_PAGE { HUGE_PAGE } else { BUFFER_ALIGN };
+    let align = if len >= HUGE_PAGE {
+        HUGE_PAGE
+    } else {
+        BUFFER_ALIGN
+    };
     let mut buffer = BytesMut::with_capacity(len + align);
     let skip = buffer.as_ptr().align_offset(align);
     // SAFETY: `skip` is within the capacity, and the skipped bytes are never read: `advance`

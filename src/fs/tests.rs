@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::listing::LISTING_SAMPLE;
+use super::page_sample::LISTING_SAMPLE;
 use super::write::WriteTuning;
 use super::*;
 use crate::store::instrumented::Instrumented;
@@ -152,6 +152,112 @@ async fn ls_l_of_a_directory_without_metadata_heads_a_sample_only() {
         "a sample per page of 100"
     );
     assert!(entries[2..].iter().all(|e| e.1.perm == 0o644));
+}
+
+/// Reads a listing from cookie `offset` on, at most `most` entries: their names and the
+/// next cookie.
+async fn read_from(
+    r: &Rig,
+    ino: Ino,
+    fh: u64,
+    offset: u64,
+    most: usize,
+) -> Result<(Vec<String>, u64), FsError> {
+    let mut names = Vec::new();
+    let mut next = offset;
+    r.fs.readdir(ino, fh, offset, true, &mut |e: DirSinkEntry<'_>| {
+        names.push(e.name.to_string());
+        next = e.offset;
+        names.len() >= most
+    })
+    .await?;
+    Ok((names, next))
+}
+
+#[tokio::test]
+async fn a_long_listing_is_fetched_and_sampled_ahead_of_its_reader_within_a_bound() {
+    let r = rig("");
+    for i in 0..3000 {
+        r.mem.put(&format!("long/f{i:05}"), "x");
+    }
+    let dir = r.fs.lookup(Ino::ROOT, "long").await.unwrap();
+    let (lists, heads) = (r.count(RequestKind::List), r.count(RequestKind::Head));
+    let fh = r.fs.opendir(dir.ino).unwrap();
+    let (first, _) = read_from(&r, dir.ino, fh, 0, 50).await.unwrap();
+    assert_eq!(first[2], "f00000");
+    // The reader stops (the kernel takes in what it got); the pages after go on arriving,
+    // each sampled as it comes, until the bound.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pages = 1 + dir::PAGES_AHEAD as u64;
+    assert_eq!(r.count(RequestKind::List) - lists, pages, "30 pages in all");
+    assert_eq!(
+        r.count(RequestKind::Head) - heads,
+        pages * LISTING_SAMPLE as u64
+    );
+    r.fs.releasedir(fh);
+    // Listed again to its end: every page once, every name in order, and samples only for
+    // the pages not sampled before (the memo holds the others).
+    let (lists, heads) = (r.count(RequestKind::List), r.count(RequestKind::Head));
+    let names = r.names(dir.ino, true).await;
+    assert_eq!(names.len(), 3002);
+    assert!(names[2..].windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(r.count(RequestKind::List) - lists, 30);
+    assert_eq!(
+        r.count(RequestKind::Head) - heads,
+        (30 - pages) * LISTING_SAMPLE as u64
+    );
+    let heads = r.count(RequestKind::Head);
+    assert_eq!(r.names(dir.ino, true).await, names);
+    assert_eq!(
+        r.count(RequestKind::Head),
+        heads,
+        "a third listing: no HEAD"
+    );
+}
+
+#[tokio::test]
+async fn a_page_fetched_ahead_that_fails_fails_the_read_and_a_retry_goes_on_from_it() {
+    let r = rig("");
+    for i in 0..500 {
+        r.mem.put(&format!("d/f{i:04}"), "x");
+    }
+    let dir = r.fs.lookup(Ino::ROOT, "d").await.unwrap();
+    // The third page is asked for ahead, while the reader is still on the first.
+    r.store.fail_nth(
+        RequestKind::List,
+        3,
+        crate::store::StoreError::Unreachable("connection reset".into()),
+    );
+    let fh = r.fs.opendir(dir.ino).unwrap();
+    let mut names = Vec::new();
+    let mut offset = 0;
+    let mut failures = 0;
+    loop {
+        match read_from(&r, dir.ino, fh, offset, 64).await {
+            Ok((batch, _)) if batch.is_empty() => break,
+            Ok((batch, next)) => {
+                names.extend(batch);
+                offset = next;
+            }
+            // The kernel hands the error to the program; its next getdents asks again from
+            // the same place.
+            Err(e) => {
+                assert!(
+                    matches!(e, FsError::Store(crate::store::StoreError::Unreachable(_))),
+                    "{e:?}"
+                );
+                failures += 1;
+            }
+        }
+    }
+    r.fs.releasedir(fh);
+    assert_eq!(failures, 1);
+    let expected: Vec<String> = [".", ".."]
+        .into_iter()
+        .map(String::from)
+        .chain((0..500).map(|i| format!("f{i:04}")))
+        .collect();
+    assert_eq!(names, expected, "each entry once, in order");
 }
 
 #[tokio::test]

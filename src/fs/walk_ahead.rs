@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
+use super::dir::FetchedPage;
 use super::inode::Ino;
-use crate::store::{ListPage, StoreError};
+use crate::store::StoreError;
 
 /// Subfolders listed ahead of the one being opened.
 const AHEAD: usize = 2;
@@ -35,7 +36,14 @@ pub struct EarlyPage {
     /// The folder's list prefix.
     prefix: String,
     pub started: Instant,
-    pub task: tokio::task::JoinHandle<Result<ListPage, StoreError>>,
+    pub task: tokio::task::JoinHandle<Result<FetchedPage, StoreError>>,
+}
+
+impl Drop for EarlyPage {
+    /// A page nobody will read is not waited for.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 struct State {
@@ -105,7 +113,7 @@ impl WalkAhead {
     pub fn start(
         &self,
         prefix: String,
-        list: impl FnOnce() -> tokio::task::JoinHandle<Result<ListPage, StoreError>>,
+        list: impl FnOnce() -> tokio::task::JoinHandle<Result<FetchedPage, StoreError>>,
     ) {
         let mut state = lock(&self.state);
         if state.pending.iter().any(|p| p.prefix == prefix) {
@@ -113,7 +121,7 @@ impl WalkAhead {
         }
         if state.pending.len() >= PENDING {
             // The walk went elsewhere: the oldest request is abandoned.
-            state.pending.remove(0).task.abort();
+            state.pending.remove(0);
         }
         state.pending.push(EarlyPage {
             prefix,
@@ -128,7 +136,6 @@ impl WalkAhead {
         let at = state.pending.iter().position(|p| p.prefix == prefix)?;
         let page = state.pending.remove(at);
         if page.started.elapsed() > fresh {
-            page.task.abort();
             return None;
         }
         Some(page)
