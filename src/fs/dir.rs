@@ -79,6 +79,53 @@ impl ListedEntry {
 
 /// Pages fetched ahead of a listing's reader: at most this many wait to be handed out.
 pub(super) const PAGES_AHEAD: usize = 8;
+/// Pages fetched ahead across all the open directories of a mount (about 20 MB at 1,000
+/// entries a page): past it, a listing only gets the next page when its reader needs it.
+pub(super) const MOUNT_PAGES_AHEAD: usize = 64;
+
+/// How many pages are held ahead across the open directories that share it, and the most
+/// there may be. A reader waiting for its next page is always served, whatever the count:
+/// a program reading one folder while it holds another open can never be stalled by it.
+#[derive(Clone)]
+pub struct PagesHeld {
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    most: usize,
+}
+
+impl PagesHeld {
+    pub fn new(most: usize) -> PagesHeld {
+        PagesHeld {
+            count: Arc::default(),
+            most,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.count.load(std::sync::atomic::Ordering::Relaxed) >= self.most
+    }
+
+    /// Counts one page until the returned guard is dropped.
+    fn hold(&self) -> HeldPage {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeldPage(self.count.clone())
+    }
+
+    #[cfg(test)]
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One page counted in `PagesHeld`, from its arrival until its reader takes it (or its
+/// stream is dropped).
+struct HeldPage(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for HeldPage {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// The pages after the one being handed out, each requested as soon as the one before it
 /// arrives, while the kernel takes in earlier ones. The kernel asks for thousands of entries
@@ -88,20 +135,26 @@ pub(super) const PAGES_AHEAD: usize = 8;
 /// the requests stop.
 struct PagesAhead {
     /// Each page with the continuation token it was asked with.
-    pages: tokio::sync::mpsc::Receiver<(Option<String>, Result<FetchedPage, StoreError>)>,
+    pages: tokio::sync::mpsc::Receiver<(Option<String>, Result<FetchedPage, StoreError>, HeldPage)>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl PagesAhead {
-    fn start(fetch: PageFetch, mut request: ListRequest) -> PagesAhead {
+    fn start(fetch: PageFetch, mut request: ListRequest, held: PagesHeld) -> PagesAhead {
         // The task holds one page more while it waits for room.
         let (sender, pages) = tokio::sync::mpsc::channel(PAGES_AHEAD - 1);
         let task = tokio::spawn(async move {
             loop {
+                // Past the mount's budget, only a page the reader is waiting for (none
+                // waiting here) is fetched; the budget is looked at again shortly.
+                while held.full() && sender.capacity() < sender.max_capacity() {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
                 let result = fetch(request.clone()).await;
                 let next = result.as_ref().ok().and_then(|f| f.page.next.clone());
                 let token = std::mem::replace(&mut request.continuation, next);
-                if sender.send((token, result)).await.is_err() || request.continuation.is_none() {
+                let page = (token, result, held.hold());
+                if sender.send(page).await.is_err() || request.continuation.is_none() {
                     break;
                 }
             }
@@ -113,7 +166,7 @@ impl PagesAhead {
     /// requests stopped: the reader asks itself).
     async fn next(&mut self, token: Option<&str>) -> Option<Result<FetchedPage, StoreError>> {
         match self.pages.recv().await {
-            Some((asked, result)) if asked.as_deref() == token => Some(result),
+            Some((asked, result, _held)) if asked.as_deref() == token => Some(result),
             _ => None,
         }
     }
@@ -131,6 +184,8 @@ pub struct DirStream {
     list_prefix: String,
     page_size: u32,
     fetch: PageFetch,
+    /// The mount's count of pages fetched ahead, which this stream's count in.
+    budget: PagesHeld,
     token: Option<String>,
     exhausted: bool,
     /// Entries of the current page; `entries[0]` has index `base`.
@@ -155,11 +210,13 @@ pub struct DirStream {
 }
 
 impl DirStream {
-    pub fn new(list_prefix: String, page_size: u32, fetch: PageFetch) -> Self {
+    /// A stream whose pages ahead count in `budget`.
+    pub fn new(list_prefix: String, page_size: u32, fetch: PageFetch, budget: PagesHeld) -> Self {
         DirStream {
             list_prefix,
             page_size,
             fetch,
+            budget,
             token: None,
             exhausted: false,
             entries: Vec::new(),
@@ -229,6 +286,7 @@ impl DirStream {
             std::mem::take(&mut self.list_prefix),
             self.page_size,
             self.fetch.clone(),
+            self.budget.clone(),
         );
     }
 
@@ -291,6 +349,7 @@ impl DirStream {
             self.ahead = Some(PagesAhead::start(
                 self.fetch.clone(),
                 self.request(Some(next.clone())),
+                self.budget.clone(),
             ));
         }
         let mut items = std::mem::take(&mut self.held);
@@ -401,7 +460,12 @@ mod tests {
 
     async fn names(store: &Arc<dyn ObjectStore>, prefix: &str, page: u32) -> Vec<(String, Kind)> {
         let odd = OddKeyLog::default();
-        let mut stream = DirStream::new(prefix.to_string(), page, list_only(store.clone()));
+        let mut stream = DirStream::new(
+            prefix.to_string(),
+            page,
+            list_only(store.clone()),
+            PagesHeld::new(MOUNT_PAGES_AHEAD),
+        );
         let mut out = vec![];
         let mut i = 0;
         while let Some(e) = stream.entry_at(i, &odd).await.unwrap() {
@@ -450,7 +514,8 @@ mod tests {
         }
         let store: Arc<dyn ObjectStore> = Arc::new(store);
         let odd = OddKeyLog::default();
-        let mut stream = DirStream::new("h/".into(), 1000, list_only(store));
+        let held = PagesHeld::new(MOUNT_PAGES_AHEAD);
+        let mut stream = DirStream::new("h/".into(), 1000, list_only(store), held);
         let mut i = 0;
         let mut most_buffered = 0;
         while let Some(e) = stream.entry_at(i, &odd).await.unwrap() {
@@ -473,6 +538,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pages_ahead_stay_within_the_mount_budget_and_never_stall_another_reader() {
+        let store = MemoryStore::new();
+        for d in ["a", "b", "c"] {
+            for i in 0..200 {
+                store.put(&format!("{d}/f{i:03}"), "1");
+            }
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(store);
+        let odd = OddKeyLog::default();
+        let held = PagesHeld::new(5);
+        let open =
+            |d: &str| DirStream::new(format!("{d}/"), 10, list_only(store.clone()), held.clone());
+        // Two folders read a little and left open: their pages ahead fill the budget.
+        let (mut a, mut b) = (open("a"), open("b"));
+        assert!(a.entry_at(0, &odd).await.unwrap().is_some());
+        assert!(b.entry_at(0, &odd).await.unwrap().is_some());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // At most the budget, and a page past it for each reader that was waiting.
+        assert!(held.count() <= 5 + 2, "{} pages held", held.count());
+        // A third folder is read to its end meanwhile, every entry in order.
+        let mut c = open("c");
+        let mut i = 0;
+        while let Some(e) = c.entry_at(i, &odd).await.unwrap() {
+            assert_eq!(e.name, format!("f{i:03}"));
+            i += 1;
+        }
+        assert_eq!(i, 200);
+        // Closing the folders gives their pages back.
+        drop((a, b, c));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(held.count(), 0);
+    }
+
+    #[tokio::test]
     async fn rewinding_lists_again() {
         let store = MemoryStore::new();
         for i in 0..10 {
@@ -480,7 +579,8 @@ mod tests {
         }
         let store: Arc<dyn ObjectStore> = Arc::new(store);
         let odd = OddKeyLog::default();
-        let mut stream = DirStream::new("d/".into(), 3, list_only(store));
+        let held = PagesHeld::new(MOUNT_PAGES_AHEAD);
+        let mut stream = DirStream::new("d/".into(), 3, list_only(store), held);
         let e7 = stream.entry_at(7, &odd).await.unwrap().unwrap();
         assert_eq!(e7.name, "f7");
         let e1 = stream.entry_at(1, &odd).await.unwrap().unwrap();

@@ -27,6 +27,7 @@ impl Fs {
             self.dir_prefix(&node.path),
             self.cfg.list_page_size,
             self.page_fetch(),
+            self.names.pages_ahead.clone(),
         );
         lock(&self.handles.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(stream)));
         Ok(fh)

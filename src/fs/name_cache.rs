@@ -5,6 +5,7 @@
 
 use std::sync::Mutex;
 
+use super::dir::{PagesHeld, MOUNT_PAGES_AHEAD};
 use super::inode::InodeTable;
 use super::meta::MetaCache;
 use super::names::OddKeyLog;
@@ -19,6 +20,8 @@ pub(super) struct NameCache {
     pub odd_keys: OddKeyLog,
     /// First pages of subfolders listed ahead of a tree walk.
     pub walk: WalkAhead,
+    /// Listing pages fetched ahead, across the open directories.
+    pub pages_ahead: PagesHeld,
 }
 
 impl NameCache {
@@ -29,6 +32,7 @@ impl NameCache {
             snapshots: Snapshots::new(cfg.metadata_ttl, cfg.snapshot_memory),
             odd_keys: OddKeyLog::default(),
             walk: WalkAhead::default(),
+            pages_ahead: PagesHeld::new(MOUNT_PAGES_AHEAD),
         }
     }
 }
