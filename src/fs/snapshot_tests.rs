@@ -150,10 +150,7 @@ async fn a_directory_larger_than_the_snapshot_budget_is_not_kept() {
             ..fresh_for(Duration::from_secs(60))
         },
     );
-    for i in 0..500 {
-        r.mem.put(&format!("huge/f{i:04}"), "x");
-    }
-    let dir = r.fs.lookup(Ino::ROOT, "huge").await.unwrap();
+    let dir = r.folder_of_files("huge", 500).await;
     r.list(dir.ino, false).await;
     let lists = r.count(RequestKind::List);
     assert!(

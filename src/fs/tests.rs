@@ -59,22 +59,42 @@ impl Rig {
         let mut out = Vec::new();
         let mut offset = 0;
         loop {
-            let mut batch = Vec::new();
-            self.fs
-                .readdir(ino, fh, offset, plus, &mut |e: DirSinkEntry<'_>| {
-                    batch.push((e.name.to_string(), e.attr.clone(), e.offset));
-                    batch.len() >= 64
-                })
-                .await
-                .unwrap();
-            if batch.is_empty() {
+            let batch = self.read_batch(ino, fh, offset, plus).await.unwrap();
+            let Some(last) = batch.last() else {
                 break;
-            }
-            offset = batch.last().map(|b| b.2).unwrap_or(offset);
+            };
+            offset = last.2;
             out.extend(batch.into_iter().map(|(n, a, _)| (n, a)));
         }
         self.fs.releasedir(fh);
         out
+    }
+
+    /// One getdents' worth (at most 64 entries) of the open listing `fh`, from cookie
+    /// `offset` on: each entry's name, attributes and next cookie.
+    pub async fn read_batch(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+    ) -> Result<Vec<(String, Attr, u64)>, FsError> {
+        let mut batch = Vec::new();
+        self.fs
+            .readdir(ino, fh, offset, plus, &mut |e: DirSinkEntry<'_>| {
+                batch.push((e.name.to_string(), e.attr.clone(), e.offset));
+                batch.len() >= 64
+            })
+            .await?;
+        Ok(batch)
+    }
+
+    /// A folder `name` of `count` one-byte files `f00000`, `f00001`, ..., looked up.
+    pub async fn folder_of_files(&self, name: &str, count: usize) -> Attr {
+        for i in 0..count {
+            self.mem.put(&format!("{name}/f{i:05}"), "x");
+        }
+        self.fs.lookup(Ino::ROOT, name).await.unwrap()
     }
 
     /// The names a listing of `ino` shows, in order ("." and ".." first).
@@ -139,10 +159,7 @@ async fn ls_l_of_a_directory_with_metadata_heads_each_file_once() {
 #[tokio::test]
 async fn ls_l_of_a_directory_without_metadata_heads_a_sample_only() {
     let r = rig("");
-    for i in 0..300 {
-        r.mem.put(&format!("plain/f{i:04}"), "x");
-    }
-    let dir = r.fs.lookup(Ino::ROOT, "plain").await.unwrap();
+    let dir = r.folder_of_files("plain", 300).await;
     let heads = r.count(RequestKind::Head);
     let entries = r.list(dir.ino, true).await;
     assert_eq!(entries.len(), 302);
@@ -154,37 +171,14 @@ async fn ls_l_of_a_directory_without_metadata_heads_a_sample_only() {
     assert!(entries[2..].iter().all(|e| e.1.perm == 0o644));
 }
 
-/// Reads a listing from cookie `offset` on, at most `most` entries: their names and the
-/// next cookie.
-async fn read_from(
-    r: &Rig,
-    ino: Ino,
-    fh: u64,
-    offset: u64,
-    most: usize,
-) -> Result<(Vec<String>, u64), FsError> {
-    let mut names = Vec::new();
-    let mut next = offset;
-    r.fs.readdir(ino, fh, offset, true, &mut |e: DirSinkEntry<'_>| {
-        names.push(e.name.to_string());
-        next = e.offset;
-        names.len() >= most
-    })
-    .await?;
-    Ok((names, next))
-}
-
 #[tokio::test]
 async fn a_long_listing_is_fetched_and_sampled_ahead_of_its_reader_within_a_bound() {
     let r = rig("");
-    for i in 0..3000 {
-        r.mem.put(&format!("long/f{i:05}"), "x");
-    }
-    let dir = r.fs.lookup(Ino::ROOT, "long").await.unwrap();
+    let dir = r.folder_of_files("long", 3000).await;
     let (lists, heads) = (r.count(RequestKind::List), r.count(RequestKind::Head));
     let fh = r.fs.opendir(dir.ino).unwrap();
-    let (first, _) = read_from(&r, dir.ino, fh, 0, 50).await.unwrap();
-    assert_eq!(first[2], "f00000");
+    let first = r.read_batch(dir.ino, fh, 0, true).await.unwrap();
+    assert_eq!(first[2].0, "f00000");
     // The reader stops (the kernel takes in what it got); the pages after go on arriving,
     // each sampled as it comes, until the bound.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -218,10 +212,7 @@ async fn a_long_listing_is_fetched_and_sampled_ahead_of_its_reader_within_a_boun
 #[tokio::test]
 async fn a_page_fetched_ahead_that_fails_fails_the_read_and_a_retry_goes_on_from_it() {
     let r = rig("");
-    for i in 0..500 {
-        r.mem.put(&format!("d/f{i:04}"), "x");
-    }
-    let dir = r.fs.lookup(Ino::ROOT, "d").await.unwrap();
+    let dir = r.folder_of_files("d", 500).await;
     // The third page is asked for ahead, while the reader is still on the first.
     r.store.fail_nth(
         RequestKind::List,
@@ -233,11 +224,13 @@ async fn a_page_fetched_ahead_that_fails_fails_the_read_and_a_retry_goes_on_from
     let mut offset = 0;
     let mut failures = 0;
     loop {
-        match read_from(&r, dir.ino, fh, offset, 64).await {
-            Ok((batch, _)) if batch.is_empty() => break,
-            Ok((batch, next)) => {
-                names.extend(batch);
-                offset = next;
+        match r.read_batch(dir.ino, fh, offset, true).await {
+            Ok(batch) => {
+                let Some(last) = batch.last() else {
+                    break;
+                };
+                offset = last.2;
+                names.extend(batch.into_iter().map(|e| e.0));
             }
             // The kernel hands the error to the program; its next getdents asks again from
             // the same place.
@@ -255,7 +248,7 @@ async fn a_page_fetched_ahead_that_fails_fails_the_read_and_a_retry_goes_on_from
     let expected: Vec<String> = [".", ".."]
         .into_iter()
         .map(String::from)
-        .chain((0..500).map(|i| format!("f{i:04}")))
+        .chain((0..500).map(|i| format!("f{i:05}")))
         .collect();
     assert_eq!(names, expected, "each entry once, in order");
 }
