@@ -13,9 +13,6 @@ use super::page_sample;
 use super::{lock, Attr, DirSinkEntry, Fs, Kind};
 use crate::store::{ObjectInfo, StoreError};
 
-/// HEADs in flight while completing one listing page.
-const LISTING_HEADS: usize = 32;
-
 impl Fs {
     pub fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
         let node = self.node(ino)?;
@@ -348,28 +345,13 @@ impl Fs {
         page: &mut [dir::ListedEntry],
         wanted: Vec<(usize, String)>,
     ) -> Vec<(usize, ObjectInfo)> {
-        use futures::StreamExt;
-        let store = &self.store;
-        let heads: Vec<_> = futures::stream::iter(wanted)
-            .map(|(i, key)| async move { (i, store.head(&key).await, key) })
-            .buffer_unordered(LISTING_HEADS)
-            .collect()
-            .await;
+        let memo = self.names.meta.memo();
         let mut files = Vec::new();
-        for (i, result, key) in heads {
-            match result {
-                Ok(info) => {
-                    self.names.meta.put_head(&info);
-                    if page[i].kind == Kind::Dir {
-                        page[i].object = Some(Arc::new(info));
-                    } else {
-                        files.push((i, info));
-                    }
-                }
-                Err(StoreError::NotFound) => {}
-                Err(e) => {
-                    tracing::debug!(key, error = %e, "HEAD for a listing failed; showing what the listing says")
-                }
+        for (i, info) in page_sample::head_all(&self.store, &memo, wanted).await {
+            if page[i].kind == Kind::Dir {
+                page[i].object = Some(Arc::new(info));
+            } else {
+                files.push((i, info));
             }
         }
         files

@@ -13,12 +13,12 @@ use futures::StreamExt;
 
 use super::dir::{FetchedPage, PageFetch, PageSample};
 use super::meta::{has_attr_headers, HeadMemo};
-use crate::store::{ListPage, ObjectStore, StoreError};
+use crate::store::{ListPage, ObjectInfo, ObjectStore, StoreError};
 
 /// Non-empty objects (or folder markers) of a page whose HEAD answers decide whether the page
 /// carries metadata.
 pub(super) const LISTING_SAMPLE: usize = 8;
-/// HEADs in flight for one page.
+/// HEADs in flight for one page (its sample, or completing it).
 const HEADS_AT_ONCE: usize = 32;
 
 /// A fetch that lists, then starts sampling the page into `memo`.
@@ -69,25 +69,39 @@ fn wanted(memo: &HeadMemo, folder: &str, page: &ListPage) -> Option<Vec<String>>
 
 /// HEADs `keys` into `memo`; returns whether an answer carried attribute metadata.
 async fn head_into(store: &Arc<dyn ObjectStore>, memo: &HeadMemo, keys: Vec<String>) -> bool {
-    let answers: Vec<_> = futures::stream::iter(keys)
-        .map(|key| {
+    let wanted = keys.into_iter().map(|k| (k.ends_with('/'), k)).collect();
+    let answers = head_all(store, memo, wanted).await;
+    // An empty object's metadata (a fifo's, say) says nothing of the rest.
+    answers
+        .iter()
+        .any(|(marker, info)| (info.size > 0 || *marker) && has_attr_headers(info))
+}
+
+/// HEADs the keys of `wanted` (each with a tag of the caller's), `HEADS_AT_ONCE` at a time,
+/// and puts the answers in `memo`; returns the objects found, with their tags. A failed HEAD
+/// leaves its entry as the listing showed it.
+pub(super) async fn head_all<T: Send + 'static>(
+    store: &Arc<dyn ObjectStore>,
+    memo: &HeadMemo,
+    wanted: Vec<(T, String)>,
+) -> Vec<(T, ObjectInfo)> {
+    let answers: Vec<_> = futures::stream::iter(wanted)
+        .map(|(tag, key)| {
             let store = store.clone();
             async move {
                 let answer = store.head(&key).await;
-                (key, answer)
+                (tag, key, answer)
             }
         })
         .buffer_unordered(HEADS_AT_ONCE)
         .collect()
         .await;
-    let mut metadata = false;
-    for (key, answer) in answers {
+    let mut found = Vec::new();
+    for (tag, key, answer) in answers {
         match answer {
             Ok(info) => {
-                // An empty object's metadata (a fifo's, say) says nothing of the rest.
-                let telling = info.size > 0 || key.ends_with('/');
-                metadata |= telling && has_attr_headers(&info);
                 memo.put(&info);
+                found.push((tag, info));
             }
             Err(StoreError::NotFound) => {}
             Err(e) => {
@@ -95,5 +109,5 @@ async fn head_into(store: &Arc<dyn ObjectStore>, memo: &HeadMemo, keys: Vec<Stri
             }
         }
     }
-    metadata
+    found
 }
