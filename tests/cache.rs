@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use common::{files_below, pattern, Bucket, Mount};
 
-/// Bytes the data cache keeps on disk under `cache`.
+/// Bytes the data cache takes on disk under `cache` (its group files are sparse: what
+/// counts is what the filesystem allocated).
 fn cached_bytes(cache: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     files_below(&cache.join("blocks"))
         .iter()
-        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.blocks() * 512))
         .sum()
 }
 
@@ -152,14 +154,15 @@ fn a_daemon_killed_while_caching_leaves_no_block_that_could_be_served_wrong() {
     // Killed at once: blocks are still on their way to disk.
     m.kill_daemon();
     m.unmount();
-    // Damage one block the way a power cut could, too.
-    if let Some(block) = files_below(&m.cache.join("blocks")).into_iter().find(|f| {
-        f.file_name()
-            .is_some_and(|n| !n.to_string_lossy().starts_with("tmp-"))
-    }) {
-        let mut bytes = std::fs::read(&block).unwrap();
-        bytes[1000] ^= 0xff;
-        std::fs::write(&block, bytes).unwrap();
+    // Damage a block the way a power cut could, too: a byte of the first block of a group
+    // file whose record (the first in the file's 4 KiB header) vouches for that block.
+    let vouched = files_below(&m.cache.join("blocks"))
+        .into_iter()
+        .map(|f| (std::fs::read(&f).unwrap(), f))
+        .find(|(bytes, _)| bytes.get(8..12) == Some(b"PFG1") && bytes.len() > 4096 + 1000);
+    if let Some((mut bytes, group)) = vouched {
+        bytes[4096 + 1000] ^= 0xff;
+        std::fs::write(&group, bytes).unwrap();
     }
     let again = Mount::new(
         &b.location(""),

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use foldhash::quality::FixedState;
 
-use super::block_file::{check_block, parse_name, read_exact_now, will_need, BlockWriter, TRAILER};
+use super::block_file::{
+    parse_name, read_exact_now, read_slot, stored_slots, will_need, BlockWriter, GroupId,
+};
 use super::read_buffers::BufferPool;
 use super::write::filesystem_space;
 
@@ -27,7 +29,7 @@ pub const BLOCK: u64 = 1 << 20;
 /// Blocks on their way to disk at once (their bytes are held in memory until written);
 /// beyond this, new blocks from outside the read-ahead budget are not cached.
 pub const PENDING_LIMIT: u64 = 16 << 20;
-/// Block files kept open (a random read over a 256 MiB region finds its file open).
+/// Group files kept open (a random read over a 2 GiB region finds its file open).
 const OPEN_FILES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(256) {
     Some(n) => n,
     None => panic!("OPEN_FILES is not zero"),
@@ -108,6 +110,10 @@ struct Entry {
     state: State,
     /// When it was last used, in the index's ticks.
     used: u64,
+    /// When it was indexed, in the index's ticks: a read from the disk counts only if the
+    /// block is still this one when the read is done (it may have been evicted, its slot
+    /// cleared, and written again meanwhile).
+    since: u64,
 }
 
 #[derive(Default)]
@@ -144,16 +150,20 @@ pub struct BlockCache {
     pending: AtomicU64,
     /// Most blocks indexed (`MAX_BLOCKS`).
     max_blocks: usize,
-    /// Block files kept open for reads (a random read then costs one `pread`).
-    open_files: Mutex<lru::LruCache<BlockId, Arc<std::fs::File>>>,
+    /// Group files kept open for reads (a random read then costs one `pread`).
+    open_files: Mutex<lru::LruCache<GroupId, Arc<std::fs::File>>>,
     /// Buffers of reads from block files, handed back after the reply (`recycle`): a fresh
     /// megabyte per read would cost more in page faults than the read itself.
     buffers: BufferPool,
     /// Woken whenever blocks reach the disk.
     written: tokio::sync::Notify,
-    /// Held while blocks are written: one writer at a time, so that a burst of blocks (a whole
-    /// object coming in) does not take every core from the reads.
+    /// Held while blocks are written or their slots cleared: one writer at a time, so that a
+    /// burst of blocks (a whole object coming in) does not take every core from the reads,
+    /// and so that a slot is never cleared after it was written again.
     writer: Mutex<BlockWriter>,
+    /// Blocks out of the index whose slots are still to be cleared (by whoever holds the
+    /// writer next: an eviction never waits for a write in progress).
+    doomed: Mutex<Vec<BlockId>>,
     stats: [AtomicU64; 4],
 }
 
@@ -163,8 +173,8 @@ pub fn default_cap(dir: &Path) -> u64 {
     tenth.min(10 << 30)
 }
 
-fn lock(index: &Mutex<Index>) -> std::sync::MutexGuard<'_, Index> {
-    index.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl BlockCache {
@@ -191,6 +201,7 @@ impl BlockCache {
             pending: AtomicU64::new(0),
             max_blocks: MAX_BLOCKS,
             writer: Mutex::new(BlockWriter::new()),
+            doomed: Mutex::new(Vec::new()),
             written: tokio::sync::Notify::new(),
             buffers: BufferPool::new(READ_BUFFERS),
             open_files: Mutex::new(lru::LruCache::new(OPEN_FILES)),
@@ -211,16 +222,31 @@ impl BlockCache {
             }
             for file in std::fs::read_dir(&sub)? {
                 let path = file?.path();
-                let parsed = path
+                let group = path
                     .file_name()
                     .and_then(|n| n.to_str())
                     .and_then(parse_name);
-                let meta = std::fs::metadata(&path);
-                match (parsed, meta) {
-                    (Some(id), Ok(meta)) if meta.len() > TRAILER as u64 => {
-                        let age = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-                        found.push((age, id, meta.len() - TRAILER as u64));
+                let slots = group.and_then(|group| {
+                    let file = std::fs::File::open(&path).ok()?;
+                    let meta = file.metadata().ok()?;
+                    let age = meta.modified().ok()?;
+                    Some((group, age, meta.len(), stored_slots(&file).ok()?))
+                });
+                match slots {
+                    Some((group, age, size, slots)) if !slots.is_empty() => {
+                        for id in group.blocks() {
+                            match slots.iter().find(|(slot, _)| *slot == id.slot()) {
+                                Some((_, len)) => found.push((age, id, *len)),
+                                // Bytes a torn write may have left: off the disk.
+                                None if id.offset() < size => {
+                                    let _ = lock(&self.writer).clear(&path, id);
+                                }
+                                None => {}
+                            }
+                        }
                     }
+                    // Not a group file (one of an older version's block files), or none of
+                    // its slots vouched for.
                     _ => {
                         let _ = std::fs::remove_file(&path);
                     }
@@ -232,13 +258,14 @@ impl BlockCache {
         for (_, id, len) in found {
             index.tick += 1;
             let used = index.tick;
-            index.bytes += len;
+            index.bytes += u64::from(len);
             index.entries.insert(
                 id,
                 Entry {
-                    len: len as u32,
+                    len,
                     state: State::Stored,
                     used,
+                    since: used,
                 },
             );
         }
@@ -253,9 +280,17 @@ impl BlockCache {
         ObjectTag((u128::from(hash(0x7061_696c)) << 64) | u128::from(hash(0x6673_626c)))
     }
 
-    fn path(&self, id: BlockId) -> PathBuf {
-        let name = format!("{:032x}-{:x}", id.tag.0, id.index);
+    fn path(&self, group: GroupId) -> PathBuf {
+        let name = group.name();
         self.dir.join(&name[..2]).join(name)
+    }
+
+    /// Whether block `id` is still the one indexed at tick `since`.
+    fn still(&self, id: BlockId, since: u64) -> bool {
+        lock(&self.index)
+            .entries
+            .get(&id)
+            .is_some_and(|e| e.since == since)
     }
 
     fn count(&self, stat: Stat) {
@@ -308,7 +343,7 @@ impl BlockCache {
             return Found::Miss;
         };
         let id = BlockId { tag, index };
-        let verified = {
+        let (verified, since) = {
             let mut idx = lock(&self.index);
             idx.tick += 1;
             let tick = idx.tick;
@@ -328,8 +363,9 @@ impl BlockCache {
                 Some(e) if !matches!(e.state, State::Writing(_)) => {
                     e.used = tick;
                     // A version's blocks have fixed lengths: one shorter than a read of
-                    // that version needs is damaged, whatever its trailer says.
-                    matches!(e.state, State::Verified) && to <= e.len as usize
+                    // that version needs is damaged, whatever its record says.
+                    let verified = matches!(e.state, State::Verified) && to <= e.len as usize;
+                    (verified, e.since)
                 }
                 _ => {
                     drop(idx);
@@ -339,11 +375,11 @@ impl BlockCache {
             }
         };
         let found = match (verified, now) {
-            (true, _) => self.read_verified(id, from, to, now),
+            (true, _) => self.read_verified(id, since, from, to, now),
             // The first read of a block checks all of it: a job for a blocking thread.
             (false, true) => return Found::WouldBlock,
             (false, false) => self
-                .read_checked(id, from, to)
+                .read_checked(id, since, from, to)
                 .map_or(Found::Miss, Found::Hit),
         };
         match &found {
@@ -354,30 +390,36 @@ impl BlockCache {
         found
     }
 
-    /// The open file of block `id`.
-    fn open_file(&self, id: BlockId) -> std::io::Result<Arc<std::fs::File>> {
-        let mut open = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(file) = open.get(&id) {
+    /// The open file of `group` (opened under the lock, so that `close` after a removal
+    /// leaves no descriptor of the removed file behind).
+    fn open_file(&self, group: GroupId) -> std::io::Result<Arc<std::fs::File>> {
+        let mut open = lock(&self.open_files);
+        if let Some(file) = open.get(&group) {
             return Ok(file.clone());
         }
-        let file = Arc::new(std::fs::File::open(self.path(id))?);
-        open.put(id, file.clone());
+        let file = Arc::new(std::fs::File::open(self.path(group))?);
+        open.put(group, file.clone());
         Ok(file)
     }
 
-    fn read_verified(&self, id: BlockId, from: usize, to: usize, now: bool) -> Found {
+    fn read_verified(&self, id: BlockId, since: u64, from: usize, to: usize, now: bool) -> Found {
         let mut buf = self.read_buffer(to - from);
-        let read = self.open_file(id).and_then(|f| match now {
-            true => read_exact_now(&f, &mut buf, from as u64),
-            false => f.read_exact_at(&mut buf, from as u64),
+        let at = id.offset() + from as u64;
+        let read = self.open_file(id.group()).and_then(|f| match now {
+            true => read_exact_now(&f, &mut buf, at),
+            false => f.read_exact_at(&mut buf, at),
         });
         match read {
-            Ok(()) => Found::Hit(buf.freeze()),
+            Ok(()) if self.still(id, since) => Found::Hit(buf.freeze()),
+            // Evicted while being read: its slot may have been cleared under the read.
+            Ok(()) => Found::Miss,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Found::WouldBlock,
             Err(e) => {
                 // Removed by hand, or the disk failed: a miss, and the block is forgotten.
                 tracing::debug!(error = %e, "a cached block could not be read; reading from the bucket");
-                self.forget(id);
+                if self.still(id, since) {
+                    self.forget(id);
+                }
                 Found::Miss
             }
         }
@@ -387,15 +429,18 @@ impl BlockCache {
     /// checking those this mount has not read yet: a reader streaming through them then
     /// finds them there, checked.
     pub fn will_need(self: &Arc<Self>, tag: ObjectTag, first: u64, last: u64) {
-        let ids: Vec<(BlockId, bool)> = {
+        let ids: Vec<(BlockId, bool, u64, u32)> = {
             let idx = lock(&self.index);
             (first..=last)
                 .filter_map(|index| u32::try_from(index).ok())
                 .map(|index| BlockId { tag, index })
-                .filter_map(|id| match idx.entries.get(&id)?.state {
-                    State::Writing(_) => None,
-                    State::Stored => Some((id, false)),
-                    State::Verified => Some((id, true)),
+                .filter_map(|id| {
+                    let e = idx.entries.get(&id)?;
+                    match e.state {
+                        State::Writing(_) => None,
+                        State::Stored => Some((id, false, e.since, e.len)),
+                        State::Verified => Some((id, true, e.since, e.len)),
+                    }
                 })
                 .collect()
         };
@@ -404,15 +449,15 @@ impl BlockCache {
         }
         let cache = self.clone();
         tokio::task::spawn_blocking(move || {
-            for (id, verified) in ids {
+            for (id, verified, since, len) in ids {
                 match verified {
                     true => {
-                        if let Ok(file) = cache.open_file(id) {
-                            will_need(&file);
+                        if let Ok(file) = cache.open_file(id.group()) {
+                            will_need(&file, id.offset(), u64::from(len));
                         }
                     }
                     false => {
-                        if let Some(data) = cache.verify(id) {
+                        if let Some(data) = cache.verify(id, since) {
                             cache.recycle(data);
                         }
                     }
@@ -421,9 +466,9 @@ impl BlockCache {
         });
     }
 
-    /// The first read of a block by this mount checks it whole against its trailer.
-    fn read_checked(&self, id: BlockId, from: usize, to: usize) -> Option<Bytes> {
-        let data = self.verify(id)?;
+    /// The first read of a block by this mount checks it whole against its record.
+    fn read_checked(&self, id: BlockId, since: u64, from: usize, to: usize) -> Option<Bytes> {
+        let data = self.verify(id, since)?;
         if to > data.len() {
             self.drop_torn(id);
             return None;
@@ -431,29 +476,34 @@ impl BlockCache {
         Some(data.slice(from..to))
     }
 
-    /// Reads block `id` whole and checks it against its trailer: its data, now `Verified`, or
+    /// Reads block `id` whole and checks it against its record: its data, now `Verified`, or
     /// `None` (and the block dropped) when it is torn.
-    fn verify(&self, id: BlockId) -> Option<Bytes> {
-        let read = std::fs::File::open(self.path(id)).and_then(|f| {
-            let len = f.metadata()?.len() as usize;
-            if len > BLOCK as usize + TRAILER {
-                return Err(std::io::ErrorKind::InvalidData.into());
+    fn verify(&self, id: BlockId, since: u64) -> Option<Bytes> {
+        let data = self
+            .open_file(id.group())
+            .ok()
+            .and_then(|file| read_slot(&file, id, |len| self.read_buffer(len)));
+        let mut idx = lock(&self.index);
+        let entry = idx.entries.get_mut(&id).filter(|e| e.since == since);
+        match (data, entry) {
+            (Some(data), Some(entry)) => {
+                entry.state = State::Verified;
+                Some(data)
             }
-            let mut raw = self.read_buffer(len);
-            f.read_exact_at(&mut raw, 0).map(|()| raw)
-        });
-        let data = match read {
-            Ok(raw) => check_block(raw),
-            Err(_) => None,
-        };
-        let Some(data) = data else {
-            self.drop_torn(id);
-            return None;
-        };
-        if let Some(e) = lock(&self.index).entries.get_mut(&id) {
-            e.state = State::Verified;
+            (None, Some(_)) => {
+                drop(idx);
+                self.drop_torn(id);
+                None
+            }
+            // Evicted while being read: neither its data nor its damage counts.
+            (data, None) => {
+                drop(idx);
+                if let Some(data) = data {
+                    self.recycle(data);
+                }
+                None
+            }
         }
-        Some(data)
     }
 
     /// A buffer of `len` bytes to read a block file into. Small reads (random 4 KiB ones)
@@ -476,14 +526,13 @@ impl BlockCache {
     }
 
     fn drop_torn(&self, id: BlockId) {
-        tracing::warn!(path = %self.path(id).display(), "a cached block is torn or damaged (a crash or a full disk while it was written); it is dropped and read from the bucket again");
+        tracing::warn!(path = %self.path(id.group()).display(), block = id.slot(), "a cached block is torn or damaged (a crash or a full disk while it was written); it is dropped and read from the bucket again");
         self.count(Stat::Torn);
         self.forget(id);
-        let _ = std::fs::remove_file(self.path(id));
+        self.dispose(vec![id]);
     }
 
     fn forget(&self, id: BlockId) {
-        self.close(id);
         let mut idx = lock(&self.index);
         if let Some(e) = idx.entries.remove(&id) {
             idx.bytes -= u64::from(e.len);
@@ -549,6 +598,7 @@ impl BlockCache {
                         len,
                         state: State::Writing(data.clone()),
                         used,
+                        since: used,
                     },
                 );
                 total += u64::from(len);
@@ -568,7 +618,7 @@ impl BlockCache {
         tokio::task::spawn_blocking(move || {
             let mut writer = cache.writer.lock().unwrap_or_else(|e| e.into_inner());
             for (id, data) in wanted {
-                let result = writer.write(&cache.path(id), &data, direct);
+                let result = writer.write(&cache.path(id.group()), id, &data, direct);
                 drop(data);
                 let mut idx = lock(&cache.index);
                 match result {
@@ -587,6 +637,7 @@ impl BlockCache {
                 }
             }
             drop(writer);
+            cache.clear_doomed();
             cache.pending.fetch_sub(total, Ordering::Relaxed);
             cache.written.notify_waiters();
             written();
@@ -674,17 +725,71 @@ impl BlockCache {
         }
         let held = idx.bytes;
         drop(idx);
-        for id in doomed {
-            self.close(id);
+        for _ in &doomed {
             self.count(Stat::Evictions);
-            let _ = std::fs::remove_file(self.path(id));
         }
+        self.dispose(doomed);
         held
     }
 
-    fn close(&self, id: BlockId) {
-        let mut open = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
-        open.pop(&id);
+    /// Clears the slots of `ids` (out of the index already), now or, while a write is in
+    /// progress, by that writer once it is done.
+    fn dispose(&self, ids: Vec<BlockId>) {
+        lock(&self.doomed).extend(ids);
+        self.clear_doomed();
+    }
+
+    /// Clears the slots of the doomed blocks if the writer is free. Whoever drops the writer
+    /// calls this again, so no doomed block is left behind by a race with it.
+    fn clear_doomed(&self) {
+        loop {
+            let mut writer = match self.writer.try_lock() {
+                Ok(writer) => writer,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            let ids = std::mem::take(&mut *lock(&self.doomed));
+            for id in ids {
+                self.clear_slot(&mut writer, id);
+            }
+            drop(writer);
+            if lock(&self.doomed).is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Clears the slot of block `id`, or removes its group's file when no block of the group
+    /// is left; nothing when the block was cached again since (its slot holds it again).
+    fn clear_slot(&self, writer: &mut BlockWriter, id: BlockId) {
+        let group = id.group();
+        let (present, group_held) = {
+            let idx = lock(&self.index);
+            let held = |b: &BlockId| idx.entries.contains_key(b);
+            (held(&id), group.blocks().any(|b| held(&b)))
+        };
+        if present {
+            return;
+        }
+        let path = self.path(group);
+        let result = match group_held {
+            true => writer.clear(&path, id),
+            false => {
+                let removed = writer.remove(&path, group);
+                // After the removal: a descriptor opened before it is dropped here, and any
+                // later open finds the file gone or new.
+                self.close(group);
+                removed
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, path = %path.display(), "a cached block's slot could not be cleared");
+        }
+    }
+
+    fn close(&self, group: GroupId) {
+        let mut open = lock(&self.open_files);
+        open.pop(&group);
     }
 
     /// The same cache, indexing at most `n` blocks (tests of the count limit).
@@ -716,6 +821,25 @@ impl BlockCache {
             get(Stat::Evictions),
             get(Stat::Torn)
         )
+    }
+}
+
+#[cfg(test)]
+impl BlockCache {
+    /// The group file holding block `index` of `tag`, and where the block's data starts in it.
+    pub(super) fn block_on_disk(&self, tag: ObjectTag, index: u32) -> (PathBuf, u64) {
+        let id = BlockId { tag, index };
+        (self.path(id.group()), id.offset())
+    }
+
+    /// Bytes the group files take on disk, their header pages left out.
+    pub(super) fn disk_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        super::write::files_below(&self.dir)
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| (m.blocks() * 512).saturating_sub(super::block_file::HEADER))
+            .sum()
     }
 }
 

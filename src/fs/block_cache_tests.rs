@@ -102,29 +102,43 @@ async fn a_torn_block_is_dropped_never_served() {
         cache.insert(tag, i, block(i as u8, 4096));
     }
     wait_written(&cache).await;
-    drop(cache);
-    // A crash left: one block cut short, one with a changed byte, and a stray file.
-    let mut files = crate::fs::write::files_below(&dir.path().join("blocks"));
-    files.sort();
-    assert_eq!(files.len(), 3);
-    let cut = std::fs::read(&files[0]).unwrap();
-    std::fs::write(&files[0], &cut[..100]).unwrap();
-    let mut flipped = std::fs::read(&files[1]).unwrap();
-    flipped[7] ^= 1;
-    std::fs::write(&files[1], flipped).unwrap();
+    // A crash left: the last block cut short, one with a changed byte, a stray file, and
+    // a group file none of whose slots is vouched for.
+    let (group, _) = cache.block_on_disk(tag, 0);
+    assert_eq!(
+        crate::fs::write::files_below(&dir.path().join("blocks")),
+        vec![group.clone()]
+    );
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&group)
+            .unwrap();
+        let at = cache.block_on_disk(tag, 1).1 + 7;
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 1], at).unwrap();
+        file.set_len(cache.block_on_disk(tag, 2).1 + 100).unwrap();
+    }
     std::fs::write(dir.path().join("blocks/tmp-half-written"), b"xx").unwrap();
+    let (empty_group, _) = cache.block_on_disk(cache.tag("other", "\"e\""), 0);
+    std::fs::create_dir_all(empty_group.parent().unwrap()).unwrap();
+    std::fs::write(&empty_group, vec![0u8; 5000]).unwrap();
+    drop(cache);
     let again = cache_in(dir.path(), 64 << 20);
     assert!(!dir.path().join("blocks/tmp-half-written").exists());
+    assert!(!empty_group.exists());
     let served: Vec<Option<Bytes>> = (0..3).map(|i| again.read(tag, i, 0, 4096)).collect();
-    let good: Vec<&Bytes> = served.iter().flatten().collect();
-    assert_eq!(good.len(), 1, "only the intact block is served");
-    assert!((0..3).any(|i| good[0] == &block(i as u8, 4096)));
-    assert_eq!(stat(&again, "data_cache_torn"), 2);
-    assert_eq!(again.bytes(), 4096, "the torn ones are forgotten");
     assert_eq!(
-        crate::fs::write::files_below(&dir.path().join("blocks")).len(),
-        1
+        served,
+        vec![Some(block(0, 4096)), None, None],
+        "only the intact block is served"
     );
+    assert_eq!(stat(&again, "data_cache_torn"), 1, "the changed byte");
+    assert_eq!(again.bytes(), 4096, "the torn ones are forgotten");
+    assert_eq!(again.disk_bytes(), 4096, "and their bytes are off the disk");
 }
 
 #[tokio::test]
@@ -150,12 +164,8 @@ async fn the_least_recently_used_blocks_go_first_and_the_cap_holds() {
     );
     assert!(cache.read(tag, 4, 0, 1).is_some());
     assert!(stat(&cache, "data_cache_evictions") >= 1);
-    let on_disk: u64 = crate::fs::write::files_below(&dir.path().join("blocks"))
-        .iter()
-        .map(|f| std::fs::metadata(f).unwrap().len() - 12)
-        .sum();
     assert_eq!(
-        on_disk,
+        cache.disk_bytes(),
         cache.bytes(),
         "what the index counts is what the disk holds"
     );
@@ -344,10 +354,7 @@ async fn reading_more_than_the_cap_leaves_at_most_the_cap_on_disk() {
             rig.blocks.bytes()
         );
     }
-    let on_disk: u64 = crate::fs::write::files_below(&rig._dir.path().join("blocks"))
-        .iter()
-        .map(|f| std::fs::metadata(f).unwrap().len())
-        .sum();
+    let on_disk = rig.blocks.disk_bytes();
     assert!(on_disk <= cap + BLOCK, "{on_disk} bytes on disk");
 }
 
@@ -492,15 +499,10 @@ async fn blocks_asked_ahead_for_are_checked_and_in_memory_before_the_reader_come
     let again = cache_in(dir.path(), 64 << 20);
     assert_eq!(again.read_now(tag, 2, 0, 10), Found::WouldBlock);
     // A damaged block among them is found out ahead, too.
-    let mut files = crate::fs::write::files_below(&dir.path().join("blocks"));
-    files.sort();
-    let damaged = files
-        .iter()
-        .find(|f| f.to_string_lossy().ends_with("-3"))
-        .unwrap();
-    let mut bytes = std::fs::read(damaged).unwrap();
-    bytes[99] ^= 1;
-    std::fs::write(damaged, bytes).unwrap();
+    let (group, at) = again.block_on_disk(tag, 3);
+    let mut bytes = std::fs::read(&group).unwrap();
+    bytes[at as usize + 99] ^= 1;
+    std::fs::write(&group, bytes).unwrap();
     again.will_need(tag, 1, 3);
     eventually("block 2 checked ahead of its read", || {
         matches!(again.read_now(tag, 2, 0, 10), Found::Hit(_))
