@@ -155,13 +155,15 @@ fn a_daemon_killed_while_caching_leaves_no_block_that_could_be_served_wrong() {
     m.kill_daemon();
     m.unmount();
     // Damage a block the way a power cut could, too: a byte of the first block of a group
-    // file whose record (the first in the file's 4 KiB header) vouches for that block.
+    // file whose record vouches for it (the records follow the file's 8 slots of 1 MiB; a
+    // record ends with its marker).
+    let records = 8 << 20;
     let vouched = files_below(&m.cache.join("blocks"))
         .into_iter()
         .map(|f| (std::fs::read(&f).unwrap(), f))
-        .find(|(bytes, _)| bytes.get(8..12) == Some(b"PFG1") && bytes.len() > 4096 + 1000);
+        .find(|(bytes, _)| bytes.get(records + 8..records + 12) == Some(b"PFG1"));
     if let Some((mut bytes, group)) = vouched {
-        bytes[4096 + 1000] ^= 0xff;
+        bytes[1000] ^= 0xff;
         std::fs::write(&group, bytes).unwrap();
     }
     let again = Mount::new(

@@ -832,13 +832,13 @@ impl BlockCache {
         (self.path(id.group()), id.offset())
     }
 
-    /// Bytes the group files take on disk, their header pages left out.
+    /// Bytes the group files take on disk, their pages of records left out.
     pub(super) fn disk_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
         super::write::files_below(&self.dir)
             .iter()
             .filter_map(|f| std::fs::metadata(f).ok())
-            .map(|m| (m.blocks() * 512).saturating_sub(super::block_file::HEADER))
+            .map(|m| (m.blocks() * 512).saturating_sub(super::block_file::RECORDS_PAGE))
             .sum()
     }
 }

@@ -2,11 +2,12 @@
 //! files of `GROUP_BLOCKS` aligned blocks each, named by the version's tag and the group's
 //! number (both hexadecimal): a stream's blocks then cost one file per group instead of one
 //! per block, and creating files (inode allocation, which on a busy filesystem scans past
-//! recently freed inodes) was most of what caching a stream cost. A group file starts with a
-//! header page of one record per slot (the CRC-32 of the slot's data, its length and a
-//! marker); slot `s` holds its data at `HEADER + s * BLOCK`, page aligned for `O_DIRECT`. A
-//! slot counts only once its record vouches for its data: the record is written after the
-//! data, and a block torn by a crash fails its checksum. An evicted slot has its record
+//! recently freed inodes) was most of what caching a stream cost. Slot `s` of a group file
+//! holds its block's data at `s * BLOCK` (aligned, for `O_DIRECT` and for the page cache's
+//! large folios), and the page after the last slot holds one record per slot (the CRC-32 of
+//! the slot's data, its length and a marker). A slot counts only once its record vouches for
+//! its data: the record is written after the data, and a block torn by a crash fails its
+//! checksum. An evicted slot has its record
 //! cleared and its data punched out, so the disk holds what the index counts.
 
 use std::os::unix::fs::FileExt;
@@ -18,8 +19,11 @@ use super::block_cache::{BlockId, ObjectTag, BLOCK};
 
 /// Blocks in one group file.
 pub(super) const GROUP_BLOCKS: u32 = 8;
-/// The header page before the slots' data.
-pub(super) const HEADER: u64 = 4096;
+/// Where the slots' records start: after the last slot.
+const RECORDS_AT: u64 = GROUP_BLOCKS as u64 * BLOCK;
+/// The page of records (tests count what the disk holds without it).
+#[cfg(test)]
+pub(super) const RECORDS_PAGE: u64 = 4096;
 /// Bytes of one slot's record in the header.
 const RECORD: usize = 16;
 const MARKER: &[u8; 4] = b"PFG1";
@@ -48,7 +52,12 @@ impl BlockId {
 
     /// Where the block's data starts in its group file.
     pub(super) fn offset(self) -> u64 {
-        HEADER + u64::from(self.slot()) * BLOCK
+        u64::from(self.slot()) * BLOCK
+    }
+
+    /// Where the block's record is in its group file.
+    fn record_at(self) -> u64 {
+        RECORDS_AT + u64::from(self.slot()) * RECORD as u64
     }
 }
 
@@ -100,12 +109,15 @@ fn parse_record(raw: &[u8]) -> Option<(u32, u32)> {
 pub(super) fn stored_slots(file: &std::fs::File) -> std::io::Result<Vec<(u32, u32)>> {
     let size = file.metadata()?.len();
     let mut header = vec![0u8; GROUP_BLOCKS as usize * RECORD];
-    let got = file.read_at(&mut header, 0)?;
+    let got = match size > RECORDS_AT {
+        true => file.read_at(&mut header, RECORDS_AT)?,
+        false => 0,
+    };
     Ok((0..GROUP_BLOCKS)
         .filter_map(|slot| {
             let at = slot as usize * RECORD;
             let (_, len) = parse_record(header.get(at..(at + RECORD).min(got))?)?;
-            let end = HEADER + u64::from(slot) * BLOCK + u64::from(len);
+            let end = u64::from(slot) * BLOCK + u64::from(len);
             (end <= size).then_some((slot, len))
         })
         .collect())
@@ -119,8 +131,7 @@ pub(super) fn read_slot(
     buffer: impl FnOnce(usize) -> BytesMut,
 ) -> Option<Bytes> {
     let mut raw = [0u8; RECORD];
-    file.read_exact_at(&mut raw, u64::from(id.slot()) * RECORD as u64)
-        .ok()?;
+    file.read_exact_at(&mut raw, id.record_at()).ok()?;
     let (crc, len) = parse_record(&raw)?;
     let mut data = buffer(len as usize);
     file.read_exact_at(&mut data, id.offset()).ok()?;
@@ -183,9 +194,7 @@ impl BlockWriter {
         }
         result?;
         let group = group_file(&mut self.open, id.group(), path, true)?;
-        group
-            .buffered
-            .write_all_at(&record(data), u64::from(id.slot()) * RECORD as u64)
+        group.buffered.write_all_at(&record(data), id.record_at())
     }
 
     fn write_data(
@@ -237,7 +246,7 @@ impl BlockWriter {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        group.write_all_at(&[0u8; RECORD], u64::from(id.slot()) * RECORD as u64)?;
+        group.write_all_at(&[0u8; RECORD], id.record_at())?;
         // SAFETY: fallocate on a descriptor `group` keeps open; no memory is passed.
         let punched = unsafe {
             libc::fallocate(
@@ -457,22 +466,29 @@ mod tests {
         assert!(!path.exists());
     }
 
-    /// A changed byte in a slot's data, or a record cut off by a short file, is caught.
+    /// A changed byte in a slot's data, or a damaged record, is caught; a file cut short
+    /// loses its records, so none of its slots counts.
     #[test]
     fn a_damaged_slot_is_caught() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g");
         let mut writer = BlockWriter::new();
         let data = vec![7u8; 10_000];
-        writer.write(&path, id(0), &data, false).unwrap();
-        writer.write(&path, id(1), &data, false).unwrap();
+        for index in 0..3 {
+            writer.write(&path, id(index), &data, false).unwrap();
+        }
         let mut raw = std::fs::read(&path).unwrap();
-        raw[HEADER as usize + 5] ^= 1;
-        raw.truncate((HEADER + BLOCK + 50) as usize);
-        std::fs::write(&path, raw).unwrap();
+        raw[5] ^= 1;
+        raw[id(1).record_at() as usize + 9] ^= 1;
+        std::fs::write(&path, &raw).unwrap();
         assert_eq!(read_back(&path, id(0)), None);
         assert_eq!(read_back(&path, id(1)), None);
+        assert_eq!(read_back(&path, id(2)).as_deref(), Some(&data[..]));
         let file = std::fs::File::open(&path).unwrap();
-        assert_eq!(stored_slots(&file).unwrap(), vec![(0, 10_000)]);
+        let slots: Vec<u32> = stored_slots(&file).unwrap().iter().map(|s| s.0).collect();
+        assert_eq!(slots, vec![0, 2]);
+        std::fs::write(&path, &raw[..RECORDS_AT as usize]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        assert_eq!(stored_slots(&file).unwrap(), vec![]);
     }
 }
