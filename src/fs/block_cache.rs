@@ -18,7 +18,8 @@ use bytes::{Bytes, BytesMut};
 use foldhash::quality::FixedState;
 
 use super::block_file::{
-    parse_name, read_exact_now, read_slot, stored_slots, will_need, BlockWriter, GroupId,
+    holds_data, parse_name, read_exact_now, read_slot, stored_slots, will_need, BlockWriter,
+    GroupId,
 };
 use super::read_buffers::BufferPool;
 use super::write::filesystem_space;
@@ -228,21 +229,25 @@ impl BlockCache {
                     .and_then(parse_name);
                 let slots = group.and_then(|group| {
                     let file = std::fs::File::open(&path).ok()?;
-                    let meta = file.metadata().ok()?;
-                    let age = meta.modified().ok()?;
-                    Some((group, age, meta.len(), stored_slots(&file).ok()?))
+                    let age = file.metadata().ok()?.modified().ok()?;
+                    let slots = stored_slots(&file).ok()?;
+                    // Bytes a torn write may have left in a slot no record vouches for.
+                    let stale: Vec<BlockId> = group
+                        .blocks()
+                        .filter(|id| slots.iter().all(|(slot, _)| *slot != id.slot()))
+                        .filter(|id| holds_data(&file, id.offset()))
+                        .collect();
+                    Some((group, age, slots, stale))
                 });
                 match slots {
-                    Some((group, age, size, slots)) if !slots.is_empty() => {
-                        for id in group.blocks() {
-                            match slots.iter().find(|(slot, _)| *slot == id.slot()) {
-                                Some((_, len)) => found.push((age, id, *len)),
-                                // Bytes a torn write may have left: off the disk.
-                                None if id.offset() < size => {
-                                    let _ = lock(&self.writer).clear(&path, id);
-                                }
-                                None => {}
+                    Some((group, age, slots, stale)) if !slots.is_empty() => {
+                        for (slot, len) in slots {
+                            if let Some(id) = group.blocks().find(|id| id.slot() == slot) {
+                                found.push((age, id, len));
                             }
+                        }
+                        for id in stale {
+                            let _ = lock(&self.writer).clear(&path, id);
                         }
                     }
                     // Not a group file (one of an older version's block files), or none of

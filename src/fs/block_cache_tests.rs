@@ -555,3 +555,33 @@ async fn a_re_read_of_a_partly_cached_file_fetches_only_the_missing_blocks() {
         "{hits} hits: the blocks after the window's last part"
     );
 }
+
+#[tokio::test]
+async fn bytes_no_record_vouches_for_leave_the_disk_at_the_next_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_in(dir.path(), 64 << 20);
+    let tag = cache.tag("film.mkv", "\"e\"");
+    for i in 0..2 {
+        cache.insert(tag, i, block(i as u8, BLOCK as usize));
+    }
+    wait_written(&cache).await;
+    // A crash after block 1's data but before its record: the record is not there.
+    let (group, _) = cache.block_on_disk(tag, 1);
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&group)
+            .unwrap();
+        file.write_all_at(&[0u8; 16], 8 * BLOCK + 16).unwrap();
+    }
+    drop(cache);
+    let again = cache_in(dir.path(), 64 << 20);
+    assert_eq!(again.bytes(), BLOCK);
+    assert_eq!(again.disk_bytes(), BLOCK, "block 1's bytes are punched out");
+    assert_eq!(
+        again.read(tag, 0, 0, 10),
+        Some(block(0, BLOCK as usize).slice(0..10))
+    );
+    assert_eq!(again.read(tag, 1, 0, 10), None);
+}

@@ -123,6 +123,16 @@ pub(super) fn stored_slots(file: &std::fs::File) -> std::io::Result<Vec<(u32, u3
         .collect())
 }
 
+/// Whether `file` holds any data in the block-sized slot at `offset` (not a hole).
+pub(super) fn holds_data(file: &std::fs::File, offset: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on a descriptor `file` keeps open; no memory is passed. Moving the
+    // offset of a descriptor only read with positioned reads is harmless.
+    let next = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
+    // A failure (no data past `offset`, or no SEEK_DATA) reads as a hole.
+    next >= 0 && (next as u64) < offset + BLOCK
+}
+
 /// Reads block `id` whole from its group file into a buffer from `buffer(len)` and checks
 /// it against its record: `None` when the record or the data is missing or wrong.
 pub(super) fn read_slot(
