@@ -338,6 +338,8 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
         cache_identity(&cfg)
     );
     let mut _cache_lock = None;
+    // Kept to close it cleanly at the end (see `BlockCache::close`).
+    let mut data_cache = None;
     if !cfg.fs.read_only {
         let cannot_use = |e: &dyn std::fmt::Display| {
             format!(
@@ -361,6 +363,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
             .map_err(|e| cannot_use(&e))?;
         if let Some(blocks) = open_data_cache(&cfg, cache.staged_counter()) {
             cache = cache.with_blocks(blocks.clone());
+            data_cache = Some(blocks.clone());
             fs = fs.with_blocks(blocks);
         }
         fs = fs.with_cache(Arc::new(cache));
@@ -376,6 +379,7 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
                 _cache_lock = Some(lock);
                 let nothing_staged = Arc::new(std::sync::atomic::AtomicU64::new(0));
                 if let Some(blocks) = open_data_cache(&cfg, nothing_staged) {
+                    data_cache = Some(blocks.clone());
                     fs = fs.with_blocks(blocks);
                 }
             }
@@ -536,6 +540,9 @@ pub fn run_mount(cfg: MountConfig, readiness: &mut Readiness) -> Result<(), Stri
     // An unmount with files still open for writing (lazy, or the kernel gave up on them):
     // their last bytes go up now, or to recovery/.
     runtime.block_on(finish_uploads(&fs, "unmount"));
+    if let Some(blocks) = data_cache {
+        runtime.block_on(blocks.close());
+    }
     if let Some(summary) = fs.request_summary() {
         tracing::info!(requests = %summary, "unmounted");
     }

@@ -68,6 +68,8 @@ fn a_re_read_after_a_remount_comes_from_the_data_cache() {
     assert!((38 << 20..=40 << 20).contains(&held), "{held} bytes cached");
     let cache = first.cache.clone();
     unmount_and_wait(&first, &cache);
+    // A clean unmount marks the cache so: the next mount trusts its blocks without a check.
+    assert!(cache.join("blocks/closed-cleanly").exists());
     let again = Mount::new(
         &b.location(""),
         &[&format!("--cache-dir={}", cache.display())],
@@ -154,6 +156,10 @@ fn a_daemon_killed_while_caching_leaves_no_block_that_could_be_served_wrong() {
     // Killed at once: blocks are still on their way to disk.
     m.kill_daemon();
     m.unmount();
+    assert!(
+        !m.cache.join("blocks/closed-cleanly").exists(),
+        "a killed daemon leaves no mark: the next mount checks every block it reads"
+    );
     // Damage a block the way a power cut could, too: a byte of the first block of a group
     // file whose record vouches for it (the records follow the file's 8 slots of 1 MiB; a
     // record ends with its marker).

@@ -1,9 +1,10 @@
 //! The data cache: aligned blocks of objects read from the bucket, kept on local disk in
 //! `--cache-dir/blocks/` so re-reads and random reads cost no request. A block belongs to one
 //! version of one object (its name hashes the location, key and ETag), so a changed object is
-//! never served from old blocks. Each block file ends with a checksum trailer, checked the
-//! first time a mount reads a block it did not write: a block torn by a crash or a full disk
-//! is dropped, never served. The cache is bounded by its own cap and,
+//! never served from old blocks. Each block has a checksum record (see `block_file`); after a
+//! mount that did not close the cache cleanly, a block is checked the first time it is read,
+//! so a block torn by a crash or a full disk is dropped, never served. The cache is bounded by
+//! its own cap and,
 //! with the files being written, by `--max-cache-size` and the `--cache-min-free` floor;
 //! blocks are evicted least recently used, staged bytes never.
 
@@ -44,6 +45,12 @@ const READ_BUFFERS: u64 = 16 << 20;
 const POOLED_READ: usize = 64 << 10;
 /// Share of the cap freed by one eviction pass, so that eviction does not run per block.
 const EVICT_SLACK: u64 = 16;
+/// Left in the cache's folder by a mount that closed it cleanly (every block written whole and
+/// on disk): the next mount then trusts the blocks without checking them, and removes it
+/// first thing, so that a crash of that mount leaves no such file.
+const CLOSED_CLEANLY: &str = "closed-cleanly";
+/// Longest a clean close waits for blocks still on their way to disk.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The whole blocks within `data`, fetched at `start` from an object of `object_size` bytes,
 /// as (index, bytes): a block ends at a multiple of `BLOCK` or at the end of the object.
@@ -213,6 +220,20 @@ impl BlockCache {
     }
 
     fn load(&self) -> std::io::Result<()> {
+        // Blocks a mount closed cleanly are whole; any other may have been torn by a crash
+        // and is checked when first read. The mark goes (for good) before anything is
+        // written again.
+        let marked = self.dir.join(CLOSED_CLEANLY);
+        let trusted = match std::fs::remove_file(&marked) {
+            Ok(()) => std::fs::File::open(&self.dir)
+                .and_then(|dir| dir.sync_all())
+                .is_ok(),
+            Err(_) => false,
+        };
+        let loaded = match trusted {
+            true => State::Verified,
+            false => State::Stored,
+        };
         let mut found = Vec::new();
         for sub in std::fs::read_dir(&self.dir)? {
             let sub = sub?.path();
@@ -268,7 +289,7 @@ impl BlockCache {
                 id,
                 Entry {
                     len,
-                    state: State::Stored,
+                    state: loaded.clone(),
                     used,
                     since: used,
                 },
@@ -783,7 +804,7 @@ impl BlockCache {
                 let removed = writer.remove(&path, group);
                 // After the removal: a descriptor opened before it is dropped here, and any
                 // later open finds the file gone or new.
-                self.close(group);
+                self.close_group(group);
                 removed
             }
         };
@@ -792,7 +813,7 @@ impl BlockCache {
         }
     }
 
-    fn close(&self, group: GroupId) {
+    fn close_group(&self, group: GroupId) {
         let mut open = lock(&self.open_files);
         open.pop(&group);
     }
@@ -807,6 +828,35 @@ impl BlockCache {
     /// Whether blocks are still on their way to disk.
     pub fn writing(&self) -> bool {
         self.pending.load(Ordering::Relaxed) > 0
+    }
+
+    /// Closes the cache at unmount: once every block on its way is written and the
+    /// filesystem has them on disk, marks the cache closed cleanly, so that the next mount
+    /// serves its blocks without checking each one first. Without the mark (a crash, blocks
+    /// still being written after `CLOSE_WAIT`, a failure here), the next mount checks them.
+    pub async fn close(&self) {
+        let written = tokio::time::timeout(CLOSE_WAIT, self.wait_pending_below(0))
+            .await
+            .is_ok();
+        if !written {
+            tracing::info!("blocks were still being written at unmount; the next mount checks the cache's blocks as it reads them");
+            return;
+        }
+        let dir = self.dir.clone();
+        let marked = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            let folder = std::fs::File::open(&dir)?;
+            // SAFETY: syncfs on a descriptor `folder` keeps open; no memory is passed.
+            if unsafe { libc::syncfs(folder.as_raw_fd()) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            std::fs::File::create(dir.join(CLOSED_CLEANLY))?.sync_all()?;
+            folder.sync_all()
+        })
+        .await;
+        if let Ok(Err(e)) = marked {
+            tracing::debug!(error = %e, "the data cache could not be marked closed cleanly; the next mount checks its blocks as it reads them");
+        }
     }
 
     /// Bytes of blocks held.

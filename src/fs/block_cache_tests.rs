@@ -585,3 +585,33 @@ async fn bytes_no_record_vouches_for_leave_the_disk_at_the_next_mount() {
     );
     assert_eq!(again.read(tag, 1, 0, 10), None);
 }
+
+#[tokio::test]
+async fn blocks_of_a_cache_closed_cleanly_are_trusted_and_after_a_crash_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_in(dir.path(), 64 << 20);
+    let tag = cache.tag("album/cover.jpg", "\"e\"");
+    for i in 0..2 {
+        cache.insert(tag, i, block(i as u8, 4096));
+    }
+    // Waits for the blocks on their way itself.
+    cache.close().await;
+    drop(cache);
+    let mark = dir.path().join("blocks").join(CLOSED_CLEANLY);
+    assert!(mark.exists());
+    let again = cache_in(dir.path(), 64 << 20);
+    assert!(
+        !mark.exists(),
+        "the mark goes as the next mount opens the cache"
+    );
+    assert_eq!(
+        again.read_now(tag, 0, 0, 10),
+        Found::Hit(block(0, 4096).slice(0..10)),
+        "served without a check first"
+    );
+    // This mount ends without closing the cache (a crash): the next one checks.
+    drop(again);
+    let third = cache_in(dir.path(), 64 << 20);
+    assert_eq!(third.read_now(tag, 1, 0, 10), Found::WouldBlock);
+    assert_eq!(third.read(tag, 1, 0, 10), Some(block(1, 4096).slice(0..10)));
+}
