@@ -642,7 +642,7 @@ impl BlockCache {
         self.pending.fetch_add(total, Ordering::Relaxed);
         let cache = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut writer = cache.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut writer = lock(&cache.writer);
             for (id, data) in wanted {
                 let result = writer.write(&cache.path(id.group()), id, &data, direct);
                 drop(data);
