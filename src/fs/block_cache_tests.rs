@@ -15,6 +15,13 @@ fn block(seed: u8, len: usize) -> Bytes {
     )
 }
 
+/// Caches blocks `0..count` of `tag`, each `block(index, len)` (written in the background).
+fn insert_blocks(cache: &Arc<BlockCache>, tag: ObjectTag, count: u64, len: usize) {
+    for i in 0..count {
+        cache.insert(tag, i, block(i as u8, len));
+    }
+}
+
 fn cache_in(dir: &Path, cap: u64) -> Arc<BlockCache> {
     cache_with(dir, cap, Arc::new(AtomicU64::new(0)), u64::MAX)
 }
@@ -98,9 +105,7 @@ async fn a_torn_block_is_dropped_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_in(dir.path(), 64 << 20);
     let tag = cache.tag("db.sqlite", "\"e\"");
-    for i in 0..3 {
-        cache.insert(tag, i, block(i as u8, 4096));
-    }
+    insert_blocks(&cache, tag, 3, 4096);
     wait_written(&cache).await;
     // A crash left: a block with its last bytes missing, one with a changed byte, a stray
     // file, and a group file none of whose slots is vouched for.
@@ -180,9 +185,7 @@ async fn staged_files_take_the_room_of_cached_blocks() {
     let len = 100 * 1024;
     let cache = cache_with(dir.path(), u64::MAX, staged.clone(), 10 * len as u64);
     let tag = cache.tag("k", "\"e\"");
-    for i in 0..8 {
-        cache.insert(tag, i, block(i as u8, len));
-    }
+    insert_blocks(&cache, tag, 8, len);
     wait_written(&cache).await;
     assert_eq!(cache.bytes(), 8 * len as u64);
     // A file being written wants 6 blocks' worth: the cache makes way.
@@ -493,9 +496,7 @@ async fn blocks_asked_ahead_for_are_checked_and_in_memory_before_the_reader_come
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_in(dir.path(), 64 << 20);
     let tag = cache.tag("video.mkv", "\"e\"");
-    for i in 0..4 {
-        cache.insert(tag, i, block(i as u8, BLOCK as usize));
-    }
+    insert_blocks(&cache, tag, 4, BLOCK as usize);
     wait_written(&cache).await;
     drop(cache);
     let again = cache_in(dir.path(), 64 << 20);
@@ -561,9 +562,7 @@ async fn bytes_no_record_vouches_for_leave_the_disk_at_the_next_mount() {
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_in(dir.path(), 64 << 20);
     let tag = cache.tag("film.mkv", "\"e\"");
-    for i in 0..2 {
-        cache.insert(tag, i, block(i as u8, BLOCK as usize));
-    }
+    insert_blocks(&cache, tag, 2, BLOCK as usize);
     wait_written(&cache).await;
     // A crash after block 1's data but before its record: the record is not there.
     let (group, _) = cache.block_on_disk(tag, 1);
@@ -591,9 +590,7 @@ async fn blocks_of_a_cache_closed_cleanly_are_trusted_and_after_a_crash_checked(
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_in(dir.path(), 64 << 20);
     let tag = cache.tag("album/cover.jpg", "\"e\"");
-    for i in 0..2 {
-        cache.insert(tag, i, block(i as u8, 4096));
-    }
+    insert_blocks(&cache, tag, 2, 4096);
     // Waits for the blocks on their way itself.
     cache.close().await;
     drop(cache);
