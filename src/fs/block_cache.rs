@@ -633,6 +633,13 @@ impl BlockCache {
         }
         let busy = !budgeted && self.pending.load(Ordering::Relaxed) + total > PENDING_LIMIT;
         if wanted.is_empty() || busy || !self.make_room(0) || !self.floor_allows(total) {
+            if !wanted.is_empty() {
+                tracing::trace!(
+                    blocks = wanted.len(),
+                    busy,
+                    "blocks not cached: too many wait for the disk, or no room"
+                );
+            }
             for (id, _) in wanted {
                 self.forget(id);
             }

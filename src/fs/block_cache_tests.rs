@@ -446,6 +446,41 @@ async fn a_run_larger_than_the_cap_keeps_its_last_blocks() {
 }
 
 #[tokio::test]
+async fn a_stream_whose_first_reads_arrive_out_of_order_is_cached_whole_and_not_taken_for_random() {
+    let rig = CachedRig::new(1 << 30);
+    let size = 32 * BLOCK as usize;
+    let bytes = rig.put("video", size, 9);
+    let mut r = rig.reader("video").await;
+    // The kernel's first read-ahead requests, as seen under load: 1 MiB before 0.
+    let mut offsets = vec![BLOCK, 0];
+    offsets.extend((2..8).map(|i| i * BLOCK));
+    for off in offsets {
+        let got = r.read(off, BLOCK as u32).await.unwrap();
+        assert!(
+            got[..] == bytes[off as usize..(off + BLOCK) as usize],
+            "at {off}"
+        );
+    }
+    // Two reads elsewhere are the file's first at random: exactly the bytes asked, not
+    // whole blocks (which would mean the first reads were counted as random ones).
+    for off in [26 * BLOCK + 4096, 20 * BLOCK + 8192] {
+        let before = rig.store.counters().bytes_read();
+        let got = r.read(off, 4096).await.unwrap();
+        assert_eq!(&got[..], &bytes[off as usize..off as usize + 4096]);
+        assert_eq!(rig.store.counters().bytes_read() - before, 4096);
+    }
+    wait_written(&rig.blocks).await;
+    // Every block the stream read is kept, the two that came out of order too.
+    let gets = rig.gets();
+    let mut again = rig.reader("video").await;
+    for i in 0..8 {
+        let got = again.read(i * BLOCK, BLOCK as u32).await.unwrap();
+        assert!(got[..] == bytes[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize]);
+    }
+    assert_eq!(rig.gets(), gets, "the first 8 blocks came from disk");
+}
+
+#[tokio::test]
 async fn parts_read_outside_the_read_ahead_budget_are_cached_too() {
     let rig = CachedRig::new(1 << 30);
     let size = 12 * BLOCK as usize;

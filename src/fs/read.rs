@@ -26,6 +26,9 @@ const INITIAL_WINDOW: u64 = 1024 * 1024;
 /// How far apart the kernel's concurrent read-ahead requests can arrive out of order; parts
 /// this far behind the reader are kept for late arrivals.
 const REORDER_SLACK: u64 = 4 * 1024 * 1024;
+/// A read at least this long is the kernel's read-ahead at work (a program reading at random
+/// gets a few pages per miss).
+const READ_AHEAD_SIZED: u64 = 128 * 1024;
 /// Reads out of sequence after which a file counts as read at random: its misses then fetch
 /// whole cache blocks, so that nearby reads come from disk.
 pub(super) const RANDOM_AFTER: u32 = 3;
@@ -215,15 +218,26 @@ impl Reader {
         let key = self.key.clone();
         let etag = self.etag.clone();
         let buffer = self.shared.pool.take(range.len() as usize);
+        tracing::trace!(key = %self.key, start = range.start, end = range.end, "GET for the read-ahead window");
         tokio::spawn(async move { store.get_range_into(&key, range, Some(&etag), buffer).await })
     }
 
     async fn fetch_now(&self, range: ByteRange) -> Result<Bytes, FsError> {
+        tracing::trace!(key = %self.key, start = range.start, end = range.end, "GET for one read");
         Ok(self
             .shared
             .store
             .get_range(&self.key, range, Some(&self.etag))
             .await?)
+    }
+
+    /// A read served on its own, outside the window. The whole blocks it happens to hold go
+    /// to the data cache all the same: the kernel's first read-ahead requests can arrive out
+    /// of order (1 MiB before 0), and a re-read would otherwise fetch those blocks again.
+    async fn fetch_alone(&self, want: ByteRange) -> Result<Bytes, FsError> {
+        let data = self.fetch_now(want).await?;
+        self.offer(want.start, &data, None, false);
+        Ok(data)
     }
 
     fn permit_for(&self, len: u64) -> Option<OwnedSemaphorePermit> {
@@ -493,14 +507,18 @@ impl Reader {
             .window
             .start()
             .is_some_and(|s| want.start < s && s - want.start <= REORDER_SLACK);
+        // A first read near the start, read-ahead sized, counts as one too: the kernel's first
+        // read-ahead requests can arrive out of order (1 MiB before 0).
         let sequential_start = self.last_end == Some(want.start)
             || self.stray_end == Some(want.start)
-            || (self.last_end.is_none() && want.start == 0);
+            || (self.last_end.is_none()
+                && want.start < REORDER_SLACK
+                && (want.start == 0 || want.len() >= READ_AHEAD_SIZED));
         let after_stray = self.stray_end.take().is_some();
         if !(in_window || just_ahead) {
             if just_behind {
                 // Served on its own; the window keeps running.
-                return self.fetch_now(want).await;
+                return self.fetch_alone(want).await;
             }
             if streaming && !sequential_start && !after_stray {
                 // One read far from a streaming window (the kernel's read-ahead sends one now
@@ -508,7 +526,7 @@ impl Reader {
                 // would restart the stream from a small window, and the blocks it held would
                 // be fetched again. A reader that really moved shows it with its next read.
                 self.stray_end = Some(want.end);
-                return self.fetch_now(want).await;
+                return self.fetch_alone(want).await;
             }
             if !sequential_start {
                 // Random access: fetch only what was asked (whole blocks once the file is seen
@@ -520,7 +538,7 @@ impl Reader {
                     self.maybe_fill();
                     return self.fetch_blocks(want).await;
                 }
-                return self.fetch_now(want).await;
+                return self.fetch_alone(want).await;
             }
             // With a data cache, the window starts at a block boundary, so that every part it
             // fetches is made of whole blocks.
