@@ -439,6 +439,9 @@ impl Fs {
         let data = match file.as_ref() {
             OpenFile::Object { reader, .. } => reader.lock().await.read(offset, len).await?,
             OpenFile::Staged { staged, .. } => {
+                // Its bytes are read from the staging file, which can block on the disk: not
+                // on the FUSE thread that started this read (see `serve_now`), but in a task.
+                tokio::task::yield_now().await;
                 let mut staged = staged.lock().await;
                 staged.read(offset, len, self.store.as_ref()).await?
             }
