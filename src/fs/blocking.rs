@@ -12,3 +12,15 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
         _ => f(),
     }
 }
+
+/// A multi-threaded runtime of two workers, as the daemon runs, for tests of what behaves
+/// differently there: `blocking` hands work off, and a request started on a FUSE thread goes
+/// on as a task of a worker.
+#[cfg(test)]
+pub(crate) fn two_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a test runtime")
+}

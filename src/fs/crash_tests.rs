@@ -145,14 +145,6 @@ async fn scenario(fs: &Arc<Fs>, mem: &MemoryStore, seed: u64) -> Told {
     told
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Runs a scenario on a daemon whose store halts after `halt` requests, kills the daemon
 /// (its runtime stops: none of its tasks runs again, and no destructor of its state), then
 /// mounts again on the same cache directory and checks what reconciling did.
@@ -161,7 +153,7 @@ fn crash_and_reconcile(seed: u64, halt: u64, write_back: WriteBack) {
     let mem = Arc::new(MemoryStore::new());
     let old = bytes(2 * write::MIN_PART_SIZE as usize + 99, 1000 + seed);
     mem.put("old.bin", old.clone());
-    let daemon = runtime();
+    let daemon = super::blocking::two_worker_runtime();
     let told = daemon.block_on(async {
         let (store, fs) = mount_on(dir.path(), &mem, write_back);
         store.halt_after(halt);
@@ -173,7 +165,8 @@ fn crash_and_reconcile(seed: u64, halt: u64, write_back: WriteBack) {
         told
     });
     daemon.shutdown_background();
-    runtime().block_on(reconcile_and_check(dir, mem, told, seed, halt, write_back));
+    super::blocking::two_worker_runtime()
+        .block_on(reconcile_and_check(dir, mem, told, seed, halt, write_back));
 }
 
 async fn reconcile_and_check(

@@ -3,7 +3,7 @@
 
 pub mod block_cache;
 mod block_file;
-mod blocking;
+pub(crate) mod blocking;
 mod cache_fill;
 pub mod dir;
 pub mod error;

@@ -109,18 +109,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use crate::fs::blocking::two_worker_runtime;
 
     #[test]
     fn work_that_need_not_wait_is_done_on_the_calling_thread() {
-        let rt = runtime();
+        let rt = two_worker_runtime();
         let (tx, rx) = std::sync::mpsc::channel();
         start_here(rt.handle(), async move {
             // What it spawns runs on the runtime.
@@ -134,7 +127,7 @@ mod tests {
 
     #[test]
     fn work_that_waits_goes_on_as_a_task_and_finishes() {
-        let rt = runtime();
+        let rt = two_worker_runtime();
         let (go, wait) = tokio::sync::oneshot::channel::<u32>();
         let (tx, rx) = std::sync::mpsc::channel();
         start_here(rt.handle(), async move {
@@ -152,7 +145,7 @@ mod tests {
 
     #[test]
     fn a_panic_in_work_started_here_stays_in_it() {
-        let rt = runtime();
+        let rt = two_worker_runtime();
         start_here(rt.handle(), guarded("read", 1, async { panic!("boom") }));
         let (go, wait) = tokio::sync::oneshot::channel::<()>();
         start_here(
