@@ -124,6 +124,40 @@ fn sequential_and_random_reads_are_byte_exact() {
     assert!(after.get - before.get <= 6, "{before:?} -> {after:?}");
 }
 
+#[test]
+fn a_reader_opened_before_a_write_only_handle_sees_its_writes() {
+    // As on a local disk: `tail -f` of a log another program appends to, a viewer of a file
+    // an editor saves. (Writing past the page cache, as a direct-IO write-only handle would,
+    // broke this: see the eighth session's note on issue 13.)
+    let b = Bucket::new("coherent");
+    let old = pattern(3 << 20, 1);
+    b.put("f.bin", old.clone());
+    let m = Mount::new(&b.location(""), &[]);
+    let reader = std::fs::File::open(m.join("f.bin")).unwrap();
+    let mut page = vec![0u8; 4096];
+    reader.read_exact_at(&mut page, 8192).unwrap();
+    assert_eq!(&page[..], &old[8192..8192 + 4096]);
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("f.bin"))
+        .unwrap();
+    // One page the reader has read, one it has not.
+    for at in [8192u64, 2 << 20] {
+        writer.write_all_at(&[b'X'; 4096], at).unwrap();
+        reader.read_exact_at(&mut page, at).unwrap();
+        assert!(page.iter().all(|&c| c == b'X'), "at {at}, writer open");
+    }
+    drop(writer);
+    reader.read_exact_at(&mut page, 8192).unwrap();
+    assert!(page.iter().all(|&c| c == b'X'), "writer closed");
+    let mut new = old;
+    new[8192..8192 + 4096].fill(b'X');
+    new[2 << 20..(2 << 20) + 4096].fill(b'X');
+    assert!(std::fs::read(m.join("f.bin")).unwrap() == new, "a new open");
+    m.unmount();
+    assert!(b.get("f.bin").unwrap() == new, "in the bucket");
+}
+
 /// Lines `ls -l DIR` prints (a "total" line, then one per entry).
 fn ls_l_lines(dir: &Path) -> usize {
     let out = Command::new("ls").arg("-l").arg(dir).output().unwrap();
