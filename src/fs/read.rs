@@ -222,20 +222,17 @@ impl Reader {
         tokio::spawn(async move { store.get_range_into(&key, range, Some(&etag), buffer).await })
     }
 
-    async fn fetch_now(&self, range: ByteRange) -> Result<Bytes, FsError> {
-        tracing::trace!(key = %self.key, start = range.start, end = range.end, "GET for one read");
-        Ok(self
+    /// A read served by a GET of its own, outside the window (a small file whole, or a read
+    /// away from the stream). The whole blocks it holds go to the data cache all the same:
+    /// the kernel's first read-ahead requests can arrive out of order (1 MiB before 0), and a
+    /// re-read would otherwise fetch those blocks again.
+    async fn fetch_alone(&self, want: ByteRange) -> Result<Bytes, FsError> {
+        tracing::trace!(key = %self.key, start = want.start, end = want.end, "GET for one read");
+        let data = self
             .shared
             .store
-            .get_range(&self.key, range, Some(&self.etag))
-            .await?)
-    }
-
-    /// A read served on its own, outside the window. The whole blocks it happens to hold go
-    /// to the data cache all the same: the kernel's first read-ahead requests can arrive out
-    /// of order (1 MiB before 0), and a re-read would otherwise fetch those blocks again.
-    async fn fetch_alone(&self, want: ByteRange) -> Result<Bytes, FsError> {
-        let data = self.fetch_now(want).await?;
+            .get_range(&self.key, want, Some(&self.etag))
+            .await?;
         self.offer(want.start, &data, None, false);
         Ok(data)
     }
@@ -483,9 +480,8 @@ impl Reader {
         if self.size <= tuning.small_file_size {
             if self.window.parts.is_empty() {
                 let whole = ByteRange::new(0, self.size);
-                let data = self.fetch_now(whole).await?;
-                // Small files are cached whole: a re-read after a remount costs no GET.
-                self.offer(0, &data, None, false);
+                // Cached whole: a re-read after a remount costs no GET.
+                let data = self.fetch_alone(whole).await?;
                 self.window.parts.push_back(Part {
                     range: whole,
                     state: PartState::Ready(data),
